@@ -1,0 +1,1 @@
+"""Prefect task wrappers around the domain stages (orchestration only: retries, caching, tags)."""
