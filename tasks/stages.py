@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import Task, task
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.runtime import task_run
-from prefect.states import State
 from prefect.tasks import exponential_backoff
 
 from eoforge import pipeline
@@ -29,12 +28,16 @@ def retry_unless_final(task_: Task[Any, Any], run: TaskRun, state: State[Any]) -
     return not isinstance(exc, InputError | ContractViolation)
 
 
-_NETWORK = {
-    "retries": 3,
-    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": retry_unless_final,
-}
+def network_task(name: str, tags: list[str]) -> Any:
+    """A task decorator for stages that touch the network or storage: bounded, jittered retries."""
+    return task(
+        name=name,
+        tags=tags,
+        retries=3,
+        retry_delay_seconds=exponential_backoff(backoff_factor=2),
+        retry_jitter_factor=0.5,
+        retry_condition_fn=retry_unless_final,
+    )
 
 
 def _tagged(result: dict[str, Any]) -> dict[str, Any]:
@@ -42,17 +45,17 @@ def _tagged(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-@task(name="search", tags=["stac", "network"], **_NETWORK)  # type: ignore[call-overload]
+@network_task("search", ["stac", "network"])
 def search_task(spec: RunSpec, api_url: str, run_dir: str) -> dict[str, Any]:
     return _tagged(pipeline.stage_search(spec, api_url, Path(run_dir)))
 
 
-@task(name="ingest", tags=["cube", "storage"], **_NETWORK)  # type: ignore[call-overload]
+@network_task("ingest", ["cube", "storage"])
 def ingest_task(spec: RunSpec, run_dir: str) -> dict[str, Any]:
     return _tagged(pipeline.stage_ingest(spec, Path(run_dir)))
 
 
-@task(name="chips", tags=["chips", "storage"], **_NETWORK)  # type: ignore[call-overload]
+@network_task("chips", ["chips", "storage"])
 def chips_task(spec: RunSpec, run_dir: str) -> dict[str, Any]:
     return _tagged(pipeline.stage_chips(spec, Path(run_dir)))
 
@@ -72,7 +75,7 @@ def export_task(spec: RunSpec, run_dir: str) -> dict[str, Any]:
     return _tagged(pipeline.stage_export(spec, Path(run_dir)))
 
 
-@task(name="infer", tags=["infer", "storage", "gpu-capable"], **_NETWORK)  # type: ignore[call-overload]
+@network_task("infer", ["infer", "storage", "gpu-capable"])
 def infer_task(spec: RunSpec, run_dir: str) -> dict[str, Any]:
     return _tagged(pipeline.stage_infer(spec, Path(run_dir)))
 

@@ -5,7 +5,13 @@ add orchestration on top.
 """
 
 from eoforge.config import RunSpec, load_run_spec
-from eoforge.errors import ContractViolation, EoforgeError, InputError, InternalError, TransientError
+from eoforge.errors import (
+    ContractViolation,
+    EoforgeError,
+    InputError,
+    InternalError,
+    TransientError,
+)
 
 __all__ = [
     "ContractViolation",

@@ -184,6 +184,6 @@ def read_split(chips_path: Path, split: str) -> tuple[NDArray[np.uint16], NDArra
     if split not in SPLITS:
         raise InputError(f"split '{split}' is not one of {SPLITS}.")
     g = zarr.open_group(str(chips_path), mode="r")
-    sub = g[split]
-    assert isinstance(sub, zarr.Group)
-    return np.asarray(sub["x"][...]), np.asarray(sub["y"][...])
+    xa, ya = g[f"{split}/x"], g[f"{split}/y"]
+    assert isinstance(xa, zarr.Array) and isinstance(ya, zarr.Array)
+    return np.asarray(xa[...]), np.asarray(ya[...])

@@ -107,6 +107,11 @@ def write_cube(items: Sequence[dict[str, Any]], variables: Sequence[str], out: P
                     encoding=encoding,
                 )
             except (OSError, RuntimeError) as exc:
+                if "No such file or directory" in str(exc):
+                    raise InputError(
+                        f"a source raster of tile {tile} does not exist ({exc}); fix the asset "
+                        "hrefs of the STAC items or restore the files."
+                    ) from exc
                 raise TransientError(
                     f"reading the source rasters of tile {tile} failed ({exc}); retry later."
                 ) from exc
@@ -137,4 +142,5 @@ def open_tile(cube_path: Path, tile: str) -> xr.Dataset:
     ids = list(ds.attrs.get("item_ids", []))
     if len(ids) != ds.sizes["time"]:
         raise InputError(f"cube '{cube_path}' tile '{tile}' is torn: item_ids do not match time.")
-    return ds.assign_coords(item_id=("time", np.asarray(ids, dtype=object)))
+    out: xr.Dataset = ds.assign_coords(item_id=("time", np.asarray(ids, dtype=object)))
+    return out

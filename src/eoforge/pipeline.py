@@ -44,7 +44,9 @@ def stage_search(spec: RunSpec, api_url: str, run_dir: Path) -> dict[str, Any]:
     from eoforge.storage import write_json_atomic
 
     items = search_items(spec.stac, api_url)
-    result = contracts.enforce("items", contracts.items_table(items, spec.stac.bands))
+    result = contracts.enforce(
+        "items", contracts.items_table(items, [*spec.stac.bands, spec.stac.label_asset])
+    )
     write_json_atomic(run_dir / ITEMS_FILE, {"type": "FeatureCollection", "features": items})
     return {
         "items_uri": str(run_dir / ITEMS_FILE),
@@ -61,7 +63,9 @@ def stage_ingest(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     items = _load_items(run_dir)
     cube = run_dir / "cube.zarr"
     info = write_cube(items, [*spec.stac.bands, spec.stac.label_asset], cube)
-    result = contracts.enforce("cube", contracts.cube_table(cube))
+    result = contracts.enforce(
+        "cube", contracts.cube_table(cube, label_variables=(spec.stac.label_asset,))
+    )
     return {
         "cube_uri": str(cube),
         "tiles": info.tiles,
@@ -77,7 +81,14 @@ def stage_chips(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
 
     chips = run_dir / "chips.zarr"
     info = build_chips(run_dir / "cube.zarr", chips, spec.chips, spec.labels, spec.stac.bands)
-    result = contracts.enforce("chips", contracts.chips_table(chips))
+    result = contracts.enforce(
+        "chips",
+        contracts.chips_table(chips),
+        parameters={
+            "max_nodata_fraction": spec.chips.max_nodata_fraction,
+            "min_labelled_fraction": spec.chips.min_labelled_fraction,
+        },
+    )
     return {
         "chips_uri": str(chips),
         "counts": info.counts,
@@ -103,9 +114,8 @@ def stage_train(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
 
 def stage_export(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     """Export the trained model to ONNX and check parity with torch on held-out test chips."""
-    from eoforge.export import export_onnx
-
     from eoforge.chips import read_split
+    from eoforge.export import export_onnx
 
     x, _ = read_split(run_dir / "chips.zarr", "test")
     rng = np.random.default_rng(spec.train.seed)
@@ -155,9 +165,8 @@ def stage_baseline(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
 
 def stage_infer(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     """Predict every test scene with ONNX Runtime; write a COG and a STAC item per scene."""
-    from eoforge.infer import open_session, predict_scene, prediction_item, write_prediction
-
     from eoforge import contracts
+    from eoforge.infer import open_session, predict_scene, prediction_item, write_prediction
     from eoforge.storage import write_json_atomic
 
     onnx_path = run_dir / "model" / "model.onnx"
@@ -203,15 +212,15 @@ def stage_infer(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
 def stage_evaluate(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     """Score model and baseline on the test scenes; write ``metrics.json``, quicklooks and report."""
     import rasterio
+
     from eoforge.evaluate import confusion_matrix, metrics_from_confusion
+    from eoforge.labels import scl_to_classes
     from eoforge.report import (
         class_map_png,
         confusion_png,
         learning_curves_png,
         true_colour_png,
     )
-
-    from eoforge.labels import scl_to_classes
     from eoforge.storage import write_json_atomic
 
     k = len(spec.labels.classes)
@@ -237,7 +246,7 @@ def stage_evaluate(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
                 spec.stac.bands.index(b) for b in ("red", "green", "blue") if b in spec.stac.bands
             ]
             if len(order) == 3:
-                true_colour_png(bands, order, ql / "true_colour.png")
+                true_colour_png(bands, ql / "true_colour.png", rgb=(order[0], order[1], order[2]))
                 images.append((f"True colour, {item_id}", ql / "true_colour.png"))
             class_map_png(truth, names, ql / "label.png", f"Label (grouped SCL), {item_id}")
             class_map_png(pred, names, ql / "prediction.png", f"Model prediction, {item_id}")
@@ -324,9 +333,8 @@ def stage_report(
     orchestration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.html`` and then ``provenance.json`` (which hashes every other output)."""
-    from eoforge.report import write_report
-
     from eoforge.provenance import git_revision, output_records, package_versions
+    from eoforge.report import write_report
     from eoforge.stac import self_href
     from eoforge.storage import write_json_atomic
 

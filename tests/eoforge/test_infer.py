@@ -1,0 +1,391 @@
+"""Tests of eoforge.infer on tiny ONNX graphs built in code (no torch, no downloads)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pystac
+import pytest
+import rasterio
+from onnx import TensorProto, helper, numpy_helper
+
+from eoforge.config import InferSpec
+from eoforge.errors import InputError
+from eoforge.infer import (
+    NODATA_CLASS,
+    _axis_plan,
+    _axis_weights,
+    open_session,
+    predict_scene,
+    prediction_item,
+    write_json_atomic,
+    write_prediction,
+)
+
+CRS = "EPSG:32633"
+TRANSFORM = (120.0, 0.0, 500000.0, 0.0, -120.0, 5000040.0)
+SPEC = InferSpec(window=64, overlap=16, batch_size=4)
+
+
+# --------------------------------------------------------------------------- tiny models
+
+
+def _save(
+    path: Path,
+    nodes: list[Any],
+    inits: list[Any],
+    channels: int,
+    classes: int,
+    shape: tuple[Any, ...] | None = None,
+) -> Path:
+    shape = shape or ("N", channels, "H", "W")
+    out_shape = (shape[0], classes, shape[2], shape[3])
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, list(out_shape))],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def conv_model(
+    path: Path, weight: np.ndarray, bias: np.ndarray, shape: tuple[Any, ...] | None = None
+) -> Path:
+    """One Conv (same padding): logits = conv(image / 1e4)."""
+    k, c, kh, _ = weight.shape
+    inits = [
+        numpy_helper.from_array(weight.astype(np.float32), "w"),
+        numpy_helper.from_array(bias.astype(np.float32), "b"),
+        numpy_helper.from_array(np.array(1e4, np.float32), "scale"),
+    ]
+    nodes = [
+        helper.make_node("Div", ["image", "scale"], ["x"]),
+        helper.make_node("Conv", ["x", "w", "b"], ["logits"], pads=[kh // 2] * 4),
+    ]
+    return _save(path, nodes, inits, c, k, shape)
+
+
+def small_net(path: Path, channels: int = 4, width: int = 16, classes: int = 5) -> Path:
+    """Normalise, conv3x3-relu, conv3x3-relu, conv1x1: a stand-in for a small segmenter."""
+    rng = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(np.full((1, channels, 1, 1), 1500, np.float32), "mean"),
+        numpy_helper.from_array(np.full((1, channels, 1, 1), 800, np.float32), "std"),
+    ]
+    nodes = [
+        helper.make_node("Sub", ["image", "mean"], ["a"]),
+        helper.make_node("Div", ["a", "std"], ["x0"]),
+    ]
+    specs = [(channels, width, 3), (width, width, 3), (width, classes, 1)]
+    for n, (cin, cout, k) in enumerate(specs):
+        w = rng.normal(0, (2 / (cin * k * k)) ** 0.5, (cout, cin, k, k)).astype(np.float32)
+        inits += [
+            numpy_helper.from_array(w, f"w{n}"),
+            numpy_helper.from_array(np.zeros(cout, np.float32), f"b{n}"),
+        ]
+        out = "logits" if n == len(specs) - 1 else f"c{n}"
+        nodes.append(
+            helper.make_node("Conv", [f"x{n}", f"w{n}", f"b{n}"], [out], pads=[k // 2] * 4)
+        )
+        if out != "logits":
+            nodes.append(helper.make_node("Relu", [out], [f"x{n + 1}"]))
+    return _save(path, nodes, inits, channels, classes)
+
+
+def scene(h: int, w: int, c: int = 4, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(1, 6000, (c, h, w), dtype=np.uint16)
+
+
+@pytest.fixture(scope="module")
+def pixel_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A per-pixel (1x1 conv) model with 4 bands -> 3 classes."""
+    rng = np.random.default_rng(1)
+    path = conv_model(
+        tmp_path_factory.mktemp("m") / "pixel.onnx",
+        rng.normal(size=(3, 4, 1, 1)),
+        rng.normal(size=3),
+    )
+    return open_session(path, threads=1)
+
+
+@pytest.fixture(scope="module")
+def conv3_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    rng = np.random.default_rng(2)
+    path = conv_model(
+        tmp_path_factory.mktemp("m") / "conv3.onnx",
+        rng.normal(size=(3, 4, 3, 3)),
+        rng.normal(size=3) * 0.1,
+    )
+    return open_session(path, threads=1)
+
+
+# --------------------------------------------------------------------------- sliding window
+
+
+def test_axis_plan_shifts_last_window_inward_and_pads_short_axes() -> None:
+    assert _axis_plan(300, 64, 16, None) == (64, 300, [0, 48, 96, 144, 192, 236])
+    assert _axis_plan(64, 64, 16, None) == (64, 64, [0])
+    assert _axis_plan(37, 64, 16, None) == (40, 40, [0])  # padded to a multiple of 8
+    assert _axis_plan(37, 64, 16, 64) == (64, 64, [0])  # padded to a static model window
+    for starts in ([0, 48, 96, 144, 192, 236], [0, 8], [0]):
+        ws = _axis_weights(starts, 64)
+        assert all(w.min() > 0 for w in ws)
+        cover = np.zeros(starts[-1] + 64)
+        for s, w in zip(starts, ws, strict=True):
+            cover[s : s + 64] += w
+        assert cover.min() > 0.5  # no pixel is left with a near-zero total weight
+        assert ws[0][0] == 1 and ws[-1][-1] == 1  # full weight at scene borders
+
+
+def test_constant_model_gives_constant_mosaic(tmp_path: Path) -> None:
+    path = conv_model(tmp_path / "const.onnx", np.zeros((5, 4, 3, 3)), np.array([0, 0, 3, 1, 0.0]))
+    pred = predict_scene(open_session(path, threads=1), scene(300, 517), SPEC)
+    assert pred.shape == (300, 517) and pred.dtype == np.uint8
+    assert (pred == 2).all()
+
+
+@pytest.mark.parametrize("shape", [(300, 517), (64, 64), (37, 45), (5, 3), (1, 130), (71, 64)])
+def test_output_shape_equals_input_shape(pixel_model: Any, shape: tuple[int, int]) -> None:
+    bands = scene(*shape)
+    pred = predict_scene(pixel_model, bands, SPEC)
+    assert pred.shape == shape
+    # a per-pixel model: windowed result equals the model applied to every pixel at once
+    direct = pixel_model.run(["logits"], {"image": bands[None].astype(np.float32)})[0][0]
+    np.testing.assert_array_equal(pred, direct.argmax(axis=0))
+
+
+def test_shifted_scene_gives_shifted_prediction(pixel_model: Any) -> None:
+    big = scene(340, 560, seed=3)
+    dy, dx = 13, 29
+    a = predict_scene(pixel_model, big[:, :300, :517], SPEC)
+    b = predict_scene(pixel_model, big[:, dy : dy + 300, dx : dx + 517], SPEC)
+    np.testing.assert_array_equal(a[dy:, dx:], b[: 300 - dy, : 517 - dx])
+
+
+def test_blend_has_no_seams_with_spatial_model(conv3_model: Any) -> None:
+    bands = scene(300, 517, seed=4)
+    pred = predict_scene(conv3_model, bands, SPEC)
+    direct = conv3_model.run(["logits"], {"image": bands[None].astype(np.float32)})[0][0]
+    top2 = np.sort(direct, axis=0)[-2:]
+    confident = top2[1] - top2[0] > 0.25
+    # a window's zero-padded border pixels are outweighed by the neighbour that sees them inside,
+    # so only near-ties may differ from running the model on the whole scene at once
+    np.testing.assert_array_equal(pred[confident], direct.argmax(axis=0)[confident])
+    assert (pred == direct.argmax(axis=0)).mean() > 0.995
+
+
+def test_nodata_pixels_and_empty_windows(pixel_model: Any) -> None:
+    bands = scene(200, 300, seed=5)
+    full = predict_scene(pixel_model, bands, SPEC)
+    bands[:, :, :150] = 0  # left half missing: its windows are skipped
+    bands[2, 100, 200] = 0  # one band missing
+    pred = predict_scene(pixel_model, bands, SPEC)
+    assert (pred[:, :150] == NODATA_CLASS).all()
+    assert pred[100, 200] == NODATA_CLASS
+    right = np.ones((200, 150), bool)
+    right[100, 50] = False
+    np.testing.assert_array_equal(pred[:, 150:][right], full[:, 150:][right])
+    assert (predict_scene(pixel_model, np.zeros((4, 70, 70), np.uint16), SPEC) == 255).all()
+
+
+def test_static_shape_model(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    path = conv_model(
+        tmp_path / "static.onnx",
+        rng.normal(size=(3, 4, 1, 1)),
+        rng.normal(size=3),
+        shape=(2, 4, 64, 64),
+    )
+    session = open_session(path, threads=1)
+    bands = scene(100, 45, seed=6)
+    pred = predict_scene(session, bands, SPEC)
+    assert pred.shape == (100, 45)
+    with pytest.raises(InputError, match=r"infer\.window"):
+        predict_scene(session, bands, InferSpec(window=128, overlap=16))
+
+
+def test_bad_inputs_are_input_errors(pixel_model: Any, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="expects 4 input bands"):
+        predict_scene(pixel_model, scene(64, 64, c=3), SPEC)
+    with pytest.raises(InputError, match="multiple of 8"):
+        predict_scene(pixel_model, scene(64, 64), InferSpec(window=60, overlap=8))
+    with pytest.raises(InputError, match="smaller than"):
+        predict_scene(
+            pixel_model,
+            scene(64, 64),
+            InferSpec.model_construct(window=64, overlap=64, batch_size=1),
+        )
+    with pytest.raises(InputError, match=r"\(C, H, W\)"):
+        predict_scene(pixel_model, scene(64, 64)[0], SPEC)
+    with pytest.raises(InputError, match="does not exist"):
+        open_session(tmp_path / "missing.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(InputError, match="cannot be loaded"):
+        open_session(tmp_path / "junk.onnx")
+    model = onnx.load(conv_model(tmp_path / "m.onnx", np.ones((2, 4, 1, 1)), np.zeros(2)))
+    model.graph.output[0].name = "out"
+    model.graph.node[-1].output[0] = "out"
+    onnx.save(model, tmp_path / "renamed.onnx")
+    with pytest.raises(InputError, match="output 'logits'"):
+        open_session(tmp_path / "renamed.onnx")
+
+
+def test_throughput_small_net(tmp_path: Path, record_property: Any) -> None:
+    """Throughput of a 3-conv net on a 4x512x512 scene (reported, loosely bounded)."""
+    session = open_session(small_net(tmp_path / "net.onnx"), threads=2)
+    bands = scene(512, 512, seed=7)
+    spec = InferSpec(window=256, overlap=64, batch_size=4)
+    predict_scene(session, bands, spec)  # warm-up
+    t0 = time.perf_counter()
+    pred = predict_scene(session, bands, spec)
+    seconds = time.perf_counter() - t0
+    mpx_s = bands.shape[1] * bands.shape[2] / 1e6 / seconds
+    record_property("predict_scene_mpx_per_s", round(mpx_s, 2))
+    print(f"predict_scene: {mpx_s:.2f} Mpx/s ({seconds * 1000:.0f} ms for 512x512)")
+    assert pred.shape == (512, 512) and pred.max() < 5
+    assert mpx_s > 0.05
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _class_map(h: int = 1100, w: int = 1030) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    pred = np.where((yy + xx) % 2 == 0, 0, 4).astype(np.uint8)  # averaging would give 2
+    pred[:20] = NODATA_CLASS
+    return pred
+
+
+def test_write_prediction_is_cog_deterministic_and_atomic(tmp_path: Path) -> None:
+    pred = _class_map()
+    a = write_prediction(pred, CRS, TRANSFORM, tmp_path / "a" / "p.tif")
+    b = write_prediction(pred, CRS, TRANSFORM, tmp_path / "b" / "p.tif")
+    assert a == b
+    again = write_prediction(pred, CRS, TRANSFORM, tmp_path / "a" / "p.tif")  # overwrite
+    assert again == a
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["p.tif"]
+    with rasterio.open(tmp_path / "a" / "p.tif") as src:
+        assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert src.compression.name.upper() == "DEFLATE"
+        assert src.nodata == NODATA_CLASS and src.crs.to_epsg() == 32633
+        assert tuple(src.transform)[:6] == TRANSFORM
+        np.testing.assert_array_equal(src.read(1), pred)
+        assert src.overviews(1)
+    with rasterio.open(tmp_path / "a" / "p.tif", overview_level=0) as ovr:
+        assert set(np.unique(ovr.read(1))) <= {0, 4, NODATA_CLASS}
+
+
+def test_write_prediction_rejects_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="uint8"):
+        write_prediction(np.zeros((4, 4), np.int32), CRS, TRANSFORM, tmp_path / "p.tif")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="CRS"):
+        write_prediction(np.zeros((4, 4), np.uint8), "EPSG:nope", TRANSFORM, tmp_path / "p.tif")
+    with pytest.raises(InputError, match="transform"):
+        write_prediction(np.zeros((4, 4), np.uint8), CRS, (1.0, 2.0), tmp_path / "p.tif")
+    assert not list(tmp_path.iterdir())
+
+
+SOURCE = {
+    "type": "Feature",
+    "stac_version": "1.0.0",
+    "id": "S2A_33TWM_20230815_0_L2A",
+    "properties": {
+        "datetime": "2023-08-15T09:57:57.246000Z",
+        "platform": "sentinel-2a",
+        "eo:cloud_cover": 0.2,
+    },
+    "geometry": None,
+    "links": [
+        {
+            "rel": "self",
+            "href": "http://127.0.0.1:7822/collections/s2/items/S2A_33TWM_20230815_0_L2A",
+        }
+    ],
+    "assets": {},
+}
+
+
+def _item(tmp_path: Path) -> dict[str, Any]:
+    pred = _class_map(90, 120)
+    tif = tmp_path / f"{SOURCE['id']}.tif"
+    write_prediction(pred, CRS, TRANSFORM, tif)
+    return prediction_item(
+        tif,
+        SOURCE,
+        ["vegetation", "bare", "water", "cloud", "shadow"],
+        "../model/model-item.json",
+        CRS,
+        TRANSFORM,
+        pred.shape,
+        model_name="eoforge-unet",
+    )
+
+
+def test_prediction_item(tmp_path: Path) -> None:
+    d = _item(tmp_path)
+    assert d["id"] == "S2A_33TWM_20230815_0_L2A-prediction"
+    assert d["properties"]["datetime"] == "2023-08-15T09:57:57.246000Z"
+    assert d["properties"]["proj:code"] == "EPSG:32633"
+    assert d["properties"]["proj:shape"] == [90, 120]
+    assert d["properties"]["proj:transform"] == list(TRANSFORM)
+    asset = d["assets"]["classification"]
+    assert asset["href"] == "./S2A_33TWM_20230815_0_L2A.tif"
+    assert asset["type"] == pystac.MediaType.COG and asset["roles"] == ["data"]
+    assert asset["classification:classes"][-1] == {"value": 255, "name": "nodata", "nodata": True}
+    assert asset["classification:classes"][2] == {"value": 2, "name": "water"}
+    assert asset["file:checksum"].startswith("1220") and len(asset["file:checksum"]) == 68
+    derived = [link for link in d["links"] if link["rel"] == "derived_from"]
+    assert [link["href"] for link in derived] == [
+        SOURCE["links"][0]["href"],
+        "../model/model-item.json",
+    ]
+    assert derived[1]["mlm:name"] == "eoforge-unet"
+    # UTM 33N easting 500000 is the 15 E meridian; 90 rows of 120 m ~ 0.1 degree of latitude
+    west, south, east, north = d["bbox"]
+    assert abs(west - 15.0) < 1e-6 and 44.9 < south < north < 45.2 and east > west
+    item = pystac.Item.from_dict(d)
+    assert item.to_dict(include_self_link=False, transform_hrefs=False) == d
+    assert pystac.validation.validate_dict(json.loads(json.dumps(d)), extensions=[])  # core schema
+
+
+@pytest.mark.skipif(
+    not os.environ.get("EOFORGE_NETWORK_TESTS"),
+    reason="fetches STAC extension schemas from the network; set EOFORGE_NETWORK_TESTS=1",
+)
+def test_prediction_item_full_schema_validation(tmp_path: Path) -> None:
+    pystac.Item.from_dict(_item(tmp_path)).validate()
+
+
+def test_prediction_item_needs_a_source_href(tmp_path: Path) -> None:
+    tif = tmp_path / "p.tif"
+    write_prediction(np.zeros((8, 8), np.uint8), CRS, TRANSFORM, tif)
+    source = {**SOURCE, "links": []}
+    with pytest.raises(InputError, match="source_href"):
+        prediction_item(tif, source, ["a"], None, CRS, TRANSFORM, (8, 8))
+    d = prediction_item(tif, source, ["a"], None, CRS, TRANSFORM, (8, 8), source_href="s.json")
+    assert [link["href"] for link in d["links"]] == ["s.json"]
+    with pytest.raises(InputError, match="classes"):
+        prediction_item(tif, SOURCE, ["no spaces"], None, CRS, TRANSFORM, (8, 8))
+
+
+def test_write_json_atomic_is_deterministic(tmp_path: Path) -> None:
+    a = write_json_atomic(tmp_path / "x.json", {"b": 1, "a": [1.5, None]})
+    b = write_json_atomic(tmp_path / "x.json", {"a": [1.5, None], "b": 1})
+    assert a == b
+    assert (
+        tmp_path / "x.json"
+    ).read_text() == '{\n  "a": [\n    1.5,\n    null\n  ],\n  "b": 1\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
