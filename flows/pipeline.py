@@ -1,19 +1,23 @@
-"""The whole chain as one Prefect flow: search -> ingest -> chips -> train/baseline -> export -> infer -> evaluate -> report."""
+"""The whole chain as one Prefect flow; the GPU stage can run as its own deployment on the gpu pool."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from prefect import flow
-from prefect.runtime import flow_run
+from prefect import flow, task
+from prefect.deployments import run_deployment
+from prefect.runtime import deployment, flow_run
 
-from eoforge.config import RunSpec
+from eoforge.config import RunSpec, default_store
+from eoforge.errors import TransientError
+from eoforge.pipeline import promote_model, run_context, stac_endpoint, stored
 from tasks.stages import (
     baseline_task,
+    cached,
     chips_task,
     evaluate_task,
-    export_task,
     infer_task,
     ingest_task,
     report_task,
@@ -22,29 +26,121 @@ from tasks.stages import (
 )
 
 
+@task(name="promote-model", persist_result=False)
+def promote_task(store: str, model_dir: str, metrics: dict[str, Any], run: str) -> dict[str, Any]:
+    return promote_model(store, model_dir, metrics, run)
+
+
+def _train_on_pool(
+    deployment: str, spec: RunSpec, cube_uri: str, store: str, keys: dict[str, str]
+) -> dict[str, Any]:
+    """Run the train deployment (its work pool decides the machine) and wait for it."""
+    child = run_deployment(
+        deployment,
+        parameters={
+            "spec": spec.model_dump(mode="json"),
+            "cube_uri": cube_uri,
+            "store": store,
+            "chips_key": keys["chips"],
+            "model_key": keys["model"],
+        },
+        idempotency_key=f"train-{keys['model'][:24]}-{flow_run.id}",
+        timeout=None,
+    )
+    state = child.state  # type: ignore[union-attr]
+    if state is None or not state.is_completed():
+        raise TransientError(
+            f"train deployment '{deployment}' run {child.id} ended "  # type: ignore[union-attr]
+            f"{state.name if state else 'without a state'}: {state.message if state else ''}"
+        )
+    model_dir = stored(store, "model", keys["model"])
+    import json
+
+    summary = json.loads((model_dir / "training.json").read_text())
+    return {"model_dir": str(model_dir), "reused": False, "flow_run_id": str(child.id), **summary}  # type: ignore[union-attr]
+
+
 @flow(name="eoforge-pipeline", log_prints=True)
-def pipeline_flow(spec: RunSpec, api_url: str, run_dir: str, final_dir: str) -> dict[str, Any]:
-    """Run every stage on ``run_dir`` (a staging folder published as ``final_dir`` by the caller)."""
+def pipeline_flow(
+    spec: RunSpec = RunSpec(),  # noqa: B008 - a frozen model: safe default, shown in the UI form
+    out: str = "runs/pipeline",
+    store: str | None = None,
+    api_url: str | None = None,
+    train_deployment: str | None = None,
+) -> dict[str, Any]:
+    """Search -> ingest -> chips -> train + export -> baseline -> infer -> evaluate -> report.
+
+    Args:
+        spec: the run specification.
+        out: run folder, published atomically when every stage and contract passed.
+        store: content-addressed store of cubes, chips and models (default $EOFORGE_STORE).
+        api_url: STAC API; None uses spec.stac.api_url or serves spec.stac.catalog_dir locally.
+        train_deployment: run training as this deployment (e.g. on the gpu work pool)
+            instead of in this flow run.
+    """
+    store_s = str(Path(store or default_store()).resolve())
+    final = str(Path(out).resolve())
     results: dict[str, dict[str, Any]] = {}
-    steps = [
-        ("search", lambda: search_task(spec, api_url, run_dir)),
-        ("ingest", lambda: ingest_task(spec, run_dir)),
-        ("chips", lambda: chips_task(spec, run_dir)),
-        ("train", lambda: train_task(spec, run_dir)),
-        ("baseline", lambda: baseline_task(spec, run_dir)),
-        ("export", lambda: export_task(spec, run_dir)),
-        ("infer", lambda: infer_task(spec, run_dir)),
-        ("evaluate", lambda: evaluate_task(spec, run_dir)),
-    ]
-    for name, step in steps:
-        t0 = time.perf_counter()
-        results[name] = step()
-        results[name]["stage_seconds"] = time.perf_counter() - t0
-    orchestration = {
-        "engine": "prefect",
-        "flow_run_id": str(flow_run.id),
-        "flow_run_name": flow_run.name,
-        "task_run_ids": {k: v.get("task_run_id") for k, v in results.items()},
-    }
-    results["report"] = report_task(spec, run_dir, final_dir, results, orchestration)
+
+    def timed(name: str, value: dict[str, Any], t0: float) -> dict[str, Any]:
+        value["stage_seconds"] = time.perf_counter() - t0
+        results[name] = value
+        return value
+
+    with stac_endpoint(spec, api_url) as url, run_context(Path(out)) as run_path:
+        rd = str(run_path)
+        t = time.perf_counter()
+        s = timed("search", search_task(spec, url, rd), t)
+        keys = s["keys"]
+        t = time.perf_counter()
+        c = timed(
+            "ingest",
+            cached(ingest_task, store_s, "cube", keys["cube"])(
+                spec, s["items_uri"], store_s, keys["cube"]
+            ),
+            t,
+        )
+        t = time.perf_counter()
+        ch = timed(
+            "chips",
+            cached(chips_task, store_s, "chips", keys["chips"])(
+                spec, c["cube_uri"], store_s, keys["chips"]
+            ),
+            t,
+        )
+        t = time.perf_counter()
+        if train_deployment:
+            m = timed(
+                "train", _train_on_pool(train_deployment, spec, c["cube_uri"], store_s, keys), t
+            )
+        else:
+            m = timed(
+                "train",
+                cached(train_task, store_s, "model", keys["model"])(
+                    spec, ch["chips_uri"], store_s, keys["model"]
+                ),
+                t,
+            )
+        t = time.perf_counter()
+        b = timed(
+            "baseline",
+            cached(baseline_task, store_s, "baseline", keys["baseline"])(
+                spec, ch["chips_uri"], c["cube_uri"], store_s, keys["baseline"]
+            ),
+            t,
+        )
+        t = time.perf_counter()
+        timed("infer", infer_task(spec, m["model_dir"], c["cube_uri"], s["items_uri"], rd), t)
+        t = time.perf_counter()
+        e = timed("evaluate", evaluate_task(spec, c["cube_uri"], b["baseline_dir"], rd), t)
+        orchestration = {
+            "engine": "prefect",
+            "flow_run_id": str(flow_run.id),
+            "flow_run_name": flow_run.name,
+            "deployment_id": deployment.id,
+            "task_run_ids": {k: v.get("task_run_id") for k, v in results.items()},
+            "train_flow_run_id": m.get("flow_run_id"),
+            "promotion": promote_task(store_s, m["model_dir"], e["metrics"], final),
+        }
+        results["report"] = report_task(spec, rd, final, results, orchestration)
     return results

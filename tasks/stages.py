@@ -1,22 +1,33 @@
 """One Prefect task per pipeline stage; the work itself lives in :mod:`eoforge.pipeline`.
 
-Tasks that touch the network or storage retry with exponential backoff and jitter, but never
-on bad input or a violated data contract (retrying cannot fix those).
+- Tasks that touch the network or storage retry with exponential backoff and jitter, but never
+  on bad input or a violated data contract (retrying cannot fix those).
+- Stored products (cube, chips, model, baseline) are cached across runs: the cache key is the
+  product's store key (from STAC item ids + ``updated`` and spec fingerprints, see
+  ``eoforge.pipeline.plan_keys``) plus the task's source, and only while the stored product
+  still exists. Results are small JSON summaries of URIs, never pickles.
 """
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from prefect import Task, task
+from prefect.cache_policies import TASK_SOURCE, CachePolicy
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.context import TaskRunContext
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
 from eoforge import pipeline
 from eoforge.config import RunSpec
 from eoforge.errors import ContractViolation, InputError
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def retry_unless_final(task_: Task[Any, Any], run: TaskRun, state: State[Any]) -> bool:
@@ -28,16 +39,64 @@ def retry_unless_final(task_: Task[Any, Any], run: TaskRun, state: State[Any]) -
     return not isinstance(exc, InputError | ContractViolation)
 
 
-def network_task(name: str, tags: list[str]) -> Any:
-    """A task decorator for stages that touch the network or storage: bounded, jittered retries."""
-    return task(
-        name=name,
-        tags=tags,
-        retries=3,
-        retry_delay_seconds=exponential_backoff(backoff_factor=2),
-        retry_jitter_factor=0.5,
-        retry_condition_fn=retry_unless_final,
+@dataclass
+class StoredProduct(CachePolicy):
+    """Cache on the product's store key (what identifies its inputs) and the store it lives in."""
+
+    kind: str = "cube"
+
+    def compute_key(
+        self,
+        task_ctx: TaskRunContext,
+        inputs: dict[str, Any],
+        flow_parameters: dict[str, Any],
+        **kwargs: Any,
+    ) -> str | None:
+        store, key = inputs.get("store"), inputs.get("key")
+        if not store or not key:
+            return None
+        return f"{self.kind}-{key}-{Path(str(store)).resolve()}"
+
+
+def cached(task_: Task[P, R], store: str, kind: str, key: str) -> Task[P, R]:
+    """``task_`` with its cache records kept inside the store, refreshed when the product is gone.
+
+    Keeping the records with the products means deleting the store also forgets the cache;
+    a product deleted on its own is rebuilt (``refresh_cache``) instead of served stale.
+    """
+    return task_.with_options(
+        result_storage=_store_results(str(Path(store).resolve())),
+        refresh_cache=not pipeline.stored(store, kind, key).exists(),
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _store_results(store: str) -> Any:
+    """A saved LocalFileSystem block for the store's cache records (Prefect requires saved blocks)."""
+    import hashlib
+
+    from prefect.filesystems import LocalFileSystem
+
+    block = LocalFileSystem(basepath=str(Path(store) / ".prefect-results"))
+    name = "eoforge-store-" + hashlib.sha256(store.encode()).hexdigest()[:16]
+    block.save(name, overwrite=True)
+    return block
+
+
+_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_unless_final,
+}
+
+
+def _cached(kind: str) -> dict[str, Any]:
+    return {
+        "cache_policy": StoredProduct(kind=kind) + TASK_SOURCE,
+        "persist_result": True,
+        "result_serializer": "json",
+    }
 
 
 def _tagged(result: dict[str, Any]) -> dict[str, Any]:
@@ -45,47 +104,51 @@ def _tagged(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-@network_task("search", ["stac", "network"])
+@task(name="search", tags=["stac", "network"], persist_result=False, **_RETRIES)
 def search_task(spec: RunSpec, api_url: str, run_dir: str) -> dict[str, Any]:
     return _tagged(pipeline.stage_search(spec, api_url, Path(run_dir)))
 
 
-@network_task("ingest", ["cube", "storage"])
-def ingest_task(spec: RunSpec, run_dir: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_ingest(spec, Path(run_dir)))
+@task(name="ingest", tags=["cube", "storage"], **_RETRIES, **_cached("cube"))
+def ingest_task(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[str, Any]:
+    return _tagged(pipeline.stage_ingest(spec, items_uri, store, key))
 
 
-@network_task("chips", ["chips", "storage"])
-def chips_task(spec: RunSpec, run_dir: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_chips(spec, Path(run_dir)))
+@task(name="chips", tags=["chips", "storage"], **_RETRIES, **_cached("chips"))
+def chips_task(spec: RunSpec, cube_uri: str, store: str, key: str) -> dict[str, Any]:
+    return _tagged(pipeline.stage_chips(spec, cube_uri, store, key))
 
 
-@task(name="train", tags=["train", "gpu-capable"])
-def train_task(spec: RunSpec, run_dir: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_train(spec, Path(run_dir)))
+@task(name="train-export", tags=["train", "gpu-capable"], **_cached("model"))
+def train_task(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str, Any]:
+    return _tagged(pipeline.stage_train(spec, chips_uri, store, key))
 
 
-@task(name="baseline", tags=["train"])
-def baseline_task(spec: RunSpec, run_dir: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_baseline(spec, Path(run_dir)))
+@task(name="baseline", tags=["train"], **_cached("baseline"))
+def baseline_task(
+    spec: RunSpec, chips_uri: str, cube_uri: str, store: str, key: str
+) -> dict[str, Any]:
+    return _tagged(pipeline.stage_baseline(spec, chips_uri, cube_uri, store, key))
 
 
-@task(name="export", tags=["export"])
-def export_task(spec: RunSpec, run_dir: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_export(spec, Path(run_dir)))
+@task(name="infer", tags=["infer", "storage", "gpu-capable"], persist_result=False, **_RETRIES)
+def infer_task(
+    spec: RunSpec,
+    model_dir: str,
+    cube_uri: str,
+    items_uri: str,
+    run_dir: str,
+    item_ids: list[str] | None = None,
+) -> dict[str, Any]:
+    return _tagged(pipeline.stage_infer(spec, model_dir, cube_uri, items_uri, run_dir, item_ids))
 
 
-@network_task("infer", ["infer", "storage", "gpu-capable"])
-def infer_task(spec: RunSpec, run_dir: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_infer(spec, Path(run_dir)))
+@task(name="evaluate", tags=["evaluate"], persist_result=False)
+def evaluate_task(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str) -> dict[str, Any]:
+    return _tagged(pipeline.stage_evaluate(spec, cube_uri, baseline_dir, run_dir))
 
 
-@task(name="evaluate", tags=["evaluate"])
-def evaluate_task(spec: RunSpec, run_dir: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_evaluate(spec, Path(run_dir)))
-
-
-@task(name="report", tags=["report"])
+@task(name="report", tags=["report"], persist_result=False)
 def report_task(
     spec: RunSpec,
     run_dir: str,
@@ -93,4 +156,4 @@ def report_task(
     results: dict[str, dict[str, Any]],
     orchestration: dict[str, Any],
 ) -> dict[str, Any]:
-    return pipeline.stage_report(spec, Path(run_dir), Path(final_dir), results, orchestration)
+    return pipeline.stage_report(spec, run_dir, final_dir, results, orchestration)

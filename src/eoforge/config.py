@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,19 @@ __all__ = [
     "RunSpec",
     "StacSpec",
     "TrainSpec",
+    "default_store",
     "load_run_spec",
 ]
 
 #: The bundled real Sentinel-2 L2A mini sample (10 items, 2 tiles, 5 dates).
 BUNDLED_CATALOG = Path(__file__).resolve().parents[2] / "examples" / "data" / "s2-l2a-mini"
+
+
+def default_store() -> Path:
+    """The content-addressed store of cubes, chips and models: ``$EOFORGE_STORE`` or
+    ``~/.cache/eoforge/store``."""
+    env = os.environ.get("EOFORGE_STORE")
+    return Path(env) if env else Path.home() / ".cache" / "eoforge" / "store"
 
 
 class _Spec(BaseModel):

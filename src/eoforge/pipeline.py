@@ -1,15 +1,24 @@
 """The pipeline's stages as plain functions over URIs (paths), each checked by its data contract.
 
+Expensive, reusable products (cube, chips, model, baseline) live in a content-addressed
+*store*: their path is their cache key, derived from what identifies the data (STAC item ids +
+``updated``, spec fingerprints), so a rerun with the same inputs finds them and skips the work,
+and a changed item or spec recomputes only what depends on it (ADR 0003). Per-run outputs
+(predictions, metrics, report, provenance) go to the run directory.
+
 Prefect tasks in ``tasks/`` wrap these one to one; :func:`run_plain` chains them without Prefect
-(the reference for measuring orchestration overhead). Every stage reads its inputs from the run
-directory and returns a JSON-serialisable summary.
+(the reference for measuring orchestration overhead).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +28,108 @@ from eoforge.config import RunSpec
 from eoforge.errors import InputError
 
 __all__ = [
+    "check_out_dir",
+    "plan_keys",
+    "run_context",
     "run_plain",
+    "stac_endpoint",
     "stage_baseline",
     "stage_chips",
     "stage_evaluate",
-    "stage_export",
     "stage_infer",
     "stage_ingest",
+    "stage_report",
     "stage_search",
+    "stage_train",
+    "store_paths",
+    "stored",
 ]
 
 ITEMS_FILE = "items.json"
 
 
-def _load_items(run_dir: Path) -> list[dict[str, Any]]:
-    data = json.loads((run_dir / ITEMS_FILE).read_text())
+def _h(*parts: str) -> str:
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def plan_keys(spec: RunSpec, items: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Cache keys of the stored products, from the inputs each one depends on."""
+    from eoforge.cube import cube_fingerprint
+
+    cube = cube_fingerprint(items, [*spec.stac.bands, spec.stac.label_asset])
+    chips = _h(cube, spec.chips.fingerprint(), spec.labels.fingerprint(), ",".join(spec.stac.bands))
+    model = _h(chips, spec.train.fingerprint(), "model")
+    baseline = _h(chips, spec.train.fingerprint(), "random-forest")
+    return {"cube": cube, "chips": chips, "model": model, "baseline": baseline}
+
+
+_STORE_LAYOUT = {
+    "cube": ("cubes", ".zarr"),
+    "chips": ("chips", ".zarr"),
+    "model": ("models", ""),
+    "baseline": ("baselines", ""),
+}
+
+
+def stored(store: Path | str, kind: str, key: str) -> Path:
+    """Where the stored product ``kind`` with cache key ``key`` lives (short keys stay readable)."""
+    folder, suffix = _STORE_LAYOUT[kind]
+    return Path(store) / folder / f"{key[:24]}{suffix}"
+
+
+def store_paths(store: Path, keys: dict[str, str]) -> dict[str, Path]:
+    """Every stored product's path for a set of cache keys."""
+    return {kind: stored(store, kind, keys[kind]) for kind in _STORE_LAYOUT}
+
+
+def _split_counts(chips: Path) -> dict[str, int]:
+    import zarr
+
+    g = zarr.open_group(str(chips), mode="r")
+    counts: dict[str, int] = {}
+    for name in ("train", "val", "test"):
+        if f"{name}/y" in g:
+            arr = g[f"{name}/y"]
+            assert isinstance(arr, zarr.Array)
+            counts[name] = int(arr.shape[0])
+    return counts
+
+
+def _load_items(items_uri: Path) -> list[dict[str, Any]]:
+    data = json.loads(Path(items_uri).read_text())
     return list(data["features"])
 
 
+@contextlib.contextmanager
+def stac_endpoint(spec: RunSpec, api_url: str | None = None) -> Iterator[str]:
+    """The STAC API to search: ``api_url``, else ``spec.stac.api_url``, else a local rustac
+    server over ``spec.stac.catalog_dir`` (stopped on exit)."""
+    from eoforge.stac import LocalStacServer, prepare_served_catalog
+
+    url = api_url or spec.stac.api_url
+    if url:
+        yield url
+        return
+    with tempfile.TemporaryDirectory(prefix="eoforge-stac-") as td:
+        files = prepare_served_catalog(spec.stac.catalog_dir, Path(td))
+        with LocalStacServer(files, log_path=Path(td) / "rustac.log") as server:
+            yield server.url
+
+
+@contextlib.contextmanager
+def run_context(out: Path) -> Iterator[Path]:
+    """A staging folder for one run, published as ``out`` only if the block succeeds."""
+    from eoforge.storage import clean_stale_staging, staged_dir
+
+    out = Path(out).resolve()
+    check_out_dir(out)
+    clean_stale_staging(out.parent)
+    with staged_dir(out) as run_dir:
+        yield run_dir
+
+
 def stage_search(spec: RunSpec, api_url: str, run_dir: Path) -> dict[str, Any]:
-    """Search the STAC API, check the items contract, and save the items as ``items.json``."""
+    """Search the STAC API, check the items contract, save ``items.json``, plan the cache keys."""
     from eoforge import contracts
     from eoforge.stac import search_items
     from eoforge.storage import write_json_atomic
@@ -47,40 +138,47 @@ def stage_search(spec: RunSpec, api_url: str, run_dir: Path) -> dict[str, Any]:
     result = contracts.enforce(
         "items", contracts.items_table(items, [*spec.stac.bands, spec.stac.label_asset])
     )
-    write_json_atomic(run_dir / ITEMS_FILE, {"type": "FeatureCollection", "features": items})
+    items_uri = Path(run_dir) / ITEMS_FILE
+    write_json_atomic(items_uri, {"type": "FeatureCollection", "features": items})
     return {
-        "items_uri": str(run_dir / ITEMS_FILE),
+        "items_uri": str(items_uri),
         "item_ids": [it["id"] for it in items],
+        "keys": plan_keys(spec, items),
         "contract": result.to_dict(),
     }
 
 
-def stage_ingest(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    """Load the searched items into ``cube.zarr`` (one group per tile) and check the cube contract."""
+def stage_ingest(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[str, Any]:
+    """Load the items into the stored cube ``key`` (unless it exists) and check the cube contract."""
     from eoforge import contracts
-    from eoforge.cube import write_cube
+    from eoforge.cube import list_tiles, write_cube
 
-    items = _load_items(run_dir)
-    cube = run_dir / "cube.zarr"
-    info = write_cube(items, [*spec.stac.bands, spec.stac.label_asset], cube)
+    cube = stored(store, "cube", key)
+    reused = cube.exists()
+    if not reused:
+        write_cube(_load_items(Path(items_uri)), [*spec.stac.bands, spec.stac.label_asset], cube)
     result = contracts.enforce(
         "cube", contracts.cube_table(cube, label_variables=(spec.stac.label_asset,))
     )
     return {
         "cube_uri": str(cube),
-        "tiles": info.tiles,
-        "fingerprint": info.fingerprint,
+        "tiles": list_tiles(cube),
+        "reused": reused,
         "contract": result.to_dict(),
     }
 
 
-def stage_chips(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    """Cut ``chips.zarr`` from the cube and check the chips contract."""
+def stage_chips(spec: RunSpec, cube_uri: str, store: str, key: str) -> dict[str, Any]:
+    """Cut the stored chips ``key`` from the cube (unless they exist); check the chips contract."""
     from eoforge import contracts
     from eoforge.chips import build_chips
 
-    chips = run_dir / "chips.zarr"
-    info = build_chips(run_dir / "cube.zarr", chips, spec.chips, spec.labels, spec.stac.bands)
+    chips = stored(store, "chips", key)
+    reused = chips.exists()
+    info: dict[str, Any] = {}
+    if not reused:
+        built = build_chips(Path(cube_uri), chips, spec.chips, spec.labels, spec.stac.bands)
+        info = {"rejected": built.rejected, "class_counts": built.class_counts}
     result = contracts.enforce(
         "chips",
         contracts.chips_table(chips),
@@ -91,98 +189,142 @@ def stage_chips(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     )
     return {
         "chips_uri": str(chips),
-        "counts": info.counts,
-        "rejected": info.rejected,
-        "class_counts": info.class_counts,
+        "counts": _split_counts(chips),
+        "reused": reused,
+        **info,
         "contract": result.to_dict(),
     }
 
 
-def stage_train(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    """Train the segmentation model on the chips; weights go to ``model/``."""
-    from eoforge.train import train_model
-
-    res = train_model(run_dir / "chips.zarr", spec.train, run_dir / "model")
-    return {
-        "model_dir": str(res.model_dir),
-        "best_epoch": res.best_epoch,
-        "best_val_miou": res.best_val_miou,
-        "epochs_run": res.epochs_run,
-        "seconds": res.seconds,
-    }
-
-
-def stage_export(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    """Export the trained model to ONNX and check parity with torch on held-out test chips."""
+def stage_train(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str, Any]:
+    """Train, export to ONNX (parity-checked on test chips) and publish the stored model ``key``."""
     from eoforge.chips import read_split
     from eoforge.export import export_onnx
+    from eoforge.storage import staged_dir, write_json_atomic
+    from eoforge.train import train_model
 
-    x, _ = read_split(run_dir / "chips.zarr", "test")
-    rng = np.random.default_rng(spec.train.seed)
-    sample = x[rng.choice(len(x), size=min(8, len(x)), replace=False)]
-    res = export_onnx(run_dir / "model", run_dir / "model" / "model.onnx", sample)
-    return {
-        "onnx_uri": str(res.onnx_path),
-        "opset": res.opset,
-        "parity_max_abs_diff": res.max_abs_diff,
-        "parity_samples": res.n_parity_samples,
-        "sha256": res.sha256,
-    }
+    model_dir = stored(store, "model", key)
+    if not model_dir.exists():
+        with staged_dir(model_dir) as staging:
+            res = train_model(Path(chips_uri), spec.train, staging)
+            x, _ = read_split(Path(chips_uri), "test")
+            rng = np.random.default_rng(spec.train.seed)
+            sample = x[np.sort(rng.choice(len(x), size=min(8, len(x)), replace=False))]
+            exp = export_onnx(staging, staging / "model.onnx", sample)
+            write_json_atomic(
+                staging / "training.json",
+                {
+                    "best_epoch": res.best_epoch,
+                    "best_val_miou": res.best_val_miou,
+                    "epochs_run": res.epochs_run,
+                    "train_seconds": res.seconds,
+                    "onnx_opset": exp.opset,
+                    "parity_max_abs_diff": exp.max_abs_diff,
+                    "parity_samples": exp.n_parity_samples,
+                    "onnx_sha256": exp.sha256,
+                    "chips_uri": chips_uri,
+                    "spec": spec.train.model_dump(mode="json"),
+                },
+            )
+        reused = False
+    else:
+        reused = True
+    summary = json.loads((model_dir / "training.json").read_text())
+    return {"model_dir": str(model_dir), "reused": reused, **summary}
 
 
-def _test_scenes(spec: RunSpec, run_dir: Path) -> list[tuple[str, int, Any]]:
-    from eoforge.cube import open_tile
+def _test_scenes(
+    spec: RunSpec, cube_uri: Path, item_ids: Sequence[str] | None = None
+) -> list[tuple[str, int, Any]]:
+    """(tile, time index, dataset) of the scenes to predict: the test tiles, or the given items."""
+    from eoforge.cube import list_tiles, open_tile
 
+    tiles = list(spec.chips.test_tiles) if item_ids is None else list_tiles(cube_uri)
     scenes: list[tuple[str, int, Any]] = []
-    for tile in spec.chips.test_tiles:
-        ds = open_tile(run_dir / "cube.zarr", tile)
+    for tile in tiles:
+        ds = open_tile(cube_uri, tile)
         for t in range(ds.sizes["time"]):
-            scenes.append((tile, t, ds))
+            if item_ids is None or str(ds["item_id"].values[t]) in item_ids:
+                scenes.append((tile, t, ds))
     return scenes
 
 
-def _scene_bands(ds: Any, t: int, bands: tuple[str, ...]) -> np.ndarray:
+def _scene_bands(ds: Any, t: int, bands: Sequence[str]) -> np.ndarray:
     return np.stack([ds[b].isel(time=t).values for b in bands])
 
 
-def stage_baseline(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    """Train the per-pixel random forest on the train chips and predict every test scene."""
+def stage_baseline(
+    spec: RunSpec, chips_uri: str, cube_uri: str, store: str, key: str
+) -> dict[str, Any]:
+    """Fit the per-pixel random forest on the train chips and predict every test scene (stored)."""
     from eoforge.baseline import predict_scene, train_random_forest
     from eoforge.infer import write_prediction
+    from eoforge.storage import staged_dir, write_json_atomic
 
-    t0 = time.perf_counter()
-    rf = train_random_forest(run_dir / "chips.zarr", spec.train)
-    fit_s = time.perf_counter() - t0
-    out: dict[str, str] = {}
-    for _tile, t, ds in _test_scenes(spec, run_dir):
-        item_id = str(ds["item_id"].values[t])
-        pred = predict_scene(rf, _scene_bands(ds, t, spec.stac.bands))
-        tif = run_dir / "baseline" / f"{item_id}.tif"
-        write_prediction(pred, ds.attrs["crs"], tuple(ds.attrs["transform"]), tif)
-        out[item_id] = str(tif)
-    return {"predictions": out, "fit_seconds": fit_s, "seconds": time.perf_counter() - t0}
+    out = stored(store, "baseline", key)
+    reused = out.exists()
+    if not reused:
+        with staged_dir(out) as staging:
+            t0 = time.perf_counter()
+            rf = train_random_forest(Path(chips_uri), spec.train)
+            fit_s = time.perf_counter() - t0
+            for _tile, t, ds in _test_scenes(spec, Path(cube_uri)):
+                item_id = str(ds["item_id"].values[t])
+                pred = predict_scene(rf, _scene_bands(ds, t, spec.stac.bands))
+                write_prediction(
+                    pred, ds.attrs["crs"], tuple(ds.attrs["transform"]), staging / f"{item_id}.tif"
+                )
+            write_json_atomic(
+                staging / "baseline.json",
+                {"fit_seconds": fit_s, "seconds": time.perf_counter() - t0, "chips_uri": chips_uri},
+            )
+    summary = json.loads((out / "baseline.json").read_text())
+    return {"baseline_dir": str(out), "reused": reused, **summary}
 
 
-def stage_infer(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    """Predict every test scene with ONNX Runtime; write a COG and a STAC item per scene."""
+def stage_infer(
+    spec: RunSpec,
+    model_dir: str,
+    cube_uri: str,
+    items_uri: str,
+    run_dir: str,
+    item_ids: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Predict scenes with ONNX Runtime; write a COG and a STAC item per scene into the run.
+
+    The model (ONNX, weights, config) is copied into ``run_dir/model`` so the run is
+    self-contained. ``item_ids`` limits inference to those items (default: the test tiles).
+    """
     from eoforge import contracts
     from eoforge.infer import open_session, predict_scene, prediction_item, write_prediction
-    from eoforge.storage import write_json_atomic
+    from eoforge.stac import self_href
+    from eoforge.storage import staged_dir, write_json_atomic
 
-    onnx_path = run_dir / "model" / "model.onnx"
-    session = open_session(onnx_path, spec.infer.threads)
-    items = {it["id"]: it for it in _load_items(run_dir)}
+    run = Path(run_dir)
+    run_model = run / "model"
+    if Path(model_dir).resolve() != run_model.resolve():
+        with staged_dir(run_model) as staging:
+            for f in sorted(Path(model_dir).iterdir()):
+                if f.is_file():
+                    shutil.copy2(f, staging / f.name)
+    session = open_session(run_model / "model.onnx", spec.infer.threads)
+    items = {it["id"]: it for it in _load_items(Path(items_uri))}
     written: dict[str, dict[str, str]] = {}
     t0 = time.perf_counter()
     pixels = 0
-    for _tile, t, ds in _test_scenes(spec, run_dir):
+    scenes = _test_scenes(spec, Path(cube_uri), item_ids)
+    if item_ids is not None and len(scenes) < len(set(item_ids)):
+        found = {str(ds["item_id"].values[t]) for _, t, ds in scenes}
+        raise InputError(
+            f"items {sorted(set(item_ids) - found)} are not in cube '{cube_uri}'; ingest them first."
+        )
+    for _tile, t, ds in scenes:
         item_id = str(ds["item_id"].values[t])
         if item_id not in items:
-            raise InputError(f"cube slice '{item_id}' has no STAC item in {run_dir / ITEMS_FILE}.")
-        bands = _scene_bands(ds, t, spec.stac.bands)
-        pred = predict_scene(session, bands, spec.infer)
+            raise InputError(f"cube slice '{item_id}' has no STAC item in {items_uri}.")
+        pred = predict_scene(session, _scene_bands(ds, t, spec.stac.bands), spec.infer)
         pixels += pred.size
-        tif = run_dir / "predictions" / f"{item_id}.tif"
+        tif = run / "predictions" / f"{item_id}.tif"
         crs, transform = ds.attrs["crs"], tuple(ds.attrs["transform"])
         write_prediction(pred, crs, transform, tif)
         item = prediction_item(
@@ -193,6 +335,7 @@ def stage_infer(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
             crs,
             transform,
             pred.shape,
+            source_href=self_href(items[item_id]),
         )
         write_json_atomic(tif.with_suffix(".json"), item)
         written[item_id] = {"cog": str(tif), "item": str(tif.with_suffix(".json"))}
@@ -203,73 +346,73 @@ def stage_infer(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
     )
     return {
         "predictions": written,
+        "model_dir": model_dir,
         "seconds": seconds,
         "mpx_per_s": pixels / 1e6 / max(seconds, 1e-9),
         "contract": result.to_dict(),
     }
 
 
-def stage_evaluate(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
-    """Score model and baseline on the test scenes; write ``metrics.json``, quicklooks and report."""
+def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str) -> dict[str, Any]:
+    """Score model and baseline on the test scenes; write ``metrics.json`` and quicklooks."""
     import rasterio
 
     from eoforge.evaluate import confusion_matrix, metrics_from_confusion
     from eoforge.labels import scl_to_classes
-    from eoforge.report import (
-        class_map_png,
-        confusion_png,
-        learning_curves_png,
-        true_colour_png,
-    )
+    from eoforge.report import class_map_png, confusion_png, learning_curves_png, true_colour_png
     from eoforge.storage import write_json_atomic
 
+    run = Path(run_dir)
     k = len(spec.labels.classes)
     names = list(spec.labels.classes)
     cm_model = np.zeros((k, k), np.int64)
     cm_base = np.zeros((k, k), np.int64)
-    ql = run_dir / "quicklooks"
+    ql = run / "quicklooks"
     ql.mkdir(exist_ok=True)
-    images: list[tuple[str, Path]] = []
-    scenes = _test_scenes(spec, run_dir)
+    images: list[tuple[str, str]] = []
+    scenes = _test_scenes(spec, Path(cube_uri))
     for n, (_tile, t, ds) in enumerate(scenes):
         item_id = str(ds["item_id"].values[t])
         truth = scl_to_classes(ds[spec.stac.label_asset].isel(time=t).values, spec.labels)
-        with rasterio.open(run_dir / "predictions" / f"{item_id}.tif") as src:
+        with rasterio.open(run / "predictions" / f"{item_id}.tif") as src:
             pred = src.read(1)
-        with rasterio.open(run_dir / "baseline" / f"{item_id}.tif") as src:
+        with rasterio.open(Path(baseline_dir) / f"{item_id}.tif") as src:
             base = src.read(1)
         cm_model += confusion_matrix(truth, pred, k, spec.labels.ignore_index)
         cm_base += confusion_matrix(truth, base, k, spec.labels.ignore_index)
         if n == 0:
-            bands = _scene_bands(ds, t, spec.stac.bands)
             order = [
                 spec.stac.bands.index(b) for b in ("red", "green", "blue") if b in spec.stac.bands
             ]
             if len(order) == 3:
-                true_colour_png(bands, ql / "true_colour.png", rgb=(order[0], order[1], order[2]))
-                images.append((f"True colour, {item_id}", ql / "true_colour.png"))
+                true_colour_png(
+                    _scene_bands(ds, t, spec.stac.bands),
+                    ql / "true_colour.png",
+                    rgb=(order[0], order[1], order[2]),
+                )
+                images.append((f"True colour, {item_id}", "quicklooks/true_colour.png"))
             class_map_png(truth, names, ql / "label.png", f"Label (grouped SCL), {item_id}")
             class_map_png(pred, names, ql / "prediction.png", f"Model prediction, {item_id}")
             class_map_png(base, names, ql / "baseline.png", f"Random forest, {item_id}")
             images += [
-                ("Label", ql / "label.png"),
-                ("Model prediction", ql / "prediction.png"),
-                ("Random forest prediction", ql / "baseline.png"),
+                ("Label", "quicklooks/label.png"),
+                ("Model prediction", "quicklooks/prediction.png"),
+                ("Random forest prediction", "quicklooks/baseline.png"),
             ]
     confusion_png(cm_model, names, ql / "confusion_model.png", "Model confusion (test tiles)")
     confusion_png(
         cm_base, names, ql / "confusion_baseline.png", "Random forest confusion (test tiles)"
     )
     images += [
-        ("Model confusion matrix", ql / "confusion_model.png"),
-        ("Random forest confusion matrix", ql / "confusion_baseline.png"),
+        ("Model confusion matrix", "quicklooks/confusion_model.png"),
+        ("Random forest confusion matrix", "quicklooks/confusion_baseline.png"),
     ]
-    model_json = run_dir / "model" / "model.json"
+    model_json = run / "model" / "model.json"
     if model_json.exists():
         history = json.loads(model_json.read_text()).get("history", [])
         if history:
             learning_curves_png(history, ql / "learning_curves.png")
-            images.append(("Learning curves", ql / "learning_curves.png"))
+            images.append(("Learning curves", "quicklooks/learning_curves.png"))
     m = metrics_from_confusion(cm_model, names)
     b = metrics_from_confusion(cm_base, names)
     metrics = {
@@ -281,54 +424,18 @@ def stage_evaluate(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
         "baseline_per_class_iou": b["per_class_iou"],
         "model": m,
         "baseline": b,
-        "confusion_matrix": cm_model.tolist(),
-        "baseline_confusion_matrix": cm_base.tolist(),
         "classes": names,
         "test_tiles": list(spec.chips.test_tiles),
         "test_scenes": len(scenes),
     }
-    write_json_atomic(run_dir / "metrics.json", metrics)
-    return {
-        "metrics_uri": str(run_dir / "metrics.json"),
-        "metrics": metrics,
-        "images": [(c, str(p)) for c, p in images],
-    }
-
-
-def run_plain(
-    spec: RunSpec,
-    api_url: str,
-    run_dir: Path,
-    on_stage: Callable[[str, float], None] | None = None,
-    final_dir: Path | None = None,
-) -> dict[str, dict[str, Any]]:
-    """Run every stage in order without Prefect, then the report; return summaries and timings."""
-    results: dict[str, dict[str, Any]] = {}
-    stages: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-        ("search", lambda: stage_search(spec, api_url, run_dir)),
-        ("ingest", lambda: stage_ingest(spec, run_dir)),
-        ("chips", lambda: stage_chips(spec, run_dir)),
-        ("train", lambda: stage_train(spec, run_dir)),
-        ("baseline", lambda: stage_baseline(spec, run_dir)),
-        ("export", lambda: stage_export(spec, run_dir)),
-        ("infer", lambda: stage_infer(spec, run_dir)),
-        ("evaluate", lambda: stage_evaluate(spec, run_dir)),
-    ]
-    for name, fn in stages:
-        t0 = time.perf_counter()
-        results[name] = fn()
-        dt = time.perf_counter() - t0
-        results[name]["stage_seconds"] = dt
-        if on_stage:
-            on_stage(name, dt)
-    results["report"] = stage_report(spec, run_dir, final_dir or run_dir, results)
-    return results
+    write_json_atomic(run / "metrics.json", metrics)
+    return {"metrics_uri": str(run / "metrics.json"), "metrics": metrics, "images": images}
 
 
 def stage_report(
     spec: RunSpec,
-    run_dir: Path,
-    final_dir: Path,
+    run_dir: str,
+    final_dir: str,
     results: dict[str, dict[str, Any]],
     orchestration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -336,25 +443,27 @@ def stage_report(
     from eoforge.provenance import git_revision, output_records, package_versions
     from eoforge.report import write_report
     from eoforge.stac import self_href
-    from eoforge.storage import write_json_atomic
+    from eoforge.storage import sha256_tree, write_json_atomic
 
+    run, final = Path(run_dir), Path(final_dir)
     metrics = results["evaluate"]["metrics"]
-    images = [(c, Path(p)) for c, p in results["evaluate"]["images"]]
-    rel_images = [(c, p.relative_to(run_dir) if p.is_absolute() else p) for c, p in images]
     tables: dict[str, list[dict[str, Any]]] = {
         "Stage timings (s)": [
-            {"stage": k, "seconds": round(float(v.get("stage_seconds", 0.0)), 2)}
+            {
+                "stage": k,
+                "seconds": round(float(v.get("stage_seconds", 0.0)), 2),
+                "reused from store": bool(v.get("reused", False)),
+            }
             for k, v in results.items()
         ],
         "Chips": [{"split": k, "chips": v} for k, v in results["chips"]["counts"].items()],
-    }
-    if "export" in results:
-        tables["ONNX export"] = [
+        "ONNX export": [
             {
-                "opset": results["export"]["opset"],
-                "parity max |diff|": results["export"]["parity_max_abs_diff"],
+                "opset": results["train"].get("onnx_opset"),
+                "parity max |diff|": results["train"].get("parity_max_abs_diff"),
             }
-        ]
+        ],
+    }
     links = {
         "provenance.json": "provenance.json",
         "metrics.json": "metrics.json",
@@ -363,18 +472,32 @@ def stage_report(
     for item_id in sorted(results.get("infer", {}).get("predictions", {})):
         links[f"prediction {item_id}"] = f"predictions/{item_id}.tif"
     write_report(
-        run_dir / "report.html",
+        run / "report.html",
         "eoforge run report",
         metrics,
-        [(c, Path(p)) for c, p in rel_images],
+        [(c, Path(p)) for c, p in results["evaluate"]["images"]],
         tables,
         links,
     )
-    items = _load_items(run_dir)
+    items = _load_items(run / ITEMS_FILE)
+    stored = {
+        name: {
+            "uri": Path(results[stage][field]).resolve().as_uri(),
+            "sha256": sha256_tree(Path(results[stage][field])),
+        }
+        for name, stage, field in (
+            ("cube", "ingest", "cube_uri"),
+            ("chips", "chips", "chips_uri"),
+            ("model", "train", "model_dir"),
+            ("baseline", "baseline", "baseline_dir"),
+        )
+        if stage in results
+    }
     provenance = {
-        "eoforge_run": final_dir.name,
+        "eoforge_run": final.name,
         "parameters": spec.model_dump(mode="json"),
         "spec_fingerprint": spec.fingerprint(),
+        "cache_keys": results["search"].get("keys"),
         "stac_items": [
             {
                 "id": it["id"],
@@ -392,21 +515,23 @@ def stage_report(
         "packages": package_versions(),
         "git": git_revision(),
         "orchestration": orchestration or {"engine": "plain-python"},
-        "contracts": {
-            stage: results[stage]["contract"] for stage in results if "contract" in results[stage]
-        },
+        "contracts": {s: results[s]["contract"] for s in results if "contract" in results[s]},
         "stage_seconds": {k: v.get("stage_seconds") for k, v in results.items()},
+        "reused_from_store": {
+            k: bool(v.get("reused")) for k, v in results.items() if "reused" in v
+        },
         "metrics": {
             k: metrics[k]
             for k in ("miou", "pixel_accuracy", "baseline_miou", "baseline_pixel_accuracy")
         },
-        "export": results.get("export"),
-        "outputs": output_records(run_dir, final_dir),
+        "training": {k: v for k, v in results["train"].items() if k not in {"spec"}},
+        "stored_inputs": stored,
+        "outputs": output_records(run, final),
     }
-    write_json_atomic(run_dir / "provenance.json", provenance)
+    write_json_atomic(run / "provenance.json", provenance)
     return {
-        "report_uri": str(final_dir / "report.html"),
-        "provenance_uri": str(final_dir / "provenance.json"),
+        "report_uri": str(final / "report.html"),
+        "provenance_uri": str(final / "provenance.json"),
     }
 
 
@@ -422,3 +547,81 @@ def check_out_dir(out: Path) -> None:
             f"output folder '{out}' is not empty and is not an eoforge run; eoforge will not "
             "overwrite it. Pass a new or empty folder to --out."
         )
+
+
+def run_plain(
+    spec: RunSpec,
+    out: Path,
+    store: Path,
+    api_url: str | None = None,
+    on_stage: Callable[[str, float], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every stage in order without Prefect and publish the run as ``out``."""
+    results: dict[str, dict[str, Any]] = {}
+    store_s = str(Path(store).resolve())
+
+    def timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        res = fn()
+        res["stage_seconds"] = time.perf_counter() - t0
+        results[name] = res
+        if on_stage:
+            on_stage(name, res["stage_seconds"])
+        return res
+
+    with stac_endpoint(spec, api_url) as url, run_context(out) as run_dir:
+        rd = str(run_dir)
+        s = timed("search", lambda: stage_search(spec, url, run_dir))
+        keys = s["keys"]
+        c = timed("ingest", lambda: stage_ingest(spec, s["items_uri"], store_s, keys["cube"]))
+        ch = timed("chips", lambda: stage_chips(spec, c["cube_uri"], store_s, keys["chips"]))
+        m = timed("train", lambda: stage_train(spec, ch["chips_uri"], store_s, keys["model"]))
+        b = timed(
+            "baseline",
+            lambda: stage_baseline(spec, ch["chips_uri"], c["cube_uri"], store_s, keys["baseline"]),
+        )
+        timed("infer", lambda: stage_infer(spec, m["model_dir"], c["cube_uri"], s["items_uri"], rd))
+        timed("evaluate", lambda: stage_evaluate(spec, c["cube_uri"], b["baseline_dir"], rd))
+        results["report"] = stage_report(spec, rd, str(Path(out).resolve()), results)
+    return results
+
+
+PRODUCTION_POINTER = "production-model.json"
+
+
+def promote_model(store: str, model_dir: str, metrics: dict[str, Any], run: str) -> dict[str, Any]:
+    """Make ``model_dir`` the store's production model if it beats the random forest on mIoU.
+
+    Inference deployments (scheduled or event-triggered) use the production model.
+    """
+    from eoforge.storage import write_json_atomic
+
+    better = metrics["miou"] is not None and metrics["miou"] >= (metrics["baseline_miou"] or 0.0)
+    decision = {
+        "promoted": bool(better),
+        "model_dir": model_dir,
+        "miou": metrics["miou"],
+        "baseline_miou": metrics["baseline_miou"],
+        "run": run,
+    }
+    if better:
+        write_json_atomic(Path(store) / PRODUCTION_POINTER, decision)
+    return decision
+
+
+def production_model(store: str) -> str:
+    """The store's production model directory.
+
+    Raises:
+        InputError: no model was promoted yet.
+    """
+    pointer = Path(store) / PRODUCTION_POINTER
+    if not pointer.is_file():
+        raise InputError(
+            f"store '{store}' has no production model ({PRODUCTION_POINTER} missing); run the "
+            "pipeline (or train deployment) first, or pass model_dir explicitly."
+        )
+    model_dir = str(json.loads(pointer.read_text())["model_dir"])
+    if not (Path(model_dir) / "model.onnx").is_file():
+        raise InputError(f"production model '{model_dir}' has no model.onnx; re-run training.")
+    return model_dir
