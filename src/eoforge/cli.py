@@ -104,6 +104,23 @@ def run(
     _guarded(go)
 
 
+@app.command()
+def deploy(
+    gpu_pool_type: Annotated[
+        str, typer.Option(help="Type of the gpu work pool: process (local) or kubernetes.")
+    ] = "process",
+    name: Annotated[list[str] | None, typer.Option(help="Deploy only these deployments.")] = None,
+) -> None:
+    """Create the cpu/gpu work pools and register deployments/prefect.yaml on PREFECT_API_URL."""
+
+    def go() -> None:
+        from eoforge.deploy import apply_deployments
+
+        print(apply_deployments(gpu_pool_type, names=name or ()))
+
+    _guarded(go)
+
+
 def main() -> None:
     """Console-script entry point."""
     app()
