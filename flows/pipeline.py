@@ -13,6 +13,7 @@ from prefect.runtime import deployment, flow_run
 from eoforge.config import RunSpec, default_store
 from eoforge.errors import TransientError
 from eoforge.pipeline import promote_model, run_context, stac_endpoint, stored
+from tasks.publish import lineage_inputs, publish_artifacts, record_lineage
 from tasks.stages import (
     baseline_task,
     cached,
@@ -143,4 +144,11 @@ def pipeline_flow(
             "promotion": promote_task(store_s, m["model_dir"], e["metrics"], final),
         }
         results["report"] = report_task(spec, rd, final, results, orchestration)
+        lineage = lineage_inputs(results, spec.stac.collection)
+    # published: artifacts and lineage point at the final run folder
+    lineage["predictions"] = [
+        str(Path(final) / "predictions" / Path(p).name) for p in lineage["predictions"]
+    ]
+    record_lineage(**lineage)
+    results["artifacts"] = publish_artifacts(final)
     return results

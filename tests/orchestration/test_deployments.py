@@ -58,6 +58,14 @@ def test_pipeline_runs_on_workers_and_rerun_is_cached(
     assert child["work_pool_name"] == "gpu" and child["state"]["type"] == "COMPLETED"
     assert child_id in workers["gpu"].read_text() or child["name"] in workers["gpu"].read_text()
     assert (out / "predictions").is_dir() and (out / "report.html").is_file()
+    artifacts = deployed.request(
+        "POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [first["id"]]}}}
+    )
+    by_key = {a["key"]: a for a in artifacts}
+    assert {"eoforge-run-stages", "eoforge-run-provenance"} <= set(by_key)
+    assert (out / "provenance.json").as_uri() in by_key["eoforge-run-provenance"]["data"]
+    lineage = [tr for tr in deployed.task_runs(first["id"]) if tr["name"].startswith("lineage")]
+    assert len(lineage) >= 4 and all(tr["state"]["type"] == "COMPLETED" for tr in lineage)
 
     t0 = time.monotonic()
     second = deployed.wait(deployed.run_deployment_like_the_ui("eoforge-pipeline/pipeline", params))
