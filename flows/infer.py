@@ -1,14 +1,18 @@
-"""Inference with the production model on selected (or all searched) items: scheduled or event-driven."""
+"""Inference with the production model on selected items: on a schedule, or per landed STAC item."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.runtime import deployment, flow_run
 
 from eoforge.config import RunSpec, default_store
-from eoforge.pipeline import production_model, run_context, stac_endpoint
+from eoforge.pipeline import production_model, stac_endpoint
+from eoforge.provenance import git_revision, package_versions
+from eoforge.storage import sha256_file, write_json_atomic
 from tasks.stages import cached, infer_task, ingest_task, search_task
 
 
@@ -20,15 +24,46 @@ def infer_flow(
     api_url: str | None = None,
     item_ids: list[str] | None = None,
     model_dir: str | None = None,
+    trigger_event: str | None = None,
 ) -> dict[str, Any]:
-    """Predict ``item_ids`` (default: every item the search finds) with the production model."""
+    """Predict ``item_ids`` (default: every item the search finds) with the production model.
+
+    Predictions accumulate in ``out/predictions`` (one COG + STAC item per item, written
+    atomically with deterministic bytes, so reprocessing converges); each run leaves
+    ``out/provenance/<flow-run-id>.json`` naming the event that triggered it, if any.
+    """
     store_s = str(Path(store or default_store()).resolve())
     model = model_dir or production_model(store_s)
-    with stac_endpoint(spec, api_url) as url, run_context(Path(out)) as run_path:
-        s = search_task(spec, url, str(run_path))
+    run_id = str(flow_run.id or "local")
+    work = Path(out).resolve() / ".work" / run_id
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        with stac_endpoint(spec, api_url) as url:
+            s = search_task(spec, url, str(work), item_ids)
         key = s["keys"]["cube"]
         c = cached(ingest_task, store_s, "cube", key)(spec, s["items_uri"], store_s, key)
-        ids = item_ids if item_ids is not None else s["item_ids"]
-        r = infer_task(spec, model, c["cube_uri"], s["items_uri"], str(run_path), ids)
-        (run_path / "provenance.json").write_text("{}\n")
-    return {"search": s, "ingest": c, "infer": r}
+        ids = list(item_ids) if item_ids is not None else list(s["item_ids"])
+        r = infer_task(
+            spec, model, c["cube_uri"], s["items_uri"], str(Path(out).resolve()), ids, False
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    provenance = {
+        "flow_run_id": run_id,
+        "deployment_id": deployment.id,
+        "trigger_event": trigger_event,
+        "item_ids": ids,
+        "model_dir": model,
+        "stac_items": s["item_ids"],
+        "cube": c["cube_uri"],
+        "outputs": [
+            {"uri": Path(p).as_uri(), "sha256": sha256_file(Path(p))}
+            for v in r["predictions"].values()
+            for p in (v["cog"], v["item"])
+        ],
+        "contracts": {"items": s["contract"], "cube": c["contract"], "predictions": r["contract"]},
+        "packages": package_versions(),
+        "git": git_revision(),
+    }
+    write_json_atomic(Path(out).resolve() / "provenance" / f"{run_id}.json", provenance)
+    return {"item_ids": ids, "predictions": r["predictions"], "trigger_event": trigger_event}

@@ -105,8 +105,10 @@ def _tagged(result: dict[str, Any]) -> dict[str, Any]:
 
 
 @task(name="search", tags=["stac", "network"], persist_result=False, **_RETRIES)
-def search_task(spec: RunSpec, api_url: str, run_dir: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_search(spec, api_url, Path(run_dir)))
+def search_task(
+    spec: RunSpec, api_url: str, run_dir: str, ids: list[str] | None = None
+) -> dict[str, Any]:
+    return _tagged(pipeline.stage_search(spec, api_url, Path(run_dir), ids))
 
 
 @task(name="ingest", tags=["cube", "storage"], **_RETRIES, **_cached("cube"))
@@ -139,8 +141,11 @@ def infer_task(
     items_uri: str,
     run_dir: str,
     item_ids: list[str] | None = None,
+    copy_model: bool = True,
 ) -> dict[str, Any]:
-    return _tagged(pipeline.stage_infer(spec, model_dir, cube_uri, items_uri, run_dir, item_ids))
+    return _tagged(
+        pipeline.stage_infer(spec, model_dir, cube_uri, items_uri, run_dir, item_ids, copy_model)
+    )
 
 
 @task(name="evaluate", tags=["evaluate"], persist_result=False)

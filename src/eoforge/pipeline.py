@@ -128,13 +128,16 @@ def run_context(out: Path) -> Iterator[Path]:
         yield run_dir
 
 
-def stage_search(spec: RunSpec, api_url: str, run_dir: Path) -> dict[str, Any]:
-    """Search the STAC API, check the items contract, save ``items.json``, plan the cache keys."""
+def stage_search(
+    spec: RunSpec, api_url: str, run_dir: Path, ids: Sequence[str] | None = None
+) -> dict[str, Any]:
+    """Search the STAC API (optionally only ``ids``), check the items contract, save
+    ``items.json`` and plan the cache keys."""
     from eoforge import contracts
     from eoforge.stac import search_items
     from eoforge.storage import write_json_atomic
 
-    items = search_items(spec.stac, api_url)
+    items = search_items(spec.stac, api_url, ids)
     result = contracts.enforce(
         "items", contracts.items_table(items, [*spec.stac.bands, spec.stac.label_asset])
     )
@@ -289,11 +292,14 @@ def stage_infer(
     items_uri: str,
     run_dir: str,
     item_ids: Sequence[str] | None = None,
+    copy_model: bool = True,
 ) -> dict[str, Any]:
     """Predict scenes with ONNX Runtime; write a COG and a STAC item per scene into the run.
 
-    The model (ONNX, weights, config) is copied into ``run_dir/model`` so the run is
-    self-contained. ``item_ids`` limits inference to those items (default: the test tiles).
+    With ``copy_model`` the model (ONNX, weights, config) is copied into ``run_dir/model`` so
+    the run is self-contained; otherwise the prediction items link the model where it is.
+    ``item_ids`` limits inference to those items (default: the test tiles). Each file is
+    written atomically with deterministic bytes, so concurrent runs on the same item converge.
     """
     from eoforge import contracts
     from eoforge.infer import open_session, predict_scene, prediction_item, write_prediction
@@ -302,11 +308,15 @@ def stage_infer(
 
     run = Path(run_dir)
     run_model = run / "model"
-    if Path(model_dir).resolve() != run_model.resolve():
+    if copy_model and Path(model_dir).resolve() != run_model.resolve():
         with staged_dir(run_model) as staging:
             for f in sorted(Path(model_dir).iterdir()):
                 if f.is_file():
                     shutil.copy2(f, staging / f.name)
+        model_href = "../model/model.onnx"
+    else:
+        run_model = Path(model_dir)
+        model_href = (run_model / "model.onnx").resolve().as_uri()
     session = open_session(run_model / "model.onnx", spec.infer.threads)
     items = {it["id"]: it for it in _load_items(Path(items_uri))}
     written: dict[str, dict[str, str]] = {}
@@ -331,7 +341,7 @@ def stage_infer(
             tif,
             items[item_id],
             spec.labels.classes,
-            "../model/model.onnx",
+            model_href,
             crs,
             transform,
             pred.shape,

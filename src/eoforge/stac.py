@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -66,7 +66,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def prepare_served_catalog(catalog_dir: Path, work_dir: Path) -> list[Path]:
+def prepare_served_catalog(
+    catalog_dir: Path,
+    work_dir: Path,
+    include: Callable[[dict[str, Any]], bool] | None = None,
+) -> list[Path]:
     """Write a copy of a static catalog that ``rustac serve`` can load as an API.
 
     The collection loses its item links (rustac would otherwise load the linked originals too)
@@ -76,6 +80,7 @@ def prepare_served_catalog(catalog_dir: Path, work_dir: Path) -> list[Path]:
     Args:
         catalog_dir: folder with ``collection.json`` and one folder per item.
         work_dir: where the prepared files go (created).
+        include: serve only the items for which this returns True (e.g. the first dates).
 
     Returns:
         The collection file followed by the item files, ready for ``rustac serve``.
@@ -111,6 +116,8 @@ def prepare_served_catalog(catalog_dir: Path, work_dir: Path) -> list[Path]:
             if lk.get("rel") not in {"self", "parent", "root", "collection"}
         ]
         item["collection"] = collection["id"]
+        if include is not None and not include(item):
+            continue
         dst = work_dir / f"{item['id']}.json"
         dst.write_text(json.dumps(item))
         item_paths.append(dst)
@@ -243,7 +250,9 @@ def _is_connection_problem(exc: BaseException) -> bool:
     return False
 
 
-def search_items(spec: StacSpec, api_url: str) -> list[dict[str, Any]]:
+def search_items(
+    spec: StacSpec, api_url: str, ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """Search a STAC API and return the matching items as dicts, sorted by tile, time, id.
 
     Retries with exponential backoff and jitter (``spec.max_retries``, ``spec.backoff_factor``)
@@ -265,6 +274,7 @@ def search_items(spec: StacSpec, api_url: str) -> list[dict[str, Any]]:
             bbox=spec.bbox,
             datetime=spec.datetime,
             max_items=spec.max_items,
+            ids=list(ids) if ids else None,
         )
         items = [it.to_dict(transform_hrefs=False) for it in search.items()]
     except (APIError, requests.RequestException, OSError) as exc:
@@ -283,6 +293,13 @@ def search_items(spec: StacSpec, api_url: str) -> list[dict[str, Any]]:
             if it["properties"].get("eo:cloud_cover") is None
             or it["properties"]["eo:cloud_cover"] <= spec.max_cloud_cover
         ]
+    if ids:
+        missing_ids = sorted(set(ids) - {it["id"] for it in items})
+        if missing_ids:
+            raise InputError(
+                f"{where}: items {missing_ids} of collection '{spec.collection}' were not found "
+                f"(within datetime={spec.datetime}, bbox={spec.bbox}); check the ids."
+            )
     if not items:
         raise InputError(
             f"{where}: search of collection '{spec.collection}' (bbox={spec.bbox}, "
