@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow, unmapped
 from prefect.runtime import flow_run
-from prefect_dask import DaskTaskRunner
+from prefect_dask.task_runners import DaskTaskRunner
 
 from eoforge.config import InferSpec, StacSpec
 from eoforge.distributed import DaskSpec

@@ -47,7 +47,9 @@ def ingest_scenes_task(
     )
 
 
-@task(name="infer-scenes", tags=["infer", "storage", "gpu-capable"], cache_policy=NO_CACHE, **_RETRY)  # type: ignore[call-overload]
+@task(  # type: ignore[call-overload]
+    name="infer-scenes", tags=["infer", "storage", "gpu-capable"], cache_policy=NO_CACHE, **_RETRY
+)
 def infer_scenes_task(
     batch_uri: str,
     onnx_path: str,
