@@ -1,0 +1,449 @@
+"""Inference benchmark: ONNX Runtime vs torch eager on one model and one set of windows, and
+whole-scene throughput.
+
+    python -m benchmarks.inference --json OUT [--threads N] [--repeats 5] [--large-size 4096]
+
+Measured side by side in one process run, on this machine:
+
+- the same UNet (random weights, ``eoforge.models.build_model``, exported with
+  ``eoforge.export.export_onnx``, which also checks ONNX/torch parity) on the same batch of windows
+  cut from a real 512 x 512 Sentinel-2 scene of the bundled sample: torch eager
+  (``torch.inference_mode``) vs ONNX Runtime with eoforge's tuned session (IO binding, the path
+  ``eoforge.infer`` uses), plus ORT with default options, ``session.run`` instead of IO binding and
+  busy-waiting threads, all with the same thread count; medians of ``--repeats`` runs;
+- whole-scene inference (``eoforge.infer.predict_scene``: windows, batching, blending) of the real
+  512 x 512 scene, in Mpx/s and Mpx/s per core (per intra-op thread);
+- a larger scene tiled from the sample (``--large-size`` square, never held in memory whole),
+  streamed window-strip by window-strip into a COG (``eoforge.infer.predict_to_cog``), with the
+  peak of Python-visible memory (tracemalloc) against what the scene would need in one piece;
+- on a machine with a CUDA GPU and onnxruntime-gpu: the same on the GPU (ORT CUDA vs torch CUDA
+  eager and with bf16 autocast, and whole-scene Mpx/s); reported as missing otherwise.
+
+No trained model or run directory is needed (pass ``--model-dir`` to use a trained one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import rasterio
+import torch
+
+from eoforge import gpu
+from eoforge.config import BUNDLED_CATALOG, InferSpec
+from eoforge.export import export_onnx
+from eoforge.infer import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    open_session,
+    predict_raster,
+    predict_scene,
+    predict_to_cog,
+)
+from eoforge.models import ARCHITECTURE, DEPTH, build_model
+from eoforge.train import MODEL_CONFIG_NAME, MODEL_FORMAT, MODEL_WEIGHTS_NAME, load_model
+
+#: The real test scene: tile 33TWM (held out from training), 2023-08-15.
+SCENE_ITEM = "S2A_33TWM_20230815_0_L2A"
+BAND_FILES = ("B02", "B03", "B04", "B08")  # blue, green, red, nir
+CLASSES = 5
+TRANSFORM = (120.0, 0.0, 524100.0, 0.0, -120.0, 5075880.0)
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def read_scene(size: int | None = None) -> np.ndarray:
+    """The real scene (4, 512, 512) uint16 DN from the bundled sample (top-left crop if size)."""
+    folder = BUNDLED_CATALOG / SCENE_ITEM
+    bands = []
+    for name in BAND_FILES:
+        with rasterio.open(folder / f"{name}.tif") as src:
+            bands.append(src.read(1))
+    scene = np.stack(bands)
+    return scene[:, :size, :size] if size else scene
+
+
+class TiledScene:
+    """A virtual scene of any size, tiled from a real one; rows are made only when read."""
+
+    def __init__(self, tile: np.ndarray, height: int, width: int) -> None:
+        self.tile = tile
+        self._shape = (tile.shape[0], height, width)
+        self._cols = np.arange(width) % tile.shape[2]
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self._shape
+
+    def read_rows(self, top: int, bottom: int) -> np.ndarray:
+        rows = np.arange(top, bottom) % self.tile.shape[1]
+        return self.tile[:, rows][:, :, self._cols]
+
+
+class _NullWriter:
+    def write_rows(self, top: int, rows: np.ndarray) -> None:
+        pass
+
+
+def build_random_model(
+    folder: Path, scene: np.ndarray, base_channels: int, sample: np.ndarray
+) -> tuple[torch.nn.Module, Path, float]:
+    """A UNet with seeded random weights saved as a model dir and exported to ONNX.
+
+    Returns:
+        (torch model in eval mode, ONNX path, parity max |diff| from export_onnx).
+    """
+    from safetensors.torch import save_file
+
+    valid = (scene != 0).all(axis=0)
+    pixels = scene[:, valid].astype(np.float64)
+    mean = pixels.mean(axis=1).tolist()
+    std = np.maximum(pixels.std(axis=1), 1.0).tolist()
+    torch.manual_seed(0)
+    model = build_model(scene.shape[0], CLASSES, base_channels, mean, std).eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(model.state_dict(), str(folder / MODEL_WEIGHTS_NAME))
+    config = {
+        "format": MODEL_FORMAT,
+        "architecture": {
+            "name": ARCHITECTURE,
+            "depth": DEPTH,
+            "in_channels": scene.shape[0],
+            "num_classes": CLASSES,
+            "base_channels": base_channels,
+        },
+        "band_mean": mean,
+        "band_std": std,
+        "bands": ["blue", "green", "red", "nir"],
+        "classes": [f"class{i}" for i in range(CLASSES)],
+        "weights": MODEL_WEIGHTS_NAME,
+    }
+    (folder / MODEL_CONFIG_NAME).write_text(json.dumps(config))
+    result = export_onnx(folder, folder / "model.onnx", sample[:2])
+    return load_model(folder), result.onnx_path, result.max_abs_diff
+
+
+def _windows(scene: np.ndarray, window: int, count: int) -> np.ndarray:
+    """``count`` windows on a regular grid over the scene, float32 (count, C, window, window)."""
+    _, h, w = scene.shape
+    per_row = max(1, (w - window) // window + 1)
+    out = []
+    for k in range(count):
+        r, c = divmod(k, per_row)
+        y = min(r * window, h - window)
+        x = min(c * window, w - window)
+        out.append(scene[:, y : y + window, x : x + window])
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32)
+
+
+def _ort_iobinding(session: Any, batch: np.ndarray) -> Callable[[], Any]:
+    """The IO-binding path of eoforge.infer: preallocated input and output buffers."""
+    out_shape = session.run([OUTPUT_NAME], {INPUT_NAME: batch[:1]})[0].shape[1:]
+    out = np.empty((len(batch), *out_shape), np.float32)
+    binding = session.io_binding()
+
+    def run() -> None:
+        binding.bind_cpu_input(INPUT_NAME, batch)
+        binding.bind_output(OUTPUT_NAME, "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        session.run_with_iobinding(binding)
+
+    return run
+
+
+def _machine(threads: int) -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = []
+    return {
+        "cpu": cpu,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "threads_used": threads,
+        "load_average_at_start": load,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cuda_devices": gpu.cuda_device_count(),
+        "ort_providers": ort.get_available_providers(),
+    }
+
+
+def _gpu_section(
+    model: torch.nn.Module,
+    onnx_path: Path,
+    batch: np.ndarray,
+    scene: np.ndarray,
+    large: TiledScene,
+    spec: InferSpec,
+    repeats: int,
+) -> dict[str, Any]:
+    """GPU numbers where there is a GPU; what is missing otherwise."""
+    missing = [
+        "ratios.ort_cuda_vs_torch_cuda (ORT CUDA EP vs torch CUDA eager, same model and windows)",
+        "ratios.ort_cuda_vs_torch_cuda_bf16 (vs torch CUDA eager under bf16 autocast)",
+        "timings_s.ort_cuda / torch_cuda / torch_cuda_bf16 (median batch time on the GPU)",
+        "mpx_per_s.real_scene_cuda and large_tiled_cuda (whole-scene inference on the GPU)",
+    ]
+    section: dict[str, Any] = {
+        "cuda_devices": gpu.cuda_device_count(),
+        "ort_cuda_provider": gpu.CUDA_PROVIDER in ort.get_available_providers(),
+        "torch_cuda": torch.cuda.is_available(),
+    }
+    if not (gpu.ort_cuda_available() and torch.cuda.is_available()):
+        section["measured"] = False
+        section["missing"] = missing
+        return section
+    device = torch.device("cuda")
+    model_gpu = model.to(device)
+    x = torch.from_numpy(batch).to(device)
+
+    def torch_cuda(autocast: bool) -> Callable[[], Any]:
+        def run() -> None:
+            amp = gpu.amp_autocast(device) if autocast else contextlib.nullcontext()
+            with torch.inference_mode(), amp:
+                model_gpu(x)
+            torch.cuda.synchronize()
+
+        return run
+
+    session = open_session(onnx_path, prefer_gpu=True)
+    t_torch = _median_seconds(torch_cuda(False), repeats, warmup=3)
+    t_bf16 = _median_seconds(torch_cuda(True), repeats, warmup=3)
+    t_ort = _median_seconds(_ort_iobinding(session, batch), repeats, warmup=3)
+    t_scene = _median_seconds(lambda: predict_scene(session, scene, spec), repeats, warmup=2)
+    t0 = time.perf_counter()
+    predict_raster(session, large, spec, _NullWriter())
+    t_large = time.perf_counter() - t0
+    large_mpx = large.shape[1] * large.shape[2] / 1e6
+    section.update(
+        {
+            "measured": True,
+            "device_name": torch.cuda.get_device_name(0),
+            "session_providers": session.get_providers(),
+            "timings_s": {"torch_cuda": t_torch, "torch_cuda_bf16": t_bf16, "ort_cuda": t_ort},
+            "ratios": {
+                "ort_cuda_vs_torch_cuda": t_torch / t_ort,
+                "ort_cuda_vs_torch_cuda_bf16": t_bf16 / t_ort,
+            },
+            "mpx_per_s": {
+                "real_scene_cuda": scene.shape[1] * scene.shape[2] / 1e6 / t_scene,
+                "large_tiled_cuda": large_mpx / t_large,
+            },
+        }
+    )
+    return section
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every measurement; return the result dict written by ``--json``."""
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    scene = read_scene(args.scene_size)
+    batch = _windows(scene, args.window, args.batch)
+    spec = InferSpec(window=args.window, overlap=args.window // 4, batch_size=args.batch)
+    machine = _machine(threads)
+
+    with tempfile.TemporaryDirectory(prefix="eoforge-bench-") as tmp:
+        if args.model_dir:
+            model, onnx_path, parity = (
+                load_model(args.model_dir),
+                Path(args.model_dir) / "model.onnx",
+                None,
+            )
+        else:
+            model, onnx_path, parity = build_random_model(
+                Path(tmp) / "model", scene, args.base_channels, batch
+            )
+        model.eval()
+        x = torch.from_numpy(batch)
+
+        def torch_eager() -> None:
+            with torch.inference_mode():
+                model(x)
+
+        tuned = open_session(onnx_path, threads=threads, prefer_gpu=False)
+        spinning = open_session(onnx_path, threads=threads, prefer_gpu=False, spinning=True)
+        plain_opts = ort.SessionOptions()
+        plain_opts.intra_op_num_threads = threads
+        plain = ort.InferenceSession(
+            str(onnx_path), sess_options=plain_opts, providers=["CPUExecutionProvider"]
+        )
+        feed = {INPUT_NAME: batch}
+        with torch.inference_mode():
+            reference = model(x).numpy()
+        max_diff = float(np.abs(tuned.run([OUTPUT_NAME], feed)[0] - reference).max())
+
+        timings = {
+            "torch_eager": _median_seconds(torch_eager, args.repeats),
+            "ort_tuned_iobinding": _median_seconds(_ort_iobinding(tuned, batch), args.repeats),
+            "ort_tuned_run": _median_seconds(lambda: tuned.run([OUTPUT_NAME], feed), args.repeats),
+            "ort_tuned_spinning": _median_seconds(_ort_iobinding(spinning, batch), args.repeats),
+            "ort_default_options": _median_seconds(
+                lambda: plain.run([OUTPUT_NAME], feed), args.repeats
+            ),
+        }
+        scene_s = _median_seconds(lambda: predict_scene(tuned, scene, spec), args.repeats)
+        # the same scene in one window (a fully convolutional net takes any multiple of 8):
+        # no overlap recomputed, which is what the default 256/64 windows pay on small scenes
+        one_window = InferSpec(
+            window=max(args.window, min(scene.shape[1:]) // 8 * 8),
+            overlap=args.window // 4,
+            batch_size=1,
+        )
+        one_window_s = _median_seconds(
+            lambda: predict_scene(tuned, scene, one_window), args.repeats
+        )
+        scene_mpx = scene.shape[1] * scene.shape[2] / 1e6
+
+        large = TiledScene(scene, args.large_size, args.large_size)
+        large_mpx = args.large_size**2 / 1e6
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        _, stats = predict_to_cog(
+            tuned, large, spec, Path(tmp) / "large.tif", "EPSG:32633", TRANSFORM
+        )
+        large_s = time.perf_counter() - t0
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        whole_bytes = args.large_size**2 * (scene.shape[0] + CLASSES) * 4
+        gpu_section = _gpu_section(model, onnx_path, batch, scene, large, spec, args.repeats)
+
+    with contextlib.suppress(OSError):
+        machine["load_average_at_end"] = list(os.getloadavg())
+    px = batch.shape[0] * batch.shape[2] * batch.shape[3] / 1e6
+    result = {
+        "benchmark": "inference",
+        "ratios": {
+            "ort_vs_torch": timings["torch_eager"] / timings["ort_tuned_iobinding"],
+            "ort_tuned_vs_default_options": timings["ort_default_options"]
+            / timings["ort_tuned_iobinding"],
+            "iobinding_vs_run": timings["ort_tuned_run"] / timings["ort_tuned_iobinding"],
+            "no_spinning_vs_spinning": timings["ort_tuned_spinning"]
+            / timings["ort_tuned_iobinding"],
+        },
+        "timings_s": timings,
+        "mpx_per_s": {
+            "windows_torch_eager": px / timings["torch_eager"],
+            "windows_ort": px / timings["ort_tuned_iobinding"],
+            "real_scene": scene_mpx / scene_s,
+            "real_scene_one_window": scene_mpx / one_window_s,
+            "large_tiled": large_mpx / large_s,
+        },
+        "mpx_per_s_per_core": {
+            "windows_ort": px / timings["ort_tuned_iobinding"] / threads,
+            "real_scene": scene_mpx / scene_s / threads,
+            "real_scene_one_window": scene_mpx / one_window_s / threads,
+            "large_tiled": large_mpx / large_s / threads,
+        },
+        "memory": {
+            "large_scene_px": [args.large_size, args.large_size],
+            "naive_whole_scene_float32_input_plus_probabilities_mb": whole_bytes / 1e6,
+            "streamed_peak_traced_mb": peak / 1e6,
+            "max_buffered_rows": stats.max_buffered_rows,
+        },
+        "parity": {"export_max_abs_diff": parity, "ort_vs_torch_max_abs_diff": max_diff},
+        "config": {
+            "model": str(args.model_dir)
+            if args.model_dir
+            else f"unet base {args.base_channels}, random weights",
+            "windows": list(batch.shape),
+            "scene": [SCENE_ITEM, *scene.shape],
+            "infer_spec": spec.model_dump(),
+            "one_window_spec": one_window.model_dump(),
+            "repeats": args.repeats,
+            "threads": threads,
+        },
+        "machine": machine,
+        "gpu": gpu_section,
+    }
+    return result
+
+
+def _print(result: dict[str, Any]) -> None:
+    t = result["timings_s"]
+    rows = [
+        ("torch eager (inference_mode)", t["torch_eager"]),
+        ("ORT tuned, IO binding (eoforge)", t["ort_tuned_iobinding"]),
+        ("ORT tuned, session.run", t["ort_tuned_run"]),
+        ("ORT tuned, spinning threads", t["ort_tuned_spinning"]),
+        ("ORT default options", t["ort_default_options"]),
+    ]
+    cfg = result["config"]
+    print(f"windows {cfg['windows']}, {cfg['threads']} thread(s), median of {cfg['repeats']}")
+    for name, seconds in rows:
+        print(f"  {name:34s} {seconds * 1000:9.1f} ms")
+    for name, value in result["ratios"].items():
+        print(f"  ratio {name:28s} {value:9.2f}x")
+    for name, value in result["mpx_per_s_per_core"].items():
+        print(f"  Mpx/s per core {name:19s} {value:9.3f}")
+    mem = result["memory"]
+    print(
+        f"  large {mem['large_scene_px']}: peak {mem['streamed_peak_traced_mb']:.1f} MB traced vs "
+        f"{mem['naive_whole_scene_float32_input_plus_probabilities_mb']:.0f} MB in one piece"
+    )
+    g = result["gpu"]
+    if g.get("measured"):
+        print(f"  GPU {g['device_name']}: {g['ratios']}, {g['mpx_per_s']}")
+    else:
+        print("  GPU: not measured (no CUDA device / onnxruntime-gpu); missing:")
+        for item in g["missing"]:
+            print(f"    - {item}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (``python -m benchmarks.inference``)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--threads", type=int, default=None, help="threads (default: usable CPUs)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=4, help="windows per batch")
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--scene-size", type=int, default=None, help="crop the real scene")
+    parser.add_argument("--large-size", type=int, default=3072, help="tiled scene edge (px)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="a trained model directory")
+    args = parser.parse_args(argv)
+    result = run(args)
+    _print(result)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
