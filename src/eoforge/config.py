@@ -154,10 +154,15 @@ class TrainSpec(_Spec):
 class InferSpec(_Spec):
     """Whole-scene inference with ONNX Runtime."""
 
-    window: int = Field(256, gt=0, description="Sliding window edge in pixels.")
+    window: int = Field(512, gt=0, description="Sliding window edge in pixels (multiple of 8).")
     overlap: int = Field(64, ge=0, description="Overlap between windows in pixels.")
-    batch_size: int = Field(4, gt=0)
+    batch_size: int = Field(2, gt=0, description="Windows per ONNX Runtime call.")
     threads: int | None = Field(None, description="ORT intra-op threads (None: all cores).")
+    serve_baseline_onnx: bool = Field(
+        False,
+        description="Export the random forest with skl2onnx and predict it through ONNX Runtime "
+        "(the model's path) instead of scikit-learn. Slower on CPU for large forests.",
+    )
 
     @model_validator(mode="after")
     def _overlap_smaller_than_window(self) -> InferSpec:

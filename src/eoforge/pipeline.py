@@ -46,6 +46,9 @@ __all__ = [
 ]
 
 ITEMS_FILE = "items.json"
+#: Bumped whenever a stored product's format or the code producing it changes meaning, so
+#: products of older code are never reused (part of every cache key; ADR 0003).
+STORE_FORMAT = "eoforge-store/2"
 
 
 def _h(*parts: str) -> str:
@@ -56,7 +59,7 @@ def plan_keys(spec: RunSpec, items: Sequence[dict[str, Any]]) -> dict[str, str]:
     """Cache keys of the stored products, from the inputs each one depends on."""
     from eoforge.cube import cube_fingerprint
 
-    cube = cube_fingerprint(items, [*spec.stac.bands, spec.stac.label_asset])
+    cube = _h(STORE_FORMAT, cube_fingerprint(items, [*spec.stac.bands, spec.stac.label_asset]))
     chips = _h(cube, spec.chips.fingerprint(), spec.labels.fingerprint(), ",".join(spec.stac.bands))
     model = _h(chips, spec.train.fingerprint(), "model")
     baseline = _h(chips, spec.train.fingerprint(), "random-forest")
@@ -174,6 +177,7 @@ def stage_ingest(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[st
 def stage_chips(spec: RunSpec, cube_uri: str, store: str, key: str) -> dict[str, Any]:
     """Cut the stored chips ``key`` from the cube (unless they exist); check the chips contract."""
     from eoforge import contracts
+    from eoforge.chip_index import enforce_chip_index
     from eoforge.chips import build_chips
 
     chips = stored(store, "chips", key)
@@ -182,20 +186,19 @@ def stage_chips(spec: RunSpec, cube_uri: str, store: str, key: str) -> dict[str,
     if not reused:
         built = build_chips(Path(cube_uri), chips, spec.chips, spec.labels, spec.stac.bands)
         info = {"rejected": built.rejected, "class_counts": built.class_counts}
-    result = contracts.enforce(
-        "chips",
-        contracts.chips_table(chips),
-        parameters={
-            "max_nodata_fraction": spec.chips.max_nodata_fraction,
-            "min_labelled_fraction": spec.chips.min_labelled_fraction,
-        },
-    )
+    params = {
+        "max_nodata_fraction": spec.chips.max_nodata_fraction,
+        "min_labelled_fraction": spec.chips.min_labelled_fraction,
+    }
+    result = contracts.enforce("chips", contracts.chips_table(chips), parameters=params)
+    index_result = enforce_chip_index(chips, parameters=params)
     return {
         "chips_uri": str(chips),
         "counts": _split_counts(chips),
         "reused": reused,
         **info,
         "contract": result.to_dict(),
+        "index_contract": index_result.to_dict(),
     }
 
 
@@ -203,6 +206,7 @@ def stage_train(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str
     """Train, export to ONNX (parity-checked on test chips) and publish the stored model ``key``."""
     from eoforge.chips import read_split
     from eoforge.export import export_onnx
+    from eoforge.mlm import MODEL_ITEM_NAME, model_item
     from eoforge.storage import staged_dir, write_json_atomic
     from eoforge.train import train_model
 
@@ -214,6 +218,17 @@ def stage_train(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str
             rng = np.random.default_rng(spec.train.seed)
             sample = x[np.sort(rng.choice(len(x), size=min(8, len(x)), replace=False))]
             exp = export_onnx(staging, staging / "model.onnx", sample)
+            write_json_atomic(
+                staging / MODEL_ITEM_NAME,
+                model_item(
+                    staging / "model.onnx",
+                    staging / "model.json",
+                    list(spec.stac.bands),
+                    list(spec.labels.classes),
+                    weights_path=staging / "model.safetensors",
+                    batch_size_suggestion=spec.infer.batch_size,
+                ),
+            )
             write_json_atomic(
                 staging / "training.json",
                 {
@@ -256,11 +271,42 @@ def _scene_bands(ds: Any, t: int, bands: Sequence[str]) -> np.ndarray:
     return np.stack([ds[b].isel(time=t).values for b in bands])
 
 
+def _baseline_predictor(spec: RunSpec, rf: Any, chips: Path, staging: Path) -> Callable[[Any], Any]:
+    """sklearn's per-pixel prediction, or (``infer.serve_baseline_onnx``) the forest exported with
+    skl2onnx and served through the same ONNX Runtime sliding-window path as the model."""
+    from eoforge import baseline
+
+    if not spec.infer.serve_baseline_onnx:
+        return lambda bands: baseline.predict_scene(rf, bands)
+    from eoforge.baseline_onnx import baseline_config, export_random_forest, per_pixel_spec
+    from eoforge.chips import read_split
+    from eoforge.infer import open_session, predict_scene
+    from eoforge.mlm import model_item
+    from eoforge.storage import write_json_atomic
+
+    bands, classes = list(spec.stac.bands), list(spec.labels.classes)
+    x, _ = read_split(chips, "test")
+    export_random_forest(rf, staging / "baseline.onnx", bands, classes, sample=x[:4])
+    write_json_atomic(
+        staging / "baseline-item.json",
+        model_item(
+            staging / "baseline.onnx",
+            baseline_config(rf, bands, classes),
+            bands,
+            classes,
+            name="eoforge-random-forest",
+        ),
+    )
+    session = open_session(staging / "baseline.onnx", spec.infer.threads)
+    pixel_spec = per_pixel_spec(spec.infer)
+    return lambda b: predict_scene(session, b, pixel_spec)
+
+
 def stage_baseline(
     spec: RunSpec, chips_uri: str, cube_uri: str, store: str, key: str
 ) -> dict[str, Any]:
     """Fit the per-pixel random forest on the train chips and predict every test scene (stored)."""
-    from eoforge.baseline import predict_scene, train_random_forest
+    from eoforge.baseline import train_random_forest
     from eoforge.infer import write_prediction
     from eoforge.storage import staged_dir, write_json_atomic
 
@@ -271,9 +317,10 @@ def stage_baseline(
             t0 = time.perf_counter()
             rf = train_random_forest(Path(chips_uri), spec.train)
             fit_s = time.perf_counter() - t0
+            predict = _baseline_predictor(spec, rf, Path(chips_uri), staging)
             for _tile, t, ds in _test_scenes(spec, Path(cube_uri)):
                 item_id = str(ds["item_id"].values[t])
-                pred = predict_scene(rf, _scene_bands(ds, t, spec.stac.bands))
+                pred = predict(_scene_bands(ds, t, spec.stac.bands))
                 write_prediction(
                     pred, ds.attrs["crs"], tuple(ds.attrs["transform"]), staging / f"{item_id}.tif"
                 )
@@ -303,6 +350,7 @@ def stage_infer(
     """
     from eoforge import contracts
     from eoforge.infer import open_session, predict_scene, prediction_item, write_prediction
+    from eoforge.mlm import MODEL_ITEM_NAME, check_model_matches, model_item
     from eoforge.stac import self_href
     from eoforge.storage import staged_dir, write_json_atomic
 
@@ -317,6 +365,20 @@ def stage_infer(
     else:
         run_model = Path(model_dir)
         model_href = (run_model / "model.onnx").resolve().as_uri()
+    item_path = run_model / MODEL_ITEM_NAME
+    if item_path.is_file():
+        model_desc = json.loads(item_path.read_text())
+    else:  # a model stored before model items existed: describe it now
+        model_desc = model_item(
+            run_model / "model.onnx",
+            run_model / "model.json",
+            list(spec.stac.bands),
+            list(spec.labels.classes),
+            weights_path=run_model / "model.safetensors",
+        )
+        if copy_model:
+            write_json_atomic(item_path, model_desc)
+    check_model_matches(model_desc, spec.stac.bands)
     session = open_session(run_model / "model.onnx", spec.infer.threads)
     items = {it["id"]: it for it in _load_items(Path(items_uri))}
     written: dict[str, dict[str, str]] = {}
@@ -341,11 +403,12 @@ def stage_infer(
             tif,
             items[item_id],
             spec.labels.classes,
-            model_href,
+            model_href.replace("model.onnx", MODEL_ITEM_NAME),
             crs,
             transform,
             pred.shape,
             source_href=self_href(items[item_id]),
+            model_name=model_desc["properties"].get("mlm:name"),
         )
         write_json_atomic(tif.with_suffix(".json"), item)
         written[item_id] = {"cog": str(tif), "item": str(tif.with_suffix(".json"))}
@@ -525,7 +588,14 @@ def stage_report(
         "packages": package_versions(),
         "git": git_revision(),
         "orchestration": orchestration or {"engine": "plain-python"},
-        "contracts": {s: results[s]["contract"] for s in results if "contract" in results[s]},
+        "contracts": {
+            **{s: results[s]["contract"] for s in results if "contract" in results[s]},
+            **(
+                {"chip_index": results["chips"]["index_contract"]}
+                if "index_contract" in results.get("chips", {})
+                else {}
+            ),
+        },
         "stage_seconds": {k: v.get("stage_seconds") for k, v in results.items()},
         "reused_from_store": {
             k: bool(v.get("reused")) for k, v in results.items() if "reused" in v
