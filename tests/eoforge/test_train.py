@@ -1,0 +1,182 @@
+"""Tests of eoforge.train on a tiny seeded synthetic chip store (ADR 0001 layout)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from safetensors.torch import load_file
+
+from eoforge.config import TrainSpec
+from eoforge.errors import InputError
+from eoforge.train import (
+    MODEL_FORMAT,
+    TrainHyperParams,
+    TrainResult,
+    class_weights,
+    evaluate,
+    load_model,
+    read_chip_split,
+    train_model,
+)
+
+CLASSES = ("vegetation", "water", "cloud")
+# Mean DN per class (rows) and band (blue, green, red, nir): the class is a function of the bands.
+SPECTRA = np.array([[400, 700, 500, 3500], [600, 500, 300, 150], [4000, 4100, 4200, 4500]])
+SPEC = TrainSpec(max_epochs=6, batch_size=4, base_channels=8, learning_rate=1e-2, threads=1)
+
+
+def write_chip_store(path: Path, size: int = 32, counts: tuple[int, int, int] = (16, 8, 8)) -> Path:
+    """Seeded chips of 8x8-pixel class blocks with noisy class spectra, a nodata corner each."""
+    rng = np.random.default_rng(42)
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    for split, n in zip(("train", "val", "test"), counts, strict=True):
+        cells = -(-size // 8)
+        blocks = rng.integers(0, len(CLASSES), size=(n, cells, cells))
+        y = blocks.repeat(8, axis=1).repeat(8, axis=2)[:, :size, :size].astype(np.uint8)
+        noise = rng.normal(1.0, 0.08, size=(n, 4, size, size))
+        x = np.clip(SPECTRA[y].transpose(0, 3, 1, 2) * noise, 1, 10_000).astype(np.uint16)
+        x[:, :, :2, :2], y[:, :2, :2] = 0, 255
+        group = root.create_group(split)
+        group.attrs.update(tiles=["T0"], item_ids=[f"item-{i}" for i in range(n)])
+        group.create_array("x", data=x, chunks=(4, 4, size, size))
+        group.create_array("y", data=y, chunks=(4, size, size))
+        group.create_array("origin", data=np.zeros((n, 3), dtype=np.int32))
+        if split == "train":
+            valid = (x != 0).all(axis=1)
+            mean = [float(x[:, b][valid].mean()) for b in range(4)]
+            std = [float(x[:, b][valid].std()) for b in range(4)]
+    root.attrs.update(
+        bands=["blue", "green", "red", "nir"],
+        classes=list(CLASSES),
+        ignore_index=255,
+        chip_size=size,
+        band_mean=mean,
+        band_std=std,
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def chips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_chip_store(tmp_path_factory.mktemp("chips") / "chips.zarr")
+
+
+@pytest.fixture(scope="module")
+def trained(chips: Path, tmp_path_factory: pytest.TempPathFactory) -> TrainResult:
+    return train_model(chips, SPEC, tmp_path_factory.mktemp("model"), progress=False)
+
+
+def test_training_learns_the_synthetic_task(trained: TrainResult, chips: Path) -> None:
+    assert trained.best_val_miou > 0.85
+    assert 1 <= trained.best_epoch <= trained.epochs_run <= SPEC.max_epochs
+    model = load_model(trained.model_dir)
+    metrics, _ = evaluate(model, read_chip_split(chips, "test"), CLASSES)
+    assert metrics["miou"] > 0.85
+    assert metrics["pixel_accuracy"] > 0.9
+
+
+def test_model_directory_holds_safetensors_and_json(trained: TrainResult) -> None:
+    assert trained.weights_path == trained.model_dir / "model.safetensors"
+    config = json.loads(trained.config_path.read_text())
+    assert config["format"] == MODEL_FORMAT
+    assert config["architecture"]["in_channels"] == 4
+    assert config["classes"] == list(CLASSES)
+    assert config["bands"] == ["blue", "green", "red", "nir"]
+    assert len(config["band_mean"]) == len(config["band_std"]) == 4
+    assert config["best_epoch"] == trained.best_epoch
+    assert config["hyper_params"]["seed"] == SPEC.seed
+    assert len(config["history"]) == trained.epochs_run == len(trained.history)
+    record = config["history"][0]
+    assert set(record) >= {"epoch", "train_loss", "val_loss", "val_miou", "lr", "seconds"}
+    best = max(h["val_miou"] for h in config["history"])
+    assert config["best_val_miou"] == pytest.approx(best)
+    # The weights saved are those of the best epoch.
+    assert (
+        load_file(str(trained.weights_path)).keys()
+        == load_model(trained.model_dir).state_dict().keys()
+    )
+
+
+def test_same_seed_same_weights_and_metrics(
+    chips: Path, trained: TrainResult, tmp_path: Path
+) -> None:
+    again = train_model(chips, SPEC, tmp_path / "again", progress=False)
+    a, b = load_file(str(trained.weights_path)), load_file(str(again.weights_path))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in trained.history]
+    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in again.history]
+
+
+def test_other_seed_other_weights(chips: Path, trained: TrainResult, tmp_path: Path) -> None:
+    spec = SPEC.model_copy(update={"seed": 1, "max_epochs": 1})
+    other = train_model(chips, spec, tmp_path, progress=False)
+    a, b = load_file(str(trained.weights_path)), load_file(str(other.weights_path))
+    assert not torch.equal(a["head.weight"], b["head.weight"])
+
+
+def test_wall_clock_budget_stops_training(chips: Path, tmp_path: Path) -> None:
+    spec = SPEC.model_copy(update={"max_epochs": 50, "max_seconds": 1e-3})
+    result = train_model(chips, spec, tmp_path, progress=False)
+    assert result.epochs_run == 1  # at least one epoch always runs, then the budget stops it
+
+
+def test_load_model_is_in_eval_mode_and_deterministic(trained: TrainResult) -> None:
+    model = load_model(trained.model_dir)
+    assert not model.training
+    x = torch.rand(2, 4, 32, 32) * 4000
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_load_model_refuses_a_pickle(trained: TrainResult, tmp_path: Path) -> None:
+    (tmp_path / "model.json").write_text(trained.config_path.read_text())
+    model = load_model(trained.model_dir)
+    torch.save(model.state_dict(), tmp_path / "model.safetensors")  # a zip pickle in disguise
+    with pytest.raises(InputError, match="never pickles"):
+        load_model(tmp_path)
+
+
+def test_load_model_refuses_a_non_safetensors_weights_name(
+    trained: TrainResult, tmp_path: Path
+) -> None:
+    config = json.loads(trained.config_path.read_text())
+    config["weights"] = "model.pt"
+    (tmp_path / "model.json").write_text(json.dumps(config))
+    torch.save(load_model(trained.model_dir).state_dict(), tmp_path / "model.pt")
+    with pytest.raises(InputError, match=r"only a \.safetensors"):
+        load_model(tmp_path)
+
+
+def test_load_model_needs_model_json(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"no model\.json"):
+        load_model(tmp_path)
+
+
+def test_missing_chip_store_is_an_input_error(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        train_model(tmp_path / "nope.zarr", SPEC, tmp_path / "m", progress=False)
+
+
+def test_chip_size_must_fit_the_network(tmp_path: Path) -> None:
+    chips = write_chip_store(tmp_path / "odd.zarr", size=36, counts=(2, 2, 2))
+    with pytest.raises(InputError, match="multiple of 8"):
+        train_model(chips, SPEC, tmp_path / "m", progress=False)
+
+
+def test_class_weights_favour_rare_classes() -> None:
+    y = np.array([0] * 90 + [1] * 10 + [255] * 50, dtype=np.uint8)
+    w = class_weights(y, 3, 255, power=0.5)
+    assert w[1] > w[0] > 0
+    assert w[2] == 0  # absent class
+    assert float((np.array([0.9, 0.1, 0.0]) * w).sum()) == pytest.approx(1.0)
+
+
+def test_hyper_params_take_spec_fields() -> None:
+    hp = TrainHyperParams.from_spec(SPEC)
+    assert (hp.max_epochs, hp.batch_size, hp.base_channels) == (6, 4, 8)
+    assert hp.patience == TrainHyperParams().patience  # not in the spec: default kept
