@@ -23,6 +23,7 @@ from tasks.stages import (
     ingest_task,
     report_task,
     search_task,
+    track_task,
     train_task,
 )
 
@@ -134,6 +135,8 @@ def pipeline_flow(
         timed("infer", infer_task(spec, m["model_dir"], c["cube_uri"], s["items_uri"], rd), t)
         t = time.perf_counter()
         e = timed("evaluate", evaluate_task(spec, c["cube_uri"], b["baseline_dir"], rd), t)
+        t = time.perf_counter()
+        timed("track", track_task(spec, rd, store_s, m, e["metrics"]), t)
         orchestration = {
             "engine": "prefect",
             "flow_run_id": str(flow_run.id),

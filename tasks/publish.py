@@ -43,6 +43,8 @@ def publish_artifacts(final_dir: str) -> dict[str, str]:
             f"- provenance: [{run / 'provenance.json'}]({(run / 'provenance.json').as_uri()})",
             f"- git: `{prov['git'].get('commit')}` (dirty: {prov['git'].get('dirty')})",
             f"- STAC items: {len(prov['stac_items'])}",
+            f"- MLflow run: `{prov.get('tracking', {}).get('run_id')}` at "
+            f"`{prov.get('tracking', {}).get('tracking_uri')}`",
             "",
             "| | mIoU | pixel accuracy |",
             "| --- | --- | --- |",

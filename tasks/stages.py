@@ -153,6 +153,13 @@ def evaluate_task(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str)
     return _tagged(pipeline.stage_evaluate(spec, cube_uri, baseline_dir, run_dir))
 
 
+@task(name="track", tags=["tracking"], persist_result=False, **_RETRIES)
+def track_task(
+    spec: RunSpec, run_dir: str, store: str, train: dict[str, Any], metrics: dict[str, Any]
+) -> dict[str, Any]:
+    return _tagged(pipeline.stage_track(spec, run_dir, store, train, metrics))
+
+
 @task(name="report", tags=["report"], persist_result=False)
 def report_task(
     spec: RunSpec,

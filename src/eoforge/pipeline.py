@@ -40,6 +40,7 @@ __all__ = [
     "stage_ingest",
     "stage_report",
     "stage_search",
+    "stage_track",
     "stage_train",
     "store_paths",
     "stored",
@@ -505,6 +506,44 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
     return {"metrics_uri": str(run / "metrics.json"), "metrics": metrics, "images": images}
 
 
+def stage_track(
+    spec: RunSpec, run_dir: str, store: str, train: dict[str, Any], metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """Record the training run in MLflow (params, curves, test metrics vs baseline, artifacts)."""
+    from eoforge.tracking import default_tracking_uri, log_training_run
+
+    run = Path(run_dir)
+    ql = run / "quicklooks"
+    return log_training_run(
+        default_tracking_uri(store),
+        run_name=f"{Path(train['model_dir']).name}",
+        params={
+            "train": spec.train.model_dump(mode="json"),
+            "chips": spec.chips.model_dump(mode="json"),
+            "spec_fingerprint": spec.fingerprint(),
+            "reused_model": bool(train.get("reused")),
+        },
+        model_dir=run / "model",
+        metrics={
+            k: metrics[k]
+            for k in (
+                "miou",
+                "pixel_accuracy",
+                "baseline_miou",
+                "baseline_pixel_accuracy",
+                "per_class_iou",
+            )
+        },
+        artifacts=[
+            run / "model" / "model.onnx",
+            ql / "learning_curves.png",
+            ql / "confusion_model.png",
+            ql / "confusion_baseline.png",
+        ],
+        tags={"model_dir": train["model_dir"], "best_epoch": str(train.get("best_epoch"))},
+    )
+
+
 def stage_report(
     spec: RunSpec,
     run_dir: str,
@@ -605,6 +644,7 @@ def stage_report(
             for k in ("miou", "pixel_accuracy", "baseline_miou", "baseline_pixel_accuracy")
         },
         "training": {k: v for k, v in results["train"].items() if k not in {"spec"}},
+        "tracking": {k: v for k, v in results.get("track", {}).items() if k != "stage_seconds"},
         "stored_inputs": stored,
         "outputs": output_records(run, final),
     }
@@ -661,7 +701,8 @@ def run_plain(
             lambda: stage_baseline(spec, ch["chips_uri"], c["cube_uri"], store_s, keys["baseline"]),
         )
         timed("infer", lambda: stage_infer(spec, m["model_dir"], c["cube_uri"], s["items_uri"], rd))
-        timed("evaluate", lambda: stage_evaluate(spec, c["cube_uri"], b["baseline_dir"], rd))
+        e = timed("evaluate", lambda: stage_evaluate(spec, c["cube_uri"], b["baseline_dir"], rd))
+        timed("track", lambda: stage_track(spec, rd, store_s, m, e["metrics"]))
         results["report"] = stage_report(spec, rd, str(Path(out).resolve()), results)
     return results
 
