@@ -1,0 +1,210 @@
+"""Real local services for benchmarks: ``prefect server start``, ``eoforge deploy``, process workers.
+
+The same recipe as the orchestration tests' fixtures (``tests/orchestration/conftest.py``), as
+plain functions with explicit start/stop so a benchmark can time around them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eoforge.errors import InputError, TransientError
+
+__all__ = ["PrefectServer", "free_port", "prefect_services", "start_process", "stop_process"]
+
+BIN = Path(sys.executable).parent
+FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+
+
+def free_port() -> int:
+    """A currently free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_process(
+    args: list[str], env: Mapping[str, str], log: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``args`` in its own process group, output to ``log``."""
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            args,
+            env=dict(env),
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    """SIGTERM the process group of ``proc``; SIGKILL it if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@dataclass
+class PrefectServer:
+    """A running ``prefect server start`` and the environment that points clients at it."""
+
+    api: str
+    env: dict[str, str]
+    home: Path
+    _deployment_ids: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        """A REST call; 503/429 (SQLite busy under load) are retried, as Prefect's client does."""
+        for attempt in range(6):
+            req = urllib.request.Request(
+                self.api + path,
+                method=method,
+                data=json.dumps(body).encode() if body is not None else None,
+                headers={"Content-Type": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    raw = resp.read()
+                return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as exc:
+                if exc.code in (429, 503) and attempt < 5:
+                    time.sleep(min(2**attempt, 10))
+                    continue
+                detail = exc.read().decode(errors="replace")[:500]
+                raise InputError(f"Prefect API {method} {path} -> {exc.code}: {detail}") from exc
+        raise AssertionError("unreachable")
+
+    def deployment_id(self, name: str) -> str:
+        if name not in self._deployment_ids:
+            self._deployment_ids[name] = str(self.request("GET", f"/deployments/name/{name}")["id"])
+        return self._deployment_ids[name]
+
+    def set_parameters(self, name: str, parameters: dict[str, Any]) -> None:
+        """Replace a deployment's default parameters (what scheduled and triggered runs get)."""
+        self.request(
+            "PATCH", f"/deployments/{self.deployment_id(name)}", {"parameters": parameters}
+        )
+
+    def update_schedules(self, name: str, **update: Any) -> None:
+        """Patch every schedule of a deployment, e.g. ``active=False`` or ``schedule={...}``."""
+        dep_id = self.deployment_id(name)
+        for sched in self.request("GET", f"/deployments/{dep_id}")["schedules"]:
+            self.request("PATCH", f"/deployments/{dep_id}/schedules/{sched['id']}", update)
+
+    def run(self, name: str, parameters: dict[str, Any] | None = None) -> str:
+        """Create a flow run of a deployment, as the UI's 'Run' button does (the idempotency key
+        makes a retried request create one run)."""
+        run = self.request(
+            "POST",
+            f"/deployments/{self.deployment_id(name)}/create_flow_run",
+            {"parameters": parameters or {}, "idempotency_key": uuid.uuid4().hex},
+        )
+        return str(run["id"])
+
+    def flow_runs(self, name: str) -> list[dict[str, Any]]:
+        body = {"flow_runs": {"deployment_id": {"any_": [self.deployment_id(name)]}}, "limit": 200}
+        return list(self.request("POST", "/flow_runs/filter", body))
+
+    def wait(self, flow_run_id: str, timeout: float = 600) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            fr = self.request("GET", f"/flow_runs/{flow_run_id}")
+            if fr["state"]["type"] in FINAL_STATES:
+                return dict(fr)
+            time.sleep(1)
+        raise TransientError(f"flow run {flow_run_id} did not finish in {timeout} s")
+
+
+def start_prefect_server(home: Path, startup_timeout: float = 120) -> tuple[PrefectServer, Any]:
+    """``prefect server start`` on a free loopback port with its own SQLite database."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = dict(os.environ)
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_LOGGING_LEVEL="INFO",
+    )
+    proc = start_process(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env,
+        home / "server.log",
+    )
+    server = PrefectServer(api=f"http://127.0.0.1:{port}/api", env=env, home=home)
+    deadline = time.monotonic() + startup_timeout
+    while time.monotonic() < deadline:
+        try:
+            server.request("GET", "/health")
+            return server, proc
+        except OSError:
+            if proc.poll() is not None:
+                raise TransientError(
+                    f"prefect server exited: {(home / 'server.log').read_text()[-2000:]}"
+                ) from None
+            time.sleep(0.5)
+    stop_process(proc)
+    raise TransientError(f"prefect server did not become healthy in {startup_timeout} s")
+
+
+def eoforge_deploy(server: PrefectServer) -> None:
+    """``eoforge deploy`` against ``server`` (work pools cpu + gpu, every deployment)."""
+    proc = subprocess.run(
+        [str(BIN / "eoforge"), "deploy"],
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise InputError(f"eoforge deploy failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+
+
+@contextmanager
+def prefect_services(
+    home: Path,
+    pools: tuple[str, ...] = ("cpu",),
+    env: Mapping[str, str] | None = None,
+) -> Iterator[PrefectServer]:
+    """A Prefect server with the eoforge deployments applied and one process worker per pool.
+
+    ``env`` is added to the server's (and so the workers' and flow runs') environment.
+    """
+    server, server_proc = start_prefect_server(home)
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        server.env.update(env or {})
+        eoforge_deploy(server)
+        for pool in pools:
+            workers.append(
+                start_process(
+                    [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
+                    server.env,
+                    home / f"worker-{pool}.log",
+                )
+            )
+        yield server
+    finally:
+        for w in workers:
+            stop_process(w)
+        stop_process(server_proc)
