@@ -14,6 +14,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.assets import materialize
 
+#: The data contract checked at the end of each stage.
+_CONTRACT = {"search": "items", "ingest": "cube", "chips": "chips", "infer": "predictions"}
+
 
 @task(name="publish-artifacts", persist_result=False)
 def publish_artifacts(final_dir: str) -> dict[str, str]:
@@ -25,8 +28,8 @@ def publish_artifacts(final_dir: str) -> dict[str, str]:
             "stage": stage,
             "seconds": round(float(sec or 0.0), 2),
             "reused": prov.get("reused_from_store", {}).get(stage, False),
-            "contract": ("passed" if prov["contracts"][stage]["success"] else "FAILED")
-            if stage in prov["contracts"]
+            "contract": ("passed" if prov["contracts"][_CONTRACT[stage]]["success"] else "FAILED")
+            if _CONTRACT.get(stage) in prov["contracts"]
             else "-",
         }
         for stage, sec in prov["stage_seconds"].items()

@@ -628,7 +628,7 @@ def stage_report(
         "git": git_revision(),
         "orchestration": orchestration or {"engine": "plain-python"},
         "contracts": {
-            **{s: results[s]["contract"] for s in results if "contract" in results[s]},
+            **{r["contract"]["stage"]: r["contract"] for r in results.values() if "contract" in r},
             **(
                 {"chip_index": results["chips"]["index_contract"]}
                 if "index_contract" in results.get("chips", {})

@@ -16,7 +16,13 @@ EOFORGE = [sys.executable, "-m", "eoforge.cli"]
 
 
 def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", PREFECT_HOME=str(cwd / ".prefect-home"))
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        PREFECT_HOME=str(cwd / ".prefect-home"),
+        EOFORGE_STORE=str(cwd / "store"),
+        MLFLOW_TRACKING_URI="",
+    )
     return subprocess.run(
         [*EOFORGE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
@@ -26,7 +32,10 @@ def _run(args: list[str], cwd: Path, timeout: int = 900) -> subprocess.Completed
 @pytest.mark.e2e
 def test_demo_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    proc = _run(["demo", "--out", str(out), "--train-seconds", "25"], cwd=tmp_path)
+    proc = _run(
+        ["demo", "--out", str(out), "--train-seconds", "25", "--store", str(tmp_path / "store")],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"report: {out.resolve() / 'report.html'}" in proc.stdout
     for rel in ("provenance.json", "metrics.json", "report.html", "model/model.onnx", "items.json"):
@@ -58,7 +67,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
             assert src.crs.to_epsg() == 32633 and src.shape == (512, 512)
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["orchestration"]["engine"] == "prefect" and prov["orchestration"]["flow_run_id"]
-    assert {c for c in prov["contracts"]} == {"items", "cube", "chips", "predictions"}
+    assert set(prov["contracts"]) == {"items", "cube", "chips", "chip_index", "predictions"}
     assert all(c["success"] for c in prov["contracts"].values())
     assert len(prov["stac_items"]) == 10 and prov["packages"]["torch"]
     uris = {o["uri"].removeprefix("file://") for o in prov["outputs"]}
