@@ -11,8 +11,8 @@ from prefect.runtime import deployment, flow_run
 
 from eoforge.config import RunSpec, default_store
 from eoforge.pipeline import production_model, stac_endpoint
-from eoforge.provenance import git_revision, package_versions
-from eoforge.storage import sha256_file, write_json_atomic
+from eoforge.provenance import git_revision, package_versions, write_provenance
+from eoforge.storage import sha256_file
 from tasks.stages import cached, infer_task, ingest_task, search_task
 
 
@@ -65,5 +65,5 @@ def infer_flow(
         "packages": package_versions(),
         "git": git_revision(),
     }
-    write_json_atomic(Path(out).resolve() / "provenance" / f"{run_id}.json", provenance)
+    write_provenance(Path(out).resolve() / "provenance" / f"{run_id}.json", provenance)
     return {"item_ids": ids, "predictions": r["predictions"], "trigger_event": trigger_event}

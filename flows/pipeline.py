@@ -13,6 +13,7 @@ from prefect.runtime import deployment, flow_run
 from eoforge.config import RunSpec, default_store
 from eoforge.errors import TransientError
 from eoforge.pipeline import promote_model, run_context, stac_endpoint, stored
+from eoforge.zombies import RunLock
 from tasks.publish import lineage_inputs, publish_artifacts, record_lineage
 from tasks.stages import (
     baseline_task,
@@ -89,7 +90,11 @@ def pipeline_flow(
         results[name] = value
         return value
 
-    with stac_endpoint(spec, api_url) as url, run_context(Path(out)) as run_path:
+    with (
+        RunLock(Path(store_s) / "runs", str(flow_run.id)),  # lets the reaper see a crash
+        stac_endpoint(spec, api_url) as url,
+        run_context(Path(out)) as run_path,
+    ):
         rd = str(run_path)
         t = time.perf_counter()
         s = timed("search", search_task(spec, url, rd), t)

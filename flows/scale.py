@@ -42,7 +42,7 @@ def _summary(results: list[list[dict[str, Any]]], t0: float, batches: int) -> di
     }
 
 
-@flow(name="eoforge-scale-ingest", task_runner=DaskTaskRunner(), log_prints=True)
+@flow(name="eoforge-scale-ingest", task_runner=DaskTaskRunner(), log_prints=True)  # type: ignore[arg-type]  # prefect-dask runner generics
 def scale_ingest_flow(
     stac: StacSpec,
     api_url: str,
@@ -62,7 +62,7 @@ def scale_ingest_flow(
     return _summary(futures.result(), t0, len(batches))
 
 
-@flow(name="eoforge-scale-infer", task_runner=DaskTaskRunner(), log_prints=True)
+@flow(name="eoforge-scale-infer", task_runner=DaskTaskRunner(), log_prints=True)  # type: ignore[arg-type]  # prefect-dask runner generics
 def scale_infer_flow(
     stac: StacSpec,
     api_url: str,
@@ -99,7 +99,7 @@ def run_scale_ingest(
 ) -> dict[str, Any]:
     """Run :func:`scale_ingest_flow` on the cluster ``dask`` names."""
     dask = dask or DaskSpec()
-    runner = scale_ingest_flow.with_options(task_runner=task_runner_for(dask))
+    runner = scale_ingest_flow.with_options(task_runner=task_runner_for(dask))  # type: ignore[arg-type]
     result: dict[str, Any] = runner(stac, api_url, out, dask)
     return result
 
@@ -116,6 +116,6 @@ def run_scale_infer(
 ) -> dict[str, Any]:
     """Run :func:`scale_infer_flow` on the cluster ``dask`` names."""
     dask = dask or DaskSpec()
-    runner = scale_infer_flow.with_options(task_runner=task_runner_for(dask))
+    runner = scale_infer_flow.with_options(task_runner=task_runner_for(dask))  # type: ignore[arg-type]
     result: dict[str, Any] = runner(stac, api_url, onnx_path, out, classes, infer, dask, model_href)
     return result

@@ -14,6 +14,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.assets import materialize
 
+from eoforge.redact import redact, redact_obj
+
 #: The data contract checked at the end of each stage.
 _CONTRACT = {"search": "items", "ingest": "cube", "chips": "chips", "infer": "predictions"}
 
@@ -35,7 +37,9 @@ def publish_artifacts(final_dir: str) -> dict[str, str]:
         for stage, sec in prov["stage_seconds"].items()
     ]
     table_id = create_table_artifact(
-        table=rows, key="eoforge-run-stages", description=f"eoforge run {run.name}: stages"
+        table=redact_obj(rows),
+        key="eoforge-run-stages",
+        description=f"eoforge run {run.name}: stages",
     )
     m = prov["metrics"]
     md = "\n".join(
@@ -56,7 +60,7 @@ def publish_artifacts(final_dir: str) -> dict[str, str]:
         ]
     )
     md_id = create_markdown_artifact(
-        markdown=md, key="eoforge-run-provenance", description="eoforge run provenance"
+        markdown=redact(md), key="eoforge-run-provenance", description="eoforge run provenance"
     )
     return {"table_artifact_id": str(table_id), "markdown_artifact_id": str(md_id)}
 

@@ -31,6 +31,7 @@ from eoforge.grid import exclude_covered
 from eoforge.labels import CubeClassMap, LabelSource, TileLabelContext
 from eoforge.sampling import SamplingSpec, TileSample, sample_tile
 from eoforge.splits import SPLITS, assign_blocks, split_regions, temporal_mask
+from eoforge.storage import transient_storage_errors
 from eoforge.stores import is_remote, open_group, staged_store, write_bytes_atomic
 
 __all__ = ["SPLITS", "ChipsInfo", "build_chips", "gather_windows", "grid_origins", "read_split"]
@@ -241,6 +242,7 @@ def _create(
         arr[...] = data
 
 
+@transient_storage_errors("chipping")
 def build_chips(
     cube_path: Path | str,
     out: Path | str,

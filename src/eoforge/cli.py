@@ -10,9 +10,13 @@ import typer
 from rich.console import Console
 
 from eoforge.config import RunSpec, default_store, load_run_spec
-from eoforge.errors import EoforgeError, exit_code_for
+from eoforge.errors import EoforgeError, InputError, exit_code_for
+from eoforge.redact import install_log_redaction, redact
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# no local variables in tracebacks: they may hold credentials or signed URLs
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False
+)
 console = Console(stderr=True)
 
 
@@ -51,7 +55,7 @@ def _guarded(fn: Any) -> None:
     try:
         fn()
     except EoforgeError as exc:
-        console.print(f"[bold red]error ({type(exc).__name__}):[/] {exc}")
+        console.print(f"[bold red]error ({type(exc).__name__}):[/] {redact(str(exc))}")
         raise typer.Exit(exit_code_for(exc)) from None
 
 
@@ -121,8 +125,40 @@ def deploy(
     _guarded(go)
 
 
+@app.command("reap-zombies")
+def reap_zombies_command(
+    api_url: Annotated[
+        str | None, typer.Option(help="Prefect API URL (default $PREFECT_API_URL).")
+    ] = None,
+    stale_after: Annotated[
+        float, typer.Option(help="Seconds without heartbeat (or lock touch) that mean dead.")
+    ] = 120.0,
+    store: Annotated[
+        Path | None, typer.Option(help="Store whose runs/ folder holds run locks.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only list the zombies.")] = False,
+) -> None:
+    """Mark flow runs a crash left RUNNING as CRASHED (see docs/reliability.md)."""
+
+    def go() -> None:
+        import os
+
+        from eoforge.zombies import reap_zombies
+
+        url = api_url or os.environ.get("PREFECT_API_URL")
+        if not url:
+            raise InputError("no Prefect API: pass --api-url or set PREFECT_API_URL.")
+        locks = [(store or default_store()) / "runs"]
+        for z in reap_zombies(url, stale_after_s=stale_after, lock_dirs=locks, dry_run=dry_run):
+            verb = "would mark" if dry_run else "marked"
+            print(f"{verb} {z.flow_run_id} ({z.name}) crashed: {z.reason}")
+
+    _guarded(go)
+
+
 def main() -> None:
     """Console-script entry point."""
+    install_log_redaction()
     app()
 
 

@@ -11,7 +11,6 @@ scene and model (:func:`prediction_item`), to be written with :func:`write_json_
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,8 @@ from rasterio.windows import Window
 from eoforge.config import InferSpec
 from eoforge.errors import InputError
 from eoforge.gpu import ort_providers
-from eoforge.storage import sha256_file, staged_file, write_json_atomic
+from eoforge.onnx_safety import check_onnx_external_data
+from eoforge.storage import sha256_file, staged_file, staging_path, write_json_atomic
 
 __all__ = [
     "INPUT_NAME",
@@ -143,6 +143,7 @@ def open_session(
         raise InputError(f"ONNX model '{path}' does not exist; run the export stage first.")
     if threads is not None and threads < 1:
         raise InputError(f"threads={threads} for '{path}' must be >= 1 (or None for all cores).")
+    check_onnx_external_data(path)  # external tensors only from the model's own folder
     opts = session_options(threads, spinning=spinning)
     try:
         session = ort.InferenceSession(
@@ -378,7 +379,7 @@ class CogWriter:
         self._rows_written = 0
         self._dst: Any = None
         self._env: Any = None
-        self._tmp = self.out_tif.parent / f".staging-{self.out_tif.name}.{uuid.uuid4().hex[:12]}"
+        self._tmp = staging_path(self.out_tif)  # owner-tagged: only a dead writer's is reaped
 
     def __enter__(self) -> CogWriter:
         self.out_tif.parent.mkdir(parents=True, exist_ok=True)

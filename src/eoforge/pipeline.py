@@ -158,10 +158,15 @@ def stage_search(
 def stage_ingest(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[str, Any]:
     """Load the items into the stored cube ``key`` (unless it exists) and check the cube contract."""
     from eoforge import contracts
-    from eoforge.cube import list_tiles, write_cube
+    from eoforge.cube import list_tiles, verify_cube, write_cube
 
     cube = stored(store, "cube", key)
     reused = cube.exists()
+    if reused:
+        try:
+            verify_cube(cube)
+        except InputError:
+            reused = False  # torn or modified: rebuilt below (replaced atomically)
     if not reused:
         write_cube(_load_items(Path(items_uri)), [*spec.stac.bands, spec.stac.label_asset], cube)
     result = contracts.enforce(
@@ -353,9 +358,10 @@ def stage_infer(
     from eoforge.infer import open_session, predict_scene, prediction_item, write_prediction
     from eoforge.mlm import MODEL_ITEM_NAME, check_model_matches, model_item
     from eoforge.stac import self_href
-    from eoforge.storage import staged_dir, write_json_atomic
+    from eoforge.storage import clean_stale_staging, staged_dir, write_json_atomic
 
     run = Path(run_dir)
+    clean_stale_staging(run / "predictions")  # leftovers of killed runs; live writers' are kept
     run_model = run / "model"
     if copy_model and Path(model_dir).resolve() != run_model.resolve():
         with staged_dir(run_model) as staging:
@@ -552,9 +558,15 @@ def stage_report(
     orchestration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.html`` and then ``provenance.json`` (which hashes every other output)."""
-    from eoforge.provenance import git_revision, output_records, package_versions
+    from eoforge.provenance import (
+        git_revision,
+        output_records,
+        package_versions,
+        stac_item_records,
+        write_provenance,
+    )
+    from eoforge.redact import redact_obj
     from eoforge.report import write_report
-    from eoforge.stac import self_href
     from eoforge.storage import sha256_tree, write_json_atomic
 
     run, final = Path(run_dir), Path(final_dir)
@@ -592,6 +604,10 @@ def stage_report(
         links,
     )
     items = _load_items(run / ITEMS_FILE)
+    # every stage has read the items: keep them without signed-URL query strings / secrets
+    write_json_atomic(
+        run / ITEMS_FILE, redact_obj({"type": "FeatureCollection", "features": items})
+    )
     stored = {
         name: {
             "uri": Path(results[stage][field]).resolve().as_uri(),
@@ -610,20 +626,7 @@ def stage_report(
         "parameters": spec.model_dump(mode="json"),
         "spec_fingerprint": spec.fingerprint(),
         "cache_keys": results["search"].get("keys"),
-        "stac_items": [
-            {
-                "id": it["id"],
-                "collection": it.get("collection"),
-                "updated": it["properties"].get("updated"),
-                "self_href": self_href(it),
-                "assets": {
-                    k: a["href"]
-                    for k, a in it["assets"].items()
-                    if k in (*spec.stac.bands, spec.stac.label_asset)
-                },
-            }
-            for it in items
-        ],
+        "stac_items": stac_item_records(items, (*spec.stac.bands, spec.stac.label_asset)),
         "packages": package_versions(),
         "git": git_revision(),
         "orchestration": orchestration or {"engine": "plain-python"},
@@ -648,7 +651,7 @@ def stage_report(
         "stored_inputs": stored,
         "outputs": output_records(run, final),
     }
-    write_json_atomic(run / "provenance.json", provenance)
+    write_provenance(run / "provenance.json", provenance)
     return {
         "report_uri": str(final / "report.html"),
         "provenance_uri": str(final / "provenance.json"),

@@ -1,16 +1,30 @@
-"""Provenance: what a run used and produced, enough to reproduce and audit it."""
+"""Provenance: what a run used and produced, enough to reproduce and audit it.
+
+Everything recorded passes through :func:`eoforge.redact.redact_obj` first: signed asset URLs
+lose their query strings and secret-looking environment values are masked, so a provenance
+record can be shared without leaking credentials.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import platform
 import subprocess
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from eoforge.storage import sha256_file, sha256_tree
+from eoforge.redact import redact_obj, redact_url
+from eoforge.storage import sha256_file, sha256_tree, write_json_atomic
 
-__all__ = ["git_revision", "output_records", "package_versions"]
+__all__ = [
+    "git_revision",
+    "output_records",
+    "package_versions",
+    "stac_item_records",
+    "write_provenance",
+]
 
 _PACKAGES = (
     "eoforge",
@@ -103,3 +117,45 @@ def output_records(run_dir: Path, final_dir: Path | None = None) -> list[dict[st
                 }
             )
     return records
+
+
+def stac_item_records(
+    items: Iterable[Mapping[str, Any]], assets: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """One provenance record per STAC item: id, collection, ``updated``, self and asset hrefs.
+
+    Hrefs are recorded without query strings (signed URLs carry credentials that expire anyway).
+
+    Args:
+        items: STAC items as dicts.
+        assets: asset keys to record (default: every asset).
+    """
+    records: list[dict[str, Any]] = []
+    for it in items:
+        self_href = next(
+            (str(lk["href"]) for lk in it.get("links", []) if lk.get("rel") == "self"), None
+        )
+        records.append(
+            {
+                "id": it.get("id"),
+                "collection": it.get("collection"),
+                "updated": it.get("properties", {}).get("updated"),
+                "self_href": redact_url(self_href) if self_href else None,
+                "assets": {
+                    k: redact_url(str(a.get("href", "")))
+                    for k, a in it.get("assets", {}).items()
+                    if assets is None or k in assets
+                },
+            }
+        )
+    return records
+
+
+def write_provenance(path: Path, record: Mapping[str, Any]) -> str:
+    """Write a provenance record as deterministic JSON, atomically, with every secret redacted.
+
+    Returns:
+        The sha256 of the written file.
+    """
+    plain = json.loads(json.dumps(dict(record), default=str))  # Paths etc. become strings first
+    return write_json_atomic(Path(path), redact_obj(plain))

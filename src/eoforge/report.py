@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from eoforge.errors import InputError
+from eoforge.redact import redact
 from eoforge.storage import staged_file
 
 __all__ = [
@@ -443,6 +444,6 @@ def write_report(
         parts.append(f"<h2>{html.escape(heading)}</h2>")
         parts += _table(rows) if rows else ["<p>(none)</p>"]
     parts.append("</body></html>\n")
-    with staged_file(out) as tmp:
-        tmp.write_text("\n".join(parts), encoding="utf-8")
+    with staged_file(out) as tmp:  # no signed URL or credential ever reaches a report
+        tmp.write_text(redact("\n".join(parts)), encoding="utf-8")
     return out

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from eoforge.config import InferSpec
-from eoforge.cube import cube_fingerprint
+from eoforge.cube import cube_fingerprint, retry_reads
 from eoforge.distributed import (
     DEFAULT_CHUNKS,
     compute_error,
@@ -249,6 +249,10 @@ def _session(onnx_path: str, threads: int | None, mtime_ns: int) -> Any:
     return open_session(Path(onnx_path), threads)
 
 
+def _first_slice(ds: Any, band: str) -> np.ndarray[Any, Any]:
+    return np.asarray(ds[band].isel(time=0).values)
+
+
 def infer_scene(
     item: dict[str, Any],
     onnx_path: Path,
@@ -298,7 +302,14 @@ def infer_scene(
     error: EoforgeError | None = None
     with dask.config.set(scheduler=scheduler):
         try:
-            arr = np.stack([ds[b].isel(time=0).values for b in bands])
+            arr = np.stack(
+                [
+                    retry_reads(
+                        functools.partial(_first_slice, ds, b), f"band '{b}' of scene '{item_id}'"
+                    )
+                    for b in bands
+                ]
+            )
         except Exception as exc:
             error = compute_error(exc, f"scene '{item_id}'")
             if error is None:

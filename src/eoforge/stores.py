@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +18,7 @@ import zarr
 
 from eoforge.errors import InputError
 from eoforge.storage import staged_dir, staged_file
+from eoforge.storage import staging_path as owned_staging
 
 __all__ = [
     "is_remote",
@@ -96,7 +96,7 @@ def staged_store(uri: str | Path, storage_options: Options = None) -> Iterator[s
         return
     target = str(uri).rstrip("/")
     parent, name = target.rsplit("/", 1)
-    staging = f"{parent}/.staging-{name}.{uuid.uuid4().hex[:12]}"
+    staging = f"{parent}/{owned_staging(name).name}"  # owner-tagged, like local staging
     fs, staging_path = _fs(staging, storage_options)
     try:
         yield staging

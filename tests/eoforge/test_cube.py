@@ -45,3 +45,56 @@ def test_unreadable_asset_leaves_nothing(real_items: list[dict[str, Any]], tmp_p
         write_cube(broken, ["blue", "scl"], out)
     assert not out.exists()
     assert [p for p in tmp_path.iterdir() if p.name.startswith(".staging")] == []
+
+
+def test_retry_reads_retries_read_failures_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eoforge.cube import retry_reads
+    from eoforge.errors import TransientError
+
+    monkeypatch.setenv("EOFORGE_READ_BACKOFF_S", "0")
+    calls = []
+
+    def flaky() -> int:
+        calls.append(1)
+        if len(calls) < 3:
+            raise OSError("CURL error: transfer closed with 1234 bytes remaining to read")
+        return 7
+
+    assert retry_reads(flaky, "band 'blue' of X", attempts=3) == 7 and len(calls) == 3
+    calls.clear()
+    with pytest.raises(TransientError, match=r"band 'blue' of X.*failed 2 times"):
+        retry_reads(flaky, "band 'blue' of X", attempts=2)
+    with pytest.raises(InputError, match="does not exist"):
+        retry_reads(lambda: (_ for _ in ()).throw(OSError("HTTP response code: 404")), "X", 2)
+    with pytest.raises(ValueError):  # not a read failure: raised at once
+        retry_reads(lambda: (_ for _ in ()).throw(ValueError("bug")), "X", 5)
+
+
+def test_gdal_options_default_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eoforge.cube import gdal_options
+
+    monkeypatch.delenv("GDAL_HTTP_MAX_RETRY", raising=False)
+    assert gdal_options()["GDAL_HTTP_MAX_RETRY"] == "5"
+    assert "/vsicurl/" in gdal_options()["CPL_VSIL_CURL_NON_CACHED"]
+    monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "9")
+    assert gdal_options()["GDAL_HTTP_MAX_RETRY"] == "9"
+
+
+def test_cube_manifest_detects_a_modified_store(real_cube: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from eoforge.cube import verify_cube
+
+    copy_ = tmp_path / "cube.zarr"
+    shutil.copytree(real_cube, copy_)
+    verify_cube(copy_, deep=True)
+    chunk = copy_ / "33TWL" / "blue" / "c" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes: only the deep check sees it
+    chunk.write_bytes(bytes(data))
+    verify_cube(copy_)
+    with pytest.raises(InputError, match="torn or was modified"):
+        verify_cube(copy_, deep=True)
+    (copy_ / "33TWL" / "stray").write_text("x")
+    with pytest.raises(InputError, match="torn or was modified"):
+        verify_cube(copy_)

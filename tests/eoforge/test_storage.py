@@ -46,3 +46,30 @@ def test_clean_stale_staging(tmp_path: Path) -> None:
     removed = clean_stale_staging(tmp_path)
     assert [p.name for p in removed] == [".staging-out.abc"]
     assert (tmp_path / "keep").exists()
+
+
+def test_staging_of_a_live_writer_is_kept_and_of_a_dead_one_reaped(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from eoforge.storage import reap_dead_staging, staging_path
+
+    target = tmp_path / "cube.zarr"
+    mine = staging_path(target)
+    mine.mkdir()
+    dead_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    dead = tmp_path / mine.name.replace(f".{os.getpid()}-", f".{dead_pid}-")
+    dead.mkdir()
+    assert clean_stale_staging(tmp_path) == [dead]
+    assert mine.exists()
+    dead.mkdir()
+    assert reap_dead_staging(target) == [dead]
+    with staged_dir(target) as d:  # a new write of the target reaps dead siblings too
+        (d / "zarr.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "cube.zarr"])
