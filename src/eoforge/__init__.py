@@ -4,6 +4,12 @@ The domain library: every stage is plain Python (no Prefect import); ``flows/`` 
 add orchestration on top.
 """
 
+import os
+
+# torch's OpenMP threads busy-wait by default, which halves training speed on a shared
+# 2-core machine; it only takes effect if set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from eoforge.config import RunSpec, load_run_spec
 from eoforge.errors import (
     ContractViolation,

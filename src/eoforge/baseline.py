@@ -99,9 +99,9 @@ def train_random_forest(chips_path: Path, spec: TrainSpec) -> RandomForestClassi
     band_names = list(attrs["bands"])
     ignore_index = int(attrs["ignore_index"])
     train = read_chip_split(chips_path, "train")
-    features = np.concatenate([pixel_features(chip, band_names) for chip in train.x])
+    pixels = np.moveaxis(train.x, 1, 0).reshape(train.x.shape[1], -1)  # (C, n * s * s)
     labels = train.y.reshape(-1)
-    valid = (labels != ignore_index) & (train.x != 0).all(axis=1).reshape(-1)
+    valid = (labels != ignore_index) & (pixels != 0).all(axis=0)
     candidates = np.flatnonzero(valid)
     if candidates.size == 0:
         raise InputError(
@@ -116,7 +116,8 @@ def train_random_forest(chips_path: Path, spec: TrainSpec) -> RandomForestClassi
         n_jobs=-1,
         random_state=spec.seed,
     )
-    forest.fit(features[chosen], labels[chosen])
+    # The chosen pixels as a (C, n, 1) "scene": the same feature function as at predict time.
+    forest.fit(pixel_features(pixels[:, chosen, None], band_names), labels[chosen])
     return forest
 
 

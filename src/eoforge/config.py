@@ -15,6 +15,7 @@ from eoforge.errors import InputError
 
 __all__ = [
     "BUNDLED_CATALOG",
+    "TRAIN_PRESETS",
     "ChipSpec",
     "InferSpec",
     "LabelSpec",
@@ -137,18 +138,58 @@ class ChipSpec(_Spec):
 
 
 class TrainSpec(_Spec):
-    """Model training and the random-forest baseline."""
+    """Model training and the random-forest baseline.
 
-    seed: int = 0
-    max_epochs: int = Field(60, gt=0)
-    max_seconds: float = Field(110.0, gt=0, description="Wall-clock training budget.")
-    batch_size: int = Field(16, gt=0)
-    learning_rate: float = Field(3e-3, gt=0)
-    base_channels: int = Field(16, gt=0)
-    threads: int | None = Field(None, description="torch threads (None: all cores).")
+    The defaults are the ``quick`` preset (the demo: <= ~2 CPU-minutes on 2 cores); see
+    :data:`TRAIN_PRESETS` for ``full``. Training is reproducible (same seed, same threads ->
+    same weights) whenever ``max_epochs`` fit in ``max_seconds``; otherwise the learning-rate
+    schedule follows the wall clock and the result depends on the machine's speed.
+    """
+
+    seed: int = Field(0, description="Seed of torch, numpy, augmentation and the random forest.")
+    max_epochs: int = Field(30, gt=0, description="Epochs; also the length of the LR schedule.")
+    max_seconds: float = Field(
+        110.0,
+        gt=0,
+        description="Wall-clock training budget; no epoch starts that would end after it.",
+    )
+    batch_size: int = Field(16, gt=0, description="Chips per optimiser step.")
+    learning_rate: float = Field(
+        6e-3, gt=0, description="Peak AdamW learning rate (after warm-up)."
+    )
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay.")
+    warmup_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of the schedule warming the LR up before the cosine decay.",
+    )
+    base_channels: int = Field(
+        16, gt=0, description="UNet width at full resolution (x2 per level)."
+    )
+    spectral_indices: bool = Field(
+        True, description="Feed the network NDVI / NDWI computed from the raw bands."
+    )
+    class_weight_power: float = Field(
+        0.25, ge=0, le=1, description="Cross-entropy class weight = train frequency ** -power."
+    )
+    dice_weight: float = Field(1.0, ge=0, description="Weight of the soft Dice loss term.")
+    patience: int = Field(
+        12, gt=0, description="Early stopping: epochs without a better validation mIoU."
+    )
+    threads: int | None = Field(None, gt=0, description="torch threads (None: all cores).")
     rf_n_estimators: int = Field(60, gt=0)
     rf_max_depth: int | None = Field(18)
     rf_train_pixels: int = Field(150_000, gt=0)
+
+
+#: Named training configurations: ``quick`` is the demo's, ``full`` the <= 10 CPU-minute one.
+TRAIN_PRESETS: dict[str, TrainSpec] = {
+    "quick": TrainSpec.model_validate({}),
+    "full": TrainSpec.model_validate(
+        {"max_epochs": 60, "max_seconds": 570.0, "base_channels": 32, "class_weight_power": 0.1}
+    ),
+}
 
 
 class InferSpec(_Spec):

@@ -1,7 +1,10 @@
 """The segmentation network: a small UNet that takes raw Sentinel-2 DN and returns class logits.
 
 Normalisation ``(x - band_mean) / band_std`` is part of the network (as buffers), so the
-exported ONNX graph needs nothing but raw reflectance DN (ADR 0001). The net downsamples
+exported ONNX graph needs nothing but raw reflectance DN (ADR 0001). Optionally the network
+also feeds itself normalised differences of band pairs, ``(a - b) / (a + b)`` (NDVI, NDWI):
+ratios that Sen2Cor's own classification thresholds and that convolutions and ReLUs cannot
+form from the bands. The net downsamples
 three times, so input height and width must be multiples of :data:`WINDOW_MULTIPLE` (8);
 :func:`check_window` says so before a caller feeds a bad window.
 """
@@ -18,10 +21,12 @@ from eoforge.errors import InputError
 __all__ = [
     "ARCHITECTURE",
     "DEPTH",
+    "SPECTRAL_INDICES",
     "WINDOW_MULTIPLE",
     "SegmentationUNet",
     "build_model",
     "check_window",
+    "index_pairs_for",
 ]
 
 #: Name recorded in ``model.json`` for this architecture.
@@ -30,6 +35,8 @@ ARCHITECTURE = "unet"
 DEPTH = 3
 #: Height and width of every input must be a multiple of this (``2 ** DEPTH``).
 WINDOW_MULTIPLE = 2**DEPTH
+#: Normalised differences ``(a - b) / (a + b)`` by name, as (band a, band b).
+SPECTRAL_INDICES: dict[str, tuple[str, str]] = {"ndvi": ("nir", "red"), "ndwi": ("green", "nir")}
 
 
 def check_window(height: int, width: int) -> None:
@@ -75,6 +82,8 @@ class SegmentationUNet(nn.Module):
         base_channels: feature channels at full resolution (doubled at each level).
         band_mean: per-band mean in DN (length ``C``), subtracted inside the network.
         band_std: per-band standard deviation in DN (length ``C``, all > 0).
+        index_pairs: band index pairs ``(a, b)``; each adds the input channel
+            ``(x_a - x_b) / (x_a + x_b + 1)`` computed from raw DN (0 where both are nodata).
     """
 
     band_mean: torch.Tensor
@@ -87,15 +96,17 @@ class SegmentationUNet(nn.Module):
         base_channels: int,
         band_mean: Sequence[float],
         band_std: Sequence[float],
+        index_pairs: Sequence[tuple[int, int]] = (),
     ) -> None:
         super().__init__()
+        self.index_pairs = tuple((int(a), int(b)) for a, b in index_pairs)
         mean = torch.tensor([float(v) for v in band_mean], dtype=torch.float32)
         std = torch.tensor([float(v) for v in band_std], dtype=torch.float32)
         self.register_buffer("band_mean", mean.view(1, in_channels, 1, 1))
         self.register_buffer("band_std", std.view(1, in_channels, 1, 1))
         widths = [base_channels * 2**level for level in range(DEPTH + 1)]
         self.encoders = nn.ModuleList()
-        previous = in_channels
+        previous = in_channels + len(self.index_pairs)
         for width in widths[:-1]:
             self.encoders.append(_ConvBlock(previous, width))
             previous = width
@@ -113,6 +124,12 @@ class SegmentationUNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(N, K, H, W)`` for raw DN ``(N, C, H, W)`` float32."""
         h = (x - self.band_mean) / self.band_std
+        if self.index_pairs:
+            ratios = [
+                (x[:, a : a + 1] - x[:, b : b + 1]) / (x[:, a : a + 1] + x[:, b : b + 1] + 1.0)
+                for a, b in self.index_pairs
+            ]
+            h = torch.cat([h, *ratios], dim=1)
         skips = []
         for encoder in self.encoders:
             h = encoder(h)
@@ -133,6 +150,7 @@ def build_model(
     base_channels: int,
     band_mean: Sequence[float],
     band_std: Sequence[float],
+    index_pairs: Sequence[tuple[int, int]] = (),
 ) -> SegmentationUNet:
     """Build the segmentation network (weights initialised from torch's current RNG).
 
@@ -143,6 +161,8 @@ def build_model(
             :data:`DEPTH` levels).
         band_mean: per-band mean in DN, length ``C``.
         band_std: per-band standard deviation in DN, length ``C``, all > 0.
+        index_pairs: band index pairs ``(a, b)`` whose normalised difference is added as an
+            input channel (see :func:`index_pairs_for`).
 
     Returns:
         A :class:`SegmentationUNet` whose forward maps raw DN float32 ``(N, C, H, W)``
@@ -168,4 +188,26 @@ def build_model(
             f"band_std {list(band_std)} has a value <= 0 (or NaN): a band is constant or empty in "
             "the training chips; check the chip store."
         )
-    return SegmentationUNet(in_channels, num_classes, base_channels, band_mean, band_std)
+    for a, b in index_pairs:
+        if not (0 <= a < in_channels and 0 <= b < in_channels and a != b):
+            raise InputError(
+                f"index pair ({a}, {b}) must name two different bands in 0..{in_channels - 1}; "
+                "fix the band names of the chip store."
+            )
+    return SegmentationUNet(
+        in_channels, num_classes, base_channels, band_mean, band_std, index_pairs
+    )
+
+
+def index_pairs_for(band_names: Sequence[str]) -> list[tuple[int, int]]:
+    """Band index pairs of the normalised differences the network adds for these bands.
+
+    NDVI ``(nir - red) / (nir + red)`` and NDWI ``(green - nir) / (green + nir)``, each only
+    when both bands are present.
+    """
+    names = list(band_names)
+    return [
+        (names.index(a), names.index(b))
+        for a, b in SPECTRAL_INDICES.values()
+        if a in names and b in names
+    ]

@@ -2,19 +2,21 @@
 
 Training is seeded and runs on CPU: random flips / 90-degree rotations (the only
 augmentations that keep multispectral values physically meaningful), class-weighted
-cross-entropy plus soft Dice against class imbalance, AdamW with a one-cycle learning-rate
+cross-entropy plus soft Dice against class imbalance, AdamW with a warm-up + cosine learning-rate
 schedule, validation mIoU every epoch on the spatially held-out ``val`` split, best-checkpoint
 selection and early stopping on it. The model directory layout is described in ADR 0001.
 
 Same seed, same chip store, same thread count -> same weights and metrics, as long as the
-``max_epochs`` / early-stopping limits end training rather than the ``max_seconds`` wall clock
-(a safety stop that depends on the machine's speed).
+machine is fast enough to run ``max_epochs`` within ``max_seconds``. When it is not, the
+schedule follows the wall clock (so the learning rate still anneals within the budget) and the
+result depends on the machine's speed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
 import time
@@ -37,7 +39,7 @@ from eoforge.chips import read_split
 from eoforge.config import TrainSpec
 from eoforge.errors import InputError
 from eoforge.evaluate import confusion_matrix, metrics_from_confusion
-from eoforge.models import ARCHITECTURE, DEPTH, build_model, check_window
+from eoforge.models import ARCHITECTURE, DEPTH, build_model, check_window, index_pairs_for
 from eoforge.storage import sha256_file, staged_file, write_json_atomic
 
 __all__ = [
@@ -83,7 +85,7 @@ class TrainHyperParams:
     batch_size: int = 16
     """Chips per optimiser step."""
     learning_rate: float = 3e-3
-    """Peak learning rate of the one-cycle schedule."""
+    """Peak learning rate (after warm-up, before the cosine decay)."""
     base_channels: int = 16
     """UNet feature channels at full resolution."""
     threads: int | None = None
@@ -97,9 +99,30 @@ class TrainHyperParams:
     class_weight_power: float = 0.5
     """Cross-entropy class weight = train frequency ** -power (0: unweighted)."""
     warmup_fraction: float = 0.1
-    """Fraction of the schedule spent warming the learning rate up."""
-    ema_decay: float = 0.0
-    """Validate and keep an exponential moving average of the weights (0: off)."""
+    """Fraction of the schedule spent warming the learning rate up (0 <= f < 1)."""
+    spectral_indices: bool = True
+    """Feed the network NDVI / NDWI computed from the raw bands (see eoforge.models)."""
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name}={getattr(self, name)!r} must be {rule}"
+            for name, ok, rule in (
+                ("max_epochs", self.max_epochs >= 1, ">= 1"),
+                ("max_seconds", self.max_seconds > 0, "> 0"),
+                ("batch_size", self.batch_size >= 1, ">= 1"),
+                ("learning_rate", self.learning_rate > 0, "> 0"),
+                ("base_channels", self.base_channels >= 1, ">= 1"),
+                ("threads", self.threads is None or self.threads >= 1, "None or >= 1"),
+                ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                ("patience", self.patience >= 1, ">= 1"),
+                ("dice_weight", self.dice_weight >= 0, ">= 0"),
+                ("class_weight_power", self.class_weight_power >= 0, ">= 0"),
+                ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
+            )
+            if not ok
+        ]
+        if problems:
+            raise InputError(f"training spec: {'; '.join(problems)}; fix the train section.")
 
     @classmethod
     def from_spec(cls, spec: TrainSpec) -> TrainHyperParams:
@@ -320,8 +343,14 @@ def train_model(
     with _torch_runtime(hp.threads):
         _seed_everything(hp.seed)
         rng = np.random.default_rng(hp.seed)
+        pairs = index_pairs_for(bands) if hp.spectral_indices else []
         model = build_model(
-            len(bands), len(classes), hp.base_channels, attrs["band_mean"], attrs["band_std"]
+            len(bands),
+            len(classes),
+            hp.base_channels,
+            attrs["band_mean"],
+            attrs["band_std"],
+            pairs,
         )
         # NHWC runs the CPU (oneDNN) convolutions ~25% faster than NCHW here.
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -331,22 +360,13 @@ def train_model(
             model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
         )
         steps_per_epoch = -(-len(train.x) // hp.batch_size)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(
+        schedule = _Schedule(
             optimiser,
-            max_lr=hp.learning_rate,
-            total_steps=hp.max_epochs * steps_per_epoch,
-            pct_start=hp.warmup_fraction,
+            hp.learning_rate,
+            hp.warmup_fraction,
+            hp.max_epochs * steps_per_epoch,
+            hp.max_seconds,
         )
-        ema = (
-            torch.optim.swa_utils.AveragedModel(
-                model,
-                multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(hp.ema_decay),
-                use_buffers=True,
-            )
-            if hp.ema_decay > 0
-            else None
-        )
-        scored: nn.Module = model if ema is None else ema.module
         history: list[dict[str, float]] = []
         best_state: dict[str, torch.Tensor] = {}
         best_miou, best_epoch, longest_epoch = -1.0, 0, 0.0
@@ -358,15 +378,13 @@ def train_model(
                 epoch_start = time.perf_counter()
                 lr = optimiser.param_groups[0]["lr"]
                 train_loss = _train_epoch(
-                    model, train, loss_fn, optimiser, schedule, hp.batch_size, rng, ema
+                    model, train, loss_fn, optimiser, schedule, hp.batch_size, rng
                 )
-                val_metrics, val_loss = evaluate(
-                    scored, val, classes, ignore_index, loss_fn=loss_fn
-                )
+                val_metrics, val_loss = evaluate(model, val, classes, ignore_index, loss_fn=loss_fn)
                 val_miou = float(val_metrics["miou"] or 0.0)
                 longest_epoch = max(longest_epoch, time.perf_counter() - epoch_start)
                 record = {
-                    "epoch": float(epoch),
+                    "epoch": epoch,
                     "train_loss": train_loss,
                     "val_loss": val_loss,
                     "val_miou": val_miou,
@@ -378,7 +396,7 @@ def train_model(
                 if val_miou > best_miou:
                     best_miou, best_epoch = val_miou, epoch
                     best_state = {
-                        k: v.detach().clone().contiguous() for k, v in scored.state_dict().items()
+                        k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
                     }
                 advance(epoch, record, best_miou)
                 if epoch - best_epoch >= hp.patience:
@@ -397,6 +415,7 @@ def train_model(
             "in_channels": len(bands),
             "num_classes": len(classes),
             "base_channels": hp.base_channels,
+            "index_pairs": [list(p) for p in pairs],
         },
         "hyper_params": dataclasses.asdict(hp),
         "bands": bands,
@@ -461,8 +480,8 @@ def load_model(model_dir: Path) -> nn.Module:
     unpickled, because unpickling runs arbitrary code.
 
     Raises:
-        InputError: the files are missing, the weights are not safetensors, or they do not
-            match the recorded architecture.
+        InputError: the files are missing, the weights are not safetensors, their sha256
+            differs from the one recorded, or they do not match the recorded architecture.
     """
     config = read_model_config(model_dir)
     weights_name = str(config.get("weights", MODEL_WEIGHTS_NAME))
@@ -475,25 +494,38 @@ def load_model(model_dir: Path) -> nn.Module:
     if not weights_path.is_file():
         raise InputError(f"model weights '{weights_path}' do not exist; retrain the model.")
     _require_safetensors(weights_path)
+    expected_sha = config.get("weights_sha256")
+    if expected_sha is not None and sha256_file(weights_path) != expected_sha:
+        raise InputError(
+            f"model weights '{weights_path}' do not match the sha256 in model.json (a training "
+            "run was interrupted or the files were mixed); retrain the model."
+        )
     try:
         state = load_file(str(weights_path))
     except SafetensorError as exc:
         raise InputError(
             f"model weights '{weights_path}' are not valid safetensors: {exc}"
         ) from exc
-    arch = config["architecture"]
-    if arch.get("name") != ARCHITECTURE or arch.get("depth") != DEPTH:
+    arch = config.get("architecture")
+    if not isinstance(arch, dict) or arch.get("name") != ARCHITECTURE or arch.get("depth") != DEPTH:
+        found = (arch.get("name"), arch.get("depth")) if isinstance(arch, dict) else arch
         raise InputError(
-            f"model in '{model_dir}' is a {arch.get('name')!r} of depth {arch.get('depth')}, "
-            f"this eoforge builds {ARCHITECTURE!r} of depth {DEPTH}; retrain the model."
+            f"model in '{model_dir}' has architecture {found!r}; this eoforge builds "
+            f"{ARCHITECTURE!r} of depth {DEPTH}: retrain the model."
         )
-    model = build_model(
-        int(arch["in_channels"]),
-        int(arch["num_classes"]),
-        int(arch["base_channels"]),
-        config["band_mean"],
-        config["band_std"],
-    )
+    try:
+        model = build_model(
+            int(arch["in_channels"]),
+            int(arch["num_classes"]),
+            int(arch["base_channels"]),
+            config["band_mean"],
+            config["band_std"],
+            [(int(a), int(b)) for a, b in arch.get("index_pairs", [])],
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(
+            f"model.json in '{model_dir}' lacks or garbles {exc}; retrain the model."
+        ) from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -520,15 +552,65 @@ def _require_safetensors(path: Path) -> None:
         )
 
 
+class _Schedule:
+    """Warm-up then cosine decay of the learning rate over training progress in [0, 1].
+
+    Progress is the larger of the fraction of optimiser steps done and the fraction of
+    ``max_seconds`` used. On a machine fast enough for ``max_epochs`` the step fraction always
+    leads and the schedule is exactly reproducible; on a slower (or shared) one the wall clock
+    leads, so the rate still anneals before the budget stops training instead of stopping it
+    at a high learning rate.
+    """
+
+    _START = 0.04  # warm-up starts at peak / 25 (as torch's OneCycleLR)
+    _END = 1e-3  # and the decay ends at peak / 1000
+
+    def __init__(
+        self,
+        optimiser: torch.optim.Optimizer,
+        peak: float,
+        warmup: float,
+        total_steps: int,
+        max_seconds: float,
+    ) -> None:
+        self.optimiser = optimiser
+        self.peak = peak
+        self.warmup = warmup
+        self.total_steps = max(total_steps, 1)
+        self.max_seconds = max_seconds
+        self.steps = 0
+        self.started = time.perf_counter()
+        self._apply(0.0)
+
+    def progress(self) -> float:
+        """Fraction of the schedule done, in [0, 1]."""
+        by_steps = self.steps / self.total_steps
+        by_clock = (time.perf_counter() - self.started) / self.max_seconds
+        return min(1.0, max(by_steps, by_clock))
+
+    def step(self) -> None:
+        """Advance one optimiser step and set the learning rate for the next."""
+        self.steps += 1
+        self._apply(self.progress())
+
+    def _apply(self, p: float) -> None:
+        if p < self.warmup:
+            factor = self._START + (1 - self._START) * p / self.warmup
+        else:
+            cosine = 0.5 * (1 + math.cos(math.pi * (p - self.warmup) / (1 - self.warmup)))
+            factor = self._END + (1 - self._END) * cosine
+        for group in self.optimiser.param_groups:
+            group["lr"] = self.peak * factor
+
+
 def _train_epoch(
     model: nn.Module,
     train: ChipSplit,
     loss_fn: nn.Module,
     optimiser: torch.optim.Optimizer,
-    schedule: torch.optim.lr_scheduler.LRScheduler,
+    schedule: _Schedule,
     batch_size: int,
     rng: np.random.Generator,
-    ema: torch.optim.swa_utils.AveragedModel | None = None,
 ) -> float:
     model.train()
     order = rng.permutation(len(train.x))
@@ -542,8 +624,6 @@ def _train_epoch(
         loss.backward()
         optimiser.step()
         schedule.step()
-        if ema is not None:
-            ema.update_parameters(model)
         total += float(loss.detach()) * len(idx)
         seen += len(idx)
     return total / seen

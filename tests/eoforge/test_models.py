@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from eoforge.errors import InputError
-from eoforge.models import WINDOW_MULTIPLE, build_model, check_window
+from eoforge.models import WINDOW_MULTIPLE, build_model, check_window, index_pairs_for
 
 MEAN = [500.0, 700.0, 600.0, 2500.0]
 STD = [200.0, 250.0, 300.0, 900.0]
@@ -82,3 +82,26 @@ def test_build_model_rejects_bad_arguments(kwargs: dict[str, object], match: str
     args.update(kwargs)
     with pytest.raises(InputError, match=match):
         build_model(**args)  # type: ignore[arg-type]
+
+
+def test_index_pairs_follow_band_names() -> None:
+    assert index_pairs_for(["blue", "green", "red", "nir"]) == [(3, 2), (1, 3)]
+    assert index_pairs_for(["nir", "red"]) == [(0, 1)]
+    assert index_pairs_for(["blue", "swir"]) == []
+
+
+def test_spectral_indices_are_extra_inputs() -> None:
+    torch.manual_seed(0)
+    net = build_model(4, 5, 8, MEAN, STD, index_pairs=[(3, 2), (1, 3)]).eval()
+    assert net.encoders[0][0].in_channels == 6  # type: ignore[index]
+    x = torch.rand(1, 4, 16, 16) * 5000
+    x[..., :4, :4] = 0  # nodata: the ratios stay finite
+    with torch.no_grad():
+        out = net(x)
+    assert out.shape == (1, 5, 16, 16)
+    assert torch.isfinite(out).all()
+
+
+def test_index_pairs_must_name_two_bands() -> None:
+    with pytest.raises(InputError, match="index pair"):
+        build_model(4, 5, 8, MEAN, STD, index_pairs=[(3, 4)])

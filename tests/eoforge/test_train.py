@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from safetensors.torch import load_file
+from pydantic import ValidationError
+from safetensors.torch import load_file, save_file
 
 from eoforge.config import TrainSpec
 from eoforge.errors import InputError
@@ -119,6 +120,14 @@ def test_other_seed_other_weights(chips: Path, trained: TrainResult, tmp_path: P
     assert not torch.equal(a["head.weight"], b["head.weight"])
 
 
+def test_learning_rate_warms_up_then_decays(trained: TrainResult) -> None:
+    lrs = [h["lr"] for h in trained.history]
+    assert lrs[0] == pytest.approx(SPEC.learning_rate * 0.04)
+    peak = int(np.argmax(lrs))
+    assert 0 < peak < len(lrs) - 1
+    assert lrs[-1] < lrs[peak] / 2
+
+
 def test_wall_clock_budget_stops_training(chips: Path, tmp_path: Path) -> None:
     spec = SPEC.model_copy(update={"max_epochs": 50, "max_seconds": 1e-3})
     result = train_model(chips, spec, tmp_path, progress=False)
@@ -180,3 +189,28 @@ def test_hyper_params_take_spec_fields() -> None:
     hp = TrainHyperParams.from_spec(SPEC)
     assert (hp.max_epochs, hp.batch_size, hp.base_channels) == (6, 4, 8)
     assert hp.patience == TrainHyperParams().patience  # not in the spec: default kept
+
+
+def test_bad_hyper_params_are_input_errors() -> None:
+    with pytest.raises(InputError, match="warmup_fraction"):
+        TrainHyperParams(warmup_fraction=1.0)
+    with pytest.raises(ValidationError, match="threads"):  # the spec itself refuses it now
+        TrainSpec(threads=0)
+
+
+def test_load_model_refuses_a_garbled_architecture(trained: TrainResult, tmp_path: Path) -> None:
+    config = json.loads(trained.config_path.read_text())
+    del config["architecture"]["in_channels"]
+    (tmp_path / "model.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").write_bytes(trained.weights_path.read_bytes())
+    with pytest.raises(InputError, match="in_channels"):
+        load_model(tmp_path)
+
+
+def test_load_model_refuses_weights_of_another_run(trained: TrainResult, tmp_path: Path) -> None:
+    (tmp_path / "model.json").write_text(trained.config_path.read_text())
+    state = load_file(str(trained.weights_path))
+    state["head.bias"] = state["head.bias"] + 1
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(InputError, match="sha256"):
+        load_model(tmp_path)
