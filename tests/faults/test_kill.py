@@ -55,6 +55,27 @@ _VOLATILE = {"seconds", "train_seconds", "history", "hyper_params"}
 REPORT: dict[str, dict[str, Any]] = {}
 
 
+_CHILD_TIMEOUT_S = 600.0
+
+
+def _after_fork() -> None:
+    """Make the forked child safe to compute in.
+
+    The pytest process may already run dask's thread pool and torch's OpenMP threads; a forked
+    child inherits their locks but not their threads, so it would wait forever on them. The
+    child computes single-threaded instead (the clean reference runs the same way).
+    """
+    import dask
+
+    dask.config.set(scheduler="synchronous")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
 def _run_in_child(fn: Callable[[], Any], kill_after: float | None) -> tuple[str, float]:
     """Fork, run ``fn`` in the child; SIGKILL it after ``kill_after`` s (None: let it finish).
 
@@ -69,14 +90,21 @@ def _run_in_child(fn: Callable[[], Any], kill_after: float | None) -> tuple[str,
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 1)
             os.dup2(devnull, 2)
+            _after_fork()
             fn()
             code = 0
         finally:
             os._exit(code)
     if kill_after is None:
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0, "the stage failed in the child"
-        return "finished", time.perf_counter() - t0
+        while time.perf_counter() - t0 < _CHILD_TIMEOUT_S:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                assert os.waitstatus_to_exitcode(status) == 0, "the stage failed in the child"
+                return "finished", time.perf_counter() - t0
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"the stage did not finish in {_CHILD_TIMEOUT_S} s in the child")
     deadline = t0 + kill_after
     while time.perf_counter() < deadline:
         done, status = os.waitpid(pid, os.WNOHANG)
