@@ -215,6 +215,28 @@ R = TypeVar("R")
 _NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
+def _client_errors() -> tuple[type[Exception], ...]:
+    """Connection failures that botocore / aiohttp raise without wrapping them in ``OSError``
+    (e.g. ``EndpointConnectionError`` once an endpoint refuses every connection)."""
+    found: list[type[Exception]] = []
+    try:
+        from botocore.exceptions import BotoCoreError
+
+        found.append(BotoCoreError)
+    except ImportError:  # pragma: no cover - s3fs brings botocore
+        pass
+    try:
+        from aiohttp import ClientError
+
+        found.append(ClientError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(found)
+
+
+_STORAGE_ERRORS: tuple[type[Exception], ...] = (OSError, *_client_errors())
+
+
 def transient_storage_errors(what: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Decorate a function so object-storage failures surface as a clear :class:`TransientError`.
 
@@ -231,7 +253,7 @@ def transient_storage_errors(what: str) -> Callable[[Callable[P, R]], Callable[P
                 return fn(*args, **kwargs)
             except _NOT_TRANSIENT:
                 raise
-            except OSError as exc:
+            except _STORAGE_ERRORS as exc:
                 uris = [
                     str(a)
                     for a in (*args, *kwargs.values())
