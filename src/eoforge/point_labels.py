@@ -19,7 +19,7 @@ from eoforge.config import LabelSpec
 from eoforge.errors import InputError
 from eoforge.grid import TileGrid
 from eoforge.labels import TileLabelContext, class_index
-from eoforge.vector_labels import clean_geometries, read_label_file
+from eoforge.vector_labels import clean_geometries, read_labels_with_column
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -62,16 +62,9 @@ class PointLabels:
     def load(self) -> gpd.GeoDataFrame:
         """The checked points (multi-points exploded) in their own CRS, read once."""
         if "source" not in self._cache:
-            raw = (
-                self.frame
-                if self.frame is not None
-                else read_label_file(self.path, self.storage_options)
+            raw = read_labels_with_column(
+                self.path, self.class_column, self.frame, self.storage_options
             )
-            if self.class_column not in raw.columns:
-                raise InputError(
-                    f"labels '{self.path}' have no column '{self.class_column}' (columns: "
-                    f"{[c for c in raw.columns if c != raw.geometry.name]}); set class_column."
-                )
             clean = clean_geometries(raw, self.path, ("Point", "MultiPoint"), "error")
             self._cache["source"] = clean.explode(index_parts=False)
         return self._cache["source"]

@@ -91,6 +91,26 @@ def read_label_file(
         ) from exc
 
 
+def read_labels_with_column(
+    path: str | Path,
+    class_column: str,
+    frame: gpd.GeoDataFrame | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> gpd.GeoDataFrame:
+    """A label file (or the in-memory ``frame`` it names) that has the ``class_column``.
+
+    Raises:
+        InputError: the column is missing (the message lists the columns there are).
+    """
+    raw = frame if frame is not None else read_label_file(path, storage_options)
+    if class_column not in raw.columns:
+        raise InputError(
+            f"labels '{path}' have no column '{class_column}' (columns: "
+            f"{[c for c in raw.columns if c != raw.geometry.name]}); set class_column."
+        )
+    return raw
+
+
 def clean_geometries(
     frame: gpd.GeoDataFrame,
     source: str,
@@ -270,16 +290,9 @@ class PolygonLabels:
     def load(self) -> gpd.GeoDataFrame:
         """The checked labels in their own CRS (read once)."""
         if "source" not in self._by_crs:
-            raw = (
-                self.frame
-                if self.frame is not None
-                else read_label_file(self.path, self.storage_options)
+            raw = read_labels_with_column(
+                self.path, self.class_column, self.frame, self.storage_options
             )
-            if self.class_column not in raw.columns:
-                raise InputError(
-                    f"labels '{self.path}' have no column '{self.class_column}' (columns: "
-                    f"{[c for c in raw.columns if c != raw.geometry.name]}); set class_column."
-                )
             clean = clean_geometries(raw, self.path, ("Polygon", "MultiPolygon"), self.on_invalid)
             if self.rename:
                 clean[self.class_column] = clean[self.class_column].map(
