@@ -217,6 +217,7 @@ def _gpu_section(
         "ratios.ort_cuda_vs_torch_cuda_bf16 (vs torch CUDA eager under bf16 autocast)",
         "timings_s.ort_cuda / torch_cuda / torch_cuda_bf16 (median batch time on the GPU)",
         "mpx_per_s.real_scene_cuda and large_tiled_cuda (whole-scene inference on the GPU)",
+        "gpu_utilisation (NVML busy % during >= 10 s of back-to-back whole-scene inference)",
     ]
     section: dict[str, Any] = {
         "cuda_devices": gpu.cuda_device_count(),
@@ -249,6 +250,13 @@ def _gpu_section(
     predict_raster(session, large, spec, _NullWriter())
     t_large = time.perf_counter() - t0
     large_mpx = large.shape[1] * large.shape[2] / 1e6
+    # steady state: whole-scene inference back to back for >= 10 s, NVML sampling the GPU
+    with gpu.UtilisationSampler() as sampler:
+        deadline, scenes = time.perf_counter() + 10.0, 0
+        while time.perf_counter() < deadline:
+            predict_raster(session, large, spec, _NullWriter())
+            scenes += 1
+    utilisation = {**sampler.summary(skip_s=1.0), "scenes": scenes}
     section.update(
         {
             "measured": True,
@@ -263,6 +271,7 @@ def _gpu_section(
                 "real_scene_cuda": scene.shape[1] * scene.shape[2] / 1e6 / t_scene,
                 "large_tiled_cuda": large_mpx / t_large,
             },
+            "gpu_utilisation": utilisation,
         }
     )
     return section
@@ -418,6 +427,7 @@ def _print(result: dict[str, Any]) -> None:
     g = result["gpu"]
     if g.get("measured"):
         print(f"  GPU {g['device_name']}: {g['ratios']}, {g['mpx_per_s']}")
+        print(f"  GPU busy during steady-state inference: {g['gpu_utilisation']}")
     else:
         print("  GPU: not measured (no CUDA device / onnxruntime-gpu); missing:")
         for item in g["missing"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,6 +13,11 @@ from rich.console import Console
 from eoforge.config import RunSpec, default_store, load_run_spec
 from eoforge.errors import EoforgeError, InputError, exit_code_for
 from eoforge.redact import install_log_redaction, redact
+
+# The temporary Prefect server eoforge starts for local runs does not phone home (air-gapped
+# production machines logged an ERROR per run for the failed telemetry call); set the variable
+# to true to opt back in.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # no local variables in tracebacks: they may hold credentials or signed URLs
 app = typer.Typer(
@@ -141,8 +147,6 @@ def reap_zombies_command(
     """Mark flow runs a crash left RUNNING as CRASHED (see docs/reliability.md)."""
 
     def go() -> None:
-        import os
-
         from eoforge.zombies import reap_zombies
 
         url = api_url or os.environ.get("PREFECT_API_URL")

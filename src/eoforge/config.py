@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -178,6 +178,16 @@ class TrainSpec(_Spec):
         12, gt=0, description="Early stopping: epochs without a better validation mIoU."
     )
     threads: int | None = Field(None, gt=0, description="torch threads (None: all cores).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where to train: auto takes a usable CUDA GPU (GPU extra installed), "
+        "else the CPU.",
+    )
+    amp: bool = Field(
+        True,
+        description="Mixed precision on CUDA (bf16, else fp16 with loss scaling); the CPU "
+        "always trains in fp32.",
+    )
     rf_n_estimators: int = Field(60, gt=0)
     rf_max_depth: int | None = Field(18)
     rf_train_pixels: int = Field(150_000, gt=0)

@@ -14,6 +14,9 @@ import ctypes
 import functools
 import importlib.util
 import os
+import statistics
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +36,7 @@ __all__ = [
     "DISABLE_ENV",
     "ChipRoute",
     "GpuChips",
+    "UtilisationSampler",
     "amp_autocast",
     "amp_dtype",
     "chip_read_route",
@@ -64,13 +68,19 @@ def _disabled() -> bool:
     return visible is not None and visible.strip() in ("", "-1")
 
 
-@functools.cache
-def _nvml_device_count() -> int:
+def _nvml() -> Any | None:
     for name in _NVML_NAMES:
         try:
-            lib = ctypes.CDLL(name)
+            return ctypes.CDLL(name)
         except OSError:
             continue
+    return None
+
+
+@functools.cache
+def _nvml_device_count() -> int:
+    lib = _nvml()
+    if lib is not None:
         try:
             if lib.nvmlInit_v2() != 0:
                 return 0
@@ -81,6 +91,71 @@ def _nvml_device_count() -> int:
             return 0
         return int(count.value) if ok else 0
     return 0
+
+
+class _NvmlUtilization(ctypes.Structure):
+    _fields_ = [("gpu", ctypes.c_uint), ("memory", ctypes.c_uint)]
+
+
+class UtilisationSampler:
+    """Sample a GPU's busy percentage (NVML ``utilization.gpu``) in a background thread.
+
+    NVML reports, per sample period, the percentage of time one or more kernels ran on the
+    device: the number ``nvidia-smi`` shows. Use as a context manager around the work; read
+    :attr:`samples` (percent, one per ``interval_s``) or :meth:`summary` after. Without NVML or
+    a GPU it records nothing and :attr:`available` is False.
+    """
+
+    def __init__(self, device_index: int = 0, interval_s: float = 0.05) -> None:
+        self.device_index = device_index
+        self.interval_s = interval_s
+        self.samples: list[tuple[float, int]] = []
+        self.available = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lib = _nvml() if cuda_available() else None
+        self._handle = ctypes.c_void_p()
+
+    def __enter__(self) -> UtilisationSampler:
+        lib = self._lib
+        if lib is not None and lib.nvmlInit_v2() == 0:
+            index = ctypes.c_uint(self.device_index)
+            if lib.nvmlDeviceGetHandleByIndex_v2(index, ctypes.byref(self._handle)) == 0:
+                self.available = True
+                self._thread = threading.Thread(target=self._run, daemon=True)
+                self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._lib is not None and self.available:
+            self._lib.nvmlShutdown()
+
+    def _run(self) -> None:
+        assert self._lib is not None
+        started = time.perf_counter()
+        rates = _NvmlUtilization()
+        while not self._stop.is_set():
+            if self._lib.nvmlDeviceGetUtilizationRates(self._handle, ctypes.byref(rates)) == 0:
+                self.samples.append((time.perf_counter() - started, int(rates.gpu)))
+            self._stop.wait(self.interval_s)
+
+    def summary(self, skip_s: float = 1.0) -> dict[str, Any]:
+        """Median / mean / min busy % of the samples after the first ``skip_s`` (warm-up)."""
+        steady = [pct for t, pct in self.samples if t >= skip_s]
+        if not steady:
+            return {"available": self.available, "samples": 0}
+        return {
+            "available": True,
+            "samples": len(steady),
+            "median_pct": float(statistics.median(steady)),
+            "mean_pct": float(statistics.fmean(steady)),
+            "min_pct": float(min(steady)),
+            "interval_s": self.interval_s,
+            "skipped_first_s": skip_s,
+        }
 
 
 def cuda_device_count() -> int:

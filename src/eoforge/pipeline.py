@@ -242,6 +242,10 @@ def stage_train(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str
                     "best_val_miou": res.best_val_miou,
                     "epochs_run": res.epochs_run,
                     "train_seconds": res.seconds,
+                    "device": res.device,
+                    "amp_dtype": res.amp_dtype,
+                    "chip_route": res.chip_route,
+                    "steps_per_second": res.steps_per_second,
                     "onnx_opset": exp.opset,
                     "parity_max_abs_diff": exp.max_abs_diff,
                     "parity_samples": exp.n_parity_samples,
@@ -546,7 +550,12 @@ def stage_track(
             ql / "confusion_model.png",
             ql / "confusion_baseline.png",
         ],
-        tags={"model_dir": train["model_dir"], "best_epoch": str(train.get("best_epoch"))},
+        tags={
+            "model_dir": train["model_dir"],
+            "best_epoch": str(train.get("best_epoch")),
+            "device": str(train.get("device", "cpu")),
+            "amp_dtype": str(train.get("amp_dtype")),
+        },
     )
 
 

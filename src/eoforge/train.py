@@ -1,22 +1,27 @@
-"""Train the segmentation network on a chip store and save / load it as safetensors + JSON.
+"""Train the segmentation network on a chip store and write it as safetensors + JSON.
 
-Training is seeded and runs on CPU: random flips / 90-degree rotations (the only
-augmentations that keep multispectral values physically meaningful), class-weighted
-cross-entropy plus soft Dice against class imbalance, AdamW with a warm-up + cosine learning-rate
-schedule, validation mIoU every epoch on the spatially held-out ``val`` split, best-checkpoint
-selection and early stopping on it. The model directory layout is described in ADR 0001.
+Training is seeded: random flips / 90-degree rotations (the only augmentations that keep
+multispectral values physically meaningful), class-weighted cross-entropy plus soft Dice
+against class imbalance, AdamW with a warm-up + cosine learning-rate schedule, validation mIoU
+every epoch on the spatially held-out ``val`` split, best-checkpoint selection and early
+stopping on it. The model directory layout is described in ADR 0001 (read back by
+:mod:`eoforge.model_files`).
 
-Same seed, same chip store, same thread count -> same weights and metrics, as long as the
-machine is fast enough to run ``max_epochs`` within ``max_seconds``. When it is not, the
-schedule follows the wall clock (so the learning rate still anneals within the budget) and the
-result depends on the machine's speed.
+It runs on a CUDA GPU when one is usable (``train.device: auto``, the default, with the GPU
+extra installed): the chips are read from Zarr straight into GPU memory
+(:func:`eoforge.gpu.read_chips_to_gpu`, kvikio where installed) and the forward pass runs under
+mixed precision (bf16, or fp16 with loss scaling). Otherwise it runs on the CPU in fp32.
+
+Same seed, same chip store, same thread count, same device -> same weights and metrics, as
+long as the machine is fast enough to run ``max_epochs`` within ``max_seconds``. When it is
+not, the schedule follows the wall clock (so the learning rate still anneals within the
+budget) and the result depends on the machine's speed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
-import math
 import os
 import random
 import time
@@ -28,19 +33,26 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 from numpy.typing import NDArray
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from eoforge import gpu
 from eoforge.chips import read_split
 from eoforge.config import TrainSpec
 from eoforge.errors import InputError
 from eoforge.evaluate import confusion_matrix, metrics_from_confusion
+from eoforge.model_files import (
+    MODEL_CONFIG_NAME,
+    MODEL_FORMAT,
+    MODEL_WEIGHTS_NAME,
+    load_model,
+    read_model_config,
+)
 from eoforge.models import ARCHITECTURE, DEPTH, build_model, check_window, index_pairs_for
 from eoforge.storage import sha256_file, staged_file, write_json_atomic
+from eoforge.train_ops import DIHEDRAL_OPS, Schedule, SegmentationLoss, augment_dihedral
 
 __all__ = [
     "MODEL_CONFIG_NAME",
@@ -55,19 +67,12 @@ __all__ = [
     "read_chip_split",
     "read_chip_store_attrs",
     "read_model_config",
+    "resolve_device",
     "train_model",
 ]
 
+
 #: File name of the weights inside a model directory.
-MODEL_WEIGHTS_NAME = "model.safetensors"
-#: File name of the architecture / hyper-parameter record inside a model directory.
-MODEL_CONFIG_NAME = "model.json"
-#: Version tag written to and required in ``model.json``.
-MODEL_FORMAT = "eoforge-model/1"
-
-_SAFETENSORS_MAX_HEADER = 100_000_000
-
-
 @dataclass(frozen=True)
 class TrainHyperParams:
     """Every knob of :func:`train_model`, resolved from a :class:`~eoforge.config.TrainSpec`.
@@ -102,6 +107,10 @@ class TrainHyperParams:
     """Fraction of the schedule spent warming the learning rate up (0 <= f < 1)."""
     spectral_indices: bool = True
     """Feed the network NDVI / NDWI computed from the raw bands (see eoforge.models)."""
+    device: str = "auto"
+    """``auto`` (a usable CUDA GPU, else the CPU), ``cpu`` or ``cuda``."""
+    amp: bool = True
+    """Mixed precision on CUDA (bf16, else fp16 with loss scaling); the CPU trains in fp32."""
 
     def __post_init__(self) -> None:
         problems = [
@@ -118,6 +127,7 @@ class TrainHyperParams:
                 ("dice_weight", self.dice_weight >= 0, ">= 0"),
                 ("class_weight_power", self.class_weight_power >= 0, ">= 0"),
                 ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
+                ("device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
             )
             if not ok
         ]
@@ -152,7 +162,16 @@ class TrainResult:
     """Wall-clock seconds from building the model to the last validation (what
     ``max_seconds`` bounds; reading chips and writing files are not included)."""
     history: tuple[dict[str, float], ...]
-    """One record per epoch: epoch, train_loss, val_loss, val_miou, val_accuracy, lr, seconds."""
+    """One record per epoch: epoch, train_loss, val_loss, val_miou, val_accuracy, lr, seconds,
+    steps and train_seconds (the optimiser steps of the epoch and the time they took)."""
+    device: str = "cpu"
+    """``cpu`` or ``cuda``: where it trained."""
+    amp_dtype: str | None = None
+    """The autocast dtype (``bfloat16`` / ``float16``) on CUDA, None in fp32."""
+    chip_route: str = "cpu"
+    """How the train chips reached the device (:data:`eoforge.gpu.ChipRoute`)."""
+    steps_per_second: float = 0.0
+    """Optimiser steps per second of training time (validation excluded): the step rate."""
 
 
 @dataclass(frozen=True)
@@ -238,8 +257,9 @@ def evaluate(
     ignore_index: int = 255,
     batch_size: int = 64,
     loss_fn: nn.Module | None = None,
+    amp: bool = False,
 ) -> tuple[dict[str, Any], float]:
-    """Score a model on chips.
+    """Score a model on chips, on the device the model's parameters are on.
 
     Args:
         model: the network (put in eval mode here).
@@ -248,6 +268,7 @@ def evaluate(
         ignore_index: label value of unlabelled pixels.
         batch_size: chips per forward pass.
         loss_fn: also compute the mean loss with this criterion.
+        amp: run the forward pass under CUDA autocast (no effect on the CPU).
 
     Returns:
         The :func:`eoforge.evaluate.metrics_from_confusion` dict (``miou``,
@@ -257,43 +278,20 @@ def evaluate(
     k = len(class_names)
     cm = np.zeros((k, k), dtype=np.int64)
     loss_sum, batches = 0.0, 0
+    device = next(model.parameters()).device
     for start in range(0, len(split.x), batch_size):
-        xb = torch.from_numpy(split.x[start : start + batch_size].astype(np.float32))
+        xb = torch.from_numpy(split.x[start : start + batch_size].astype(np.float32)).to(device)
         yb = split.y[start : start + batch_size]
-        logits = model(xb)
-        if loss_fn is not None:
-            loss_sum += float(loss_fn(logits, torch.from_numpy(yb.astype(np.int64))))
-            batches += 1
-        pred = logits.argmax(1).numpy().astype(np.uint8)
+        with _autocast(device, amp):
+            logits = model(xb)
+            if loss_fn is not None:
+                target = torch.from_numpy(yb.astype(np.int64)).to(device)
+                loss_sum += float(loss_fn(logits, target))
+                batches += 1
+        pred = logits.argmax(1).cpu().numpy().astype(np.uint8)
         cm += confusion_matrix(yb, pred, k, ignore_index)
     metrics = metrics_from_confusion(cm, class_names)
     return metrics, (loss_sum / batches if batches else float("nan"))
-
-
-class _SegmentationLoss(nn.Module):
-    """Class-weighted cross-entropy plus ``dice_weight`` x soft Dice (ignored pixels masked)."""
-
-    weights: torch.Tensor
-
-    def __init__(self, weights: NDArray[np.float32], ignore_index: int, dice_weight: float) -> None:
-        super().__init__()
-        self.register_buffer("weights", torch.from_numpy(weights))
-        self.ignore_index = ignore_index
-        self.dice_weight = dice_weight
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, target, weight=self.weights, ignore_index=self.ignore_index)
-        if self.dice_weight > 0:
-            num_classes = logits.shape[1]
-            valid = (target != self.ignore_index).unsqueeze(1).to(logits.dtype)
-            probs = logits.softmax(1) * valid
-            onehot = F.one_hot(target.clamp(0, num_classes - 1), num_classes)
-            onehot = onehot.permute(0, 3, 1, 2).to(logits.dtype) * valid
-            inter = (probs * onehot).sum((0, 2, 3))
-            denom = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
-            dice = (2 * inter + 1.0) / (denom + 1.0)
-            loss = loss + self.dice_weight * (1 - dice.mean())
-        return loss
 
 
 def train_model(
@@ -339,8 +337,11 @@ def train_model(
             f"ignore_index {ignore_index}; rebuild it with the chips stage."
         )
 
+    device = resolve_device(hp.device)
+    use_amp = hp.amp and gpu.amp_dtype(device) is not None
+    chips = _TrainChips.load(chips_path, train, device)
     started = time.perf_counter()
-    with _torch_runtime(hp.threads):
+    with _torch_runtime(hp.threads, device):
         _seed_everything(hp.seed)
         rng = np.random.default_rng(hp.seed)
         pairs = index_pairs_for(bands) if hp.spectral_indices else []
@@ -352,15 +353,17 @@ def train_model(
             attrs["band_std"],
             pairs,
         )
-        # NHWC runs the CPU (oneDNN) convolutions ~25% faster than NCHW here.
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # NHWC runs the CPU (oneDNN) convolutions ~25% faster than NCHW here, and is the
+        # layout tensor cores want on the GPU.
+        model = model.to(device=device, memory_format=torch.channels_last)  # type: ignore[call-overload]
         weights = class_weights(train.y, len(classes), ignore_index, hp.class_weight_power)
-        loss_fn = _SegmentationLoss(weights, ignore_index, hp.dice_weight)
+        loss_fn = SegmentationLoss(weights, ignore_index, hp.dice_weight).to(device)
         optimiser = torch.optim.AdamW(
             model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
         )
+        scaler = gpu.grad_scaler(device) if use_amp else None
         steps_per_epoch = -(-len(train.x) // hp.batch_size)
-        schedule = _Schedule(
+        schedule = Schedule(
             optimiser,
             hp.learning_rate,
             hp.warmup_fraction,
@@ -377,10 +380,13 @@ def train_model(
                     break
                 epoch_start = time.perf_counter()
                 lr = optimiser.param_groups[0]["lr"]
-                train_loss = _train_epoch(
-                    model, train, loss_fn, optimiser, schedule, hp.batch_size, rng
+                train_loss, steps = _train_epoch(
+                    model, chips, loss_fn, optimiser, schedule, hp.batch_size, rng, scaler, use_amp
                 )
-                val_metrics, val_loss = evaluate(model, val, classes, ignore_index, loss_fn=loss_fn)
+                train_seconds = time.perf_counter() - epoch_start
+                val_metrics, val_loss = evaluate(
+                    model, val, classes, ignore_index, loss_fn=loss_fn, amp=use_amp
+                )
                 val_miou = float(val_metrics["miou"] or 0.0)
                 longest_epoch = max(longest_epoch, time.perf_counter() - epoch_start)
                 record = {
@@ -391,17 +397,25 @@ def train_model(
                     "val_accuracy": float(val_metrics["pixel_accuracy"] or 0.0),
                     "lr": float(lr),
                     "seconds": time.perf_counter() - started,
+                    "steps": steps,
+                    "train_seconds": train_seconds,
                 }
                 history.append(record)
                 if val_miou > best_miou:
                     best_miou, best_epoch = val_miou, epoch
                     best_state = {
-                        k: v.detach().clone().contiguous() for k, v in model.state_dict().items()
+                        k: v.detach().to("cpu", copy=True).contiguous()
+                        for k, v in model.state_dict().items()
                     }
                 advance(epoch, record, best_miou)
                 if epoch - best_epoch >= hp.patience:
                     break
     seconds = time.perf_counter() - started
+    amp_dtype = gpu.amp_dtype(device) if use_amp else None
+    amp_name = str(amp_dtype).removeprefix("torch.") if amp_dtype is not None else None
+    total_steps = sum(int(r["steps"]) for r in history)
+    step_seconds = sum(r["train_seconds"] for r in history)
+    steps_per_second = total_steps / step_seconds if step_seconds > 0 else 0.0
 
     out_dir.mkdir(parents=True, exist_ok=True)
     weights_path = out_dir / MODEL_WEIGHTS_NAME
@@ -431,6 +445,11 @@ def train_model(
         "best_val_miou": best_miou,
         "epochs_run": len(history),
         "seconds": seconds,
+        "device": device.type,
+        "device_name": _device_name(device),
+        "amp_dtype": amp_name,
+        "chip_route": chips.route,
+        "steps_per_second": steps_per_second,
         "history": history,
         "weights": MODEL_WEIGHTS_NAME,
         "weights_sha256": sha256_file(weights_path),
@@ -447,203 +466,106 @@ def train_model(
         epochs_run=len(history),
         seconds=seconds,
         history=tuple(history),
+        device=device.type,
+        amp_dtype=amp_name,
+        chip_route=chips.route,
+        steps_per_second=steps_per_second,
     )
 
 
-def read_model_config(model_dir: Path) -> dict[str, Any]:
-    """The ``model.json`` of a model directory.
+def resolve_device(choice: str) -> torch.device:
+    """The torch device for ``train.device``: ``auto`` takes a usable CUDA GPU, else the CPU.
 
     Raises:
-        InputError: it is missing, not JSON, or not an eoforge model record.
+        InputError: ``cuda`` was asked for but no CUDA GPU is usable in this process.
     """
-    path = Path(model_dir) / MODEL_CONFIG_NAME
-    if not path.is_file():
+    if choice == "cpu":
+        return torch.device("cpu")
+    device = gpu.torch_device(prefer_gpu=True)
+    if choice == "cuda" and device.type != "cuda":
         raise InputError(
-            f"model directory '{model_dir}' has no {MODEL_CONFIG_NAME}; pass a directory written "
-            "by the train stage."
+            "train.device is 'cuda' but no CUDA GPU is usable here (none visible, "
+            f"{gpu.DISABLE_ENV}=1, or a CPU-only torch build); set train.device to 'auto' or "
+            "'cpu', or run on a GPU worker with the GPU extra (pip install .[gpu])."
         )
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"'{path}' is not valid JSON ({exc}); retrain the model.") from exc
-    if not isinstance(config, dict) or config.get("format") != MODEL_FORMAT:
-        raise InputError(
-            f"'{path}' is not a {MODEL_FORMAT} record; retrain the model with this eoforge version."
-        )
-    return config
+    return device
 
 
-def load_model(model_dir: Path) -> nn.Module:
-    """Rebuild a trained network from ``model.json`` + ``model.safetensors``, in eval mode.
-
-    Only safetensors weights are read; a pickle (``torch.save`` file) is refused, never
-    unpickled, because unpickling runs arbitrary code.
-
-    Raises:
-        InputError: the files are missing, the weights are not safetensors, their sha256
-            differs from the one recorded, or they do not match the recorded architecture.
-    """
-    config = read_model_config(model_dir)
-    weights_name = str(config.get("weights", MODEL_WEIGHTS_NAME))
-    weights_path = Path(model_dir) / weights_name
-    if Path(weights_name).name != weights_name or not weights_name.endswith(".safetensors"):
-        raise InputError(
-            f"model.json in '{model_dir}' names weights '{weights_name}': only a .safetensors "
-            "file inside the model directory is accepted (pickled checkpoints are refused)."
-        )
-    if not weights_path.is_file():
-        raise InputError(f"model weights '{weights_path}' do not exist; retrain the model.")
-    _require_safetensors(weights_path)
-    expected_sha = config.get("weights_sha256")
-    if expected_sha is not None and sha256_file(weights_path) != expected_sha:
-        raise InputError(
-            f"model weights '{weights_path}' do not match the sha256 in model.json (a training "
-            "run was interrupted or the files were mixed); retrain the model."
-        )
-    try:
-        state = load_file(str(weights_path))
-    except SafetensorError as exc:
-        raise InputError(
-            f"model weights '{weights_path}' are not valid safetensors: {exc}"
-        ) from exc
-    arch = config.get("architecture")
-    if not isinstance(arch, dict) or arch.get("name") != ARCHITECTURE or arch.get("depth") != DEPTH:
-        found = (arch.get("name"), arch.get("depth")) if isinstance(arch, dict) else arch
-        raise InputError(
-            f"model in '{model_dir}' has architecture {found!r}; this eoforge builds "
-            f"{ARCHITECTURE!r} of depth {DEPTH}: retrain the model."
-        )
-    try:
-        model = build_model(
-            int(arch["in_channels"]),
-            int(arch["num_classes"]),
-            int(arch["base_channels"]),
-            config["band_mean"],
-            config["band_std"],
-            [(int(a), int(b)) for a, b in arch.get("index_pairs", [])],
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(
-            f"model.json in '{model_dir}' lacks or garbles {exc}; retrain the model."
-        ) from exc
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise InputError(
-            f"weights '{weights_path}' do not fit the architecture in model.json: {exc}"
-        ) from exc
-    return model.eval()
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return str(torch.cuda.get_device_name(device))
+    return "cpu"
 
 
-def _require_safetensors(path: Path) -> None:
-    """Refuse a file that does not start like safetensors (8-byte length + JSON header)."""
-    with path.open("rb") as fh:
-        head = fh.read(9)
-    size = int.from_bytes(head[:8], "little") if len(head) >= 8 else 0
-    if len(head) < 9 or not 0 < size < _SAFETENSORS_MAX_HEADER or head[8:9] != b"{":
-        kind = (
-            "a zip/pickle torch checkpoint"
-            if head[:2] in (b"PK", b"\x80\x02")
-            else "not safetensors"
-        )
-        raise InputError(
-            f"model weights '{path}' are {kind}; eoforge only loads safetensors (never pickles). "
-            "Re-save the state dict with safetensors.torch.save_file or retrain."
-        )
+@dataclass(frozen=True)
+class _TrainChips:
+    """The train split where training runs: host arrays for the CPU, device tensors on a GPU."""
 
+    host: ChipSplit
+    x: torch.Tensor | None
+    y: torch.Tensor | None
+    route: str
 
-class _Schedule:
-    """Warm-up then cosine decay of the learning rate over training progress in [0, 1].
+    @classmethod
+    def load(cls, chips_path: Path, host: ChipSplit, device: torch.device) -> _TrainChips:
+        if device.type != "cuda":
+            return cls(host, None, None, "cpu")
+        chips = gpu.read_chips_to_gpu(chips_path, "train", device_id=device.index or 0)
+        return cls(host, chips.x, chips.y, chips.route)
 
-    Progress is the larger of the fraction of optimiser steps done and the fraction of
-    ``max_seconds`` used. On a machine fast enough for ``max_epochs`` the step fraction always
-    leads and the schedule is exactly reproducible; on a slower (or shared) one the wall clock
-    leads, so the rate still anneals before the budget stops training instead of stopping it
-    at a high learning rate.
-    """
+    def __len__(self) -> int:
+        return len(self.host.x)
 
-    _START = 0.04  # warm-up starts at peak / 25 (as torch's OneCycleLR)
-    _END = 1e-3  # and the decay ends at peak / 1000
-
-    def __init__(
-        self,
-        optimiser: torch.optim.Optimizer,
-        peak: float,
-        warmup: float,
-        total_steps: int,
-        max_seconds: float,
-    ) -> None:
-        self.optimiser = optimiser
-        self.peak = peak
-        self.warmup = warmup
-        self.total_steps = max(total_steps, 1)
-        self.max_seconds = max_seconds
-        self.steps = 0
-        self.started = time.perf_counter()
-        self._apply(0.0)
-
-    def progress(self) -> float:
-        """Fraction of the schedule done, in [0, 1]."""
-        by_steps = self.steps / self.total_steps
-        by_clock = (time.perf_counter() - self.started) / self.max_seconds
-        return min(1.0, max(by_steps, by_clock))
-
-    def step(self) -> None:
-        """Advance one optimiser step and set the learning rate for the next."""
-        self.steps += 1
-        self._apply(self.progress())
-
-    def _apply(self, p: float) -> None:
-        if p < self.warmup:
-            factor = self._START + (1 - self._START) * p / self.warmup
-        else:
-            cosine = 0.5 * (1 + math.cos(math.pi * (p - self.warmup) / (1 - self.warmup)))
-            factor = self._END + (1 - self._END) * cosine
-        for group in self.optimiser.param_groups:
-            group["lr"] = self.peak * factor
+    def batch(self, idx: NDArray[np.int64]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chips ``idx`` as float32 images and int64 labels on the training device."""
+        if self.x is None or self.y is None:
+            xb = torch.from_numpy(self.host.x[idx].astype(np.float32))
+            yb = torch.from_numpy(self.host.y[idx].astype(np.int64))
+            return xb, yb
+        sel = torch.as_tensor(idx, device=self.x.device)
+        return self.x.index_select(0, sel), self.y.index_select(0, sel)
 
 
 def _train_epoch(
     model: nn.Module,
-    train: ChipSplit,
+    chips: _TrainChips,
     loss_fn: nn.Module,
     optimiser: torch.optim.Optimizer,
-    schedule: _Schedule,
+    schedule: Schedule,
     batch_size: int,
     rng: np.random.Generator,
-) -> float:
+    scaler: torch.amp.GradScaler | None,
+    amp: bool,
+) -> tuple[float, int]:
+    """One pass over the train chips; returns the mean loss and the optimiser steps taken."""
     model.train()
-    order = rng.permutation(len(train.x))
-    total, seen = 0.0, 0
+    device = next(model.parameters()).device
+    order = rng.permutation(len(chips))
+    total, seen, steps = 0.0, 0, 0
     for start in range(0, len(order), batch_size):
         idx = np.sort(order[start : start + batch_size])
-        xb, yb = _augment(train.x[idx], train.y[idx], rng)
+        ops = rng.integers(0, DIHEDRAL_OPS, size=len(idx))
+        xb, yb = augment_dihedral(*chips.batch(idx), ops)
         optimiser.zero_grad(set_to_none=True)
-        image = torch.from_numpy(xb).contiguous(memory_format=torch.channels_last)
-        loss = loss_fn(model(image), torch.from_numpy(yb))
-        loss.backward()
-        optimiser.step()
+        image = xb.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            loss = loss_fn(model(image), yb)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+        else:
+            loss.backward()
+            optimiser.step()
         schedule.step()
         total += float(loss.detach()) * len(idx)
         seen += len(idx)
-    return total / seen
+        steps += 1
+    return total / seen, steps
 
 
-def _augment(
-    x: NDArray[np.uint16], y: NDArray[np.uint8], rng: np.random.Generator
-) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    """Random flip + 90-degree rotation per chip (dihedral group: no resampling of values)."""
-    xs = np.empty(x.shape, dtype=np.float32)
-    ys = np.empty(y.shape, dtype=np.int64)
-    ops = rng.integers(0, 8, size=len(x))
-    for i, op in enumerate(ops):
-        xi, yi = x[i], y[i]
-        if op >= 4:
-            xi, yi = xi[:, :, ::-1], yi[:, ::-1]
-        k = int(op % 4)
-        xs[i] = np.rot90(xi, k, axes=(1, 2))
-        ys[i] = np.rot90(yi, k, axes=(0, 1))
-    return xs, ys
+def _autocast(device: torch.device, amp: bool) -> Any:
+    return gpu.amp_autocast(device) if amp else contextlib.nullcontext()
 
 
 def _seed_everything(seed: int) -> None:
@@ -653,8 +575,11 @@ def _seed_everything(seed: int) -> None:
 
 
 @contextmanager
-def _torch_runtime(threads: int | None) -> Iterator[None]:
+def _torch_runtime(threads: int | None, device: torch.device) -> Iterator[None]:
     """Set threads and deterministic algorithms for the block; restore torch's state after."""
+    if device.type == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace (read when CUDA initialises)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()

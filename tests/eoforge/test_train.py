@@ -12,6 +12,7 @@ import zarr
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
+from eoforge import gpu
 from eoforge.config import TrainSpec
 from eoforge.errors import InputError
 from eoforge.train import (
@@ -22,6 +23,7 @@ from eoforge.train import (
     evaluate,
     load_model,
     read_chip_split,
+    resolve_device,
     train_model,
 )
 
@@ -109,8 +111,9 @@ def test_same_seed_same_weights_and_metrics(
     again = train_model(chips, SPEC, tmp_path / "again", progress=False)
     a, b = load_file(str(trained.weights_path)), load_file(str(again.weights_path))
     assert all(torch.equal(a[k], b[k]) for k in a)
-    strip = [{k: v for k, v in h.items() if k != "seconds"} for h in trained.history]
-    assert strip == [{k: v for k, v in h.items() if k != "seconds"} for h in again.history]
+    clocks = ("seconds", "train_seconds")
+    strip = [{k: v for k, v in h.items() if k not in clocks} for h in trained.history]
+    assert strip == [{k: v for k, v in h.items() if k not in clocks} for h in again.history]
 
 
 def test_other_seed_other_weights(chips: Path, trained: TrainResult, tmp_path: Path) -> None:
@@ -214,3 +217,52 @@ def test_load_model_refuses_weights_of_another_run(trained: TrainResult, tmp_pat
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(InputError, match="sha256"):
         load_model(tmp_path)
+
+
+def test_training_records_its_device_and_step_rate(trained: TrainResult) -> None:
+    config = json.loads(trained.config_path.read_text())
+    on_gpu = gpu.torch_device().type == "cuda"
+    assert trained.device == config["device"] == ("cuda" if on_gpu else "cpu")
+    if not on_gpu:
+        assert trained.amp_dtype is None and config["amp_dtype"] is None  # fp32 on the CPU
+        assert trained.chip_route == config["chip_route"] == "cpu"
+    steps = sum(h["steps"] for h in trained.history)
+    assert steps == trained.epochs_run * -(-16 // SPEC.batch_size)  # 16 train chips
+    seconds = sum(h["train_seconds"] for h in trained.history)
+    assert trained.steps_per_second == pytest.approx(steps / seconds)
+    assert config["steps_per_second"] == pytest.approx(trained.steps_per_second)
+
+
+def test_cpu_device_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv(gpu.DISABLE_ENV, "1")
+    assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_cuda_without_a_gpu_is_an_input_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(gpu.DISABLE_ENV, "1")
+    with pytest.raises(InputError, match=r"train.device is 'cuda'.*'auto' or 'cpu'"):
+        resolve_device("cuda")
+
+
+def test_unknown_device_is_refused() -> None:
+    with pytest.raises(ValidationError, match="device"):
+        TrainSpec(device="tpu")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="device"):
+        TrainHyperParams(device="tpu")
+
+
+@pytest.mark.requires_gpu
+def test_training_on_cuda_with_amp(chips: Path, tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("requires_gpu: torch is a CPU-only build here")
+    result = train_model(chips, SPEC.model_copy(update={"device": "cuda"}), tmp_path, False)
+    assert result.device == "cuda"
+    assert result.amp_dtype in ("bfloat16", "float16")
+    assert result.chip_route in ("kvikio", "cupy", "torch")
+    assert result.best_val_miou > 0.85
+    # the weights come back to the CPU: the model loads and scores there
+    model = load_model(result.model_dir)
+    assert next(model.parameters()).device.type == "cpu"
+    metrics, _ = evaluate(model, read_chip_split(chips, "test"), CLASSES)
+    assert metrics["miou"] > 0.85

@@ -51,7 +51,7 @@ SPEC = RunSpec.model_validate(
     }
 )
 INFER_ITEMS = ["S2B_33TWM_20230810_0_L2A", "S2A_33TWM_20230815_0_L2A"]
-_VOLATILE = {"seconds", "train_seconds", "history", "hyper_params"}
+_VOLATILE = {"seconds", "train_seconds", "steps_per_second", "history", "hyper_params"}
 REPORT: dict[str, dict[str, Any]] = {}
 
 
