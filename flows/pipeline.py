@@ -12,6 +12,7 @@ from prefect.runtime import deployment, flow_run
 
 from eoforge.config import RunSpec, default_store
 from eoforge.errors import TransientError
+from eoforge.label_sources import check_label_source
 from eoforge.pipeline import promote_model, run_context, stac_endpoint, stored
 from eoforge.zombies import RunLock
 from tasks.publish import lineage_inputs, publish_artifacts, record_lineage
@@ -81,6 +82,7 @@ def pipeline_flow(
         train_deployment: run training as this deployment (e.g. on the gpu work pool)
             instead of in this flow run.
     """
+    check_label_source(spec)  # bad label files stop the run before anything is written
     store_s = str(Path(store or default_store()).resolve())
     final = str(Path(out).resolve())
     results: dict[str, dict[str, Any]] = {}

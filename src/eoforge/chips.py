@@ -34,7 +34,15 @@ from eoforge.splits import SPLITS, assign_blocks, split_regions, temporal_mask
 from eoforge.storage import transient_storage_errors
 from eoforge.stores import is_remote, open_group, staged_store, write_bytes_atomic
 
-__all__ = ["SPLITS", "ChipsInfo", "build_chips", "gather_windows", "grid_origins", "read_split"]
+__all__ = [
+    "SPLITS",
+    "ChipsInfo",
+    "build_chips",
+    "gather_windows",
+    "grid_origins",
+    "read_split",
+    "tile_labels",
+]
 
 #: Layout version written to the root attribute ``chip_store_version`` (ADR 0002).
 STORE_VERSION = 2
@@ -138,9 +146,21 @@ def _histograms(y: NDArray[np.uint8]) -> NDArray[np.int64]:
     return np.bincount(flat.ravel(), minlength=n * 256).reshape(n, 256)
 
 
-def _tile_labels(
+def tile_labels(
     tile: CubeTile, source: LabelSource, labels: LabelSpec, nodata: NDArray[np.bool_]
 ) -> NDArray[np.uint8]:
+    """Class indices ``(time, y, x)`` of one cube tile from ``source``, ignored under nodata.
+
+    Args:
+        tile: the open cube tile.
+        source: where labels come from.
+        labels: class schema.
+        nodata: ``(time, y, x)`` input nodata (any band == 0).
+
+    Raises:
+        InputError: the source labels no pixel of the tile that has input data.
+        InternalError: the source returned the wrong shape, dtype or class indices.
+    """
     ctx = TileLabelContext(tile.grid, tile.item_ids, labels, tile.variable)
     y = np.asarray(source.label_tile(ctx))
     expected = (len(tile.item_ids), tile.grid.height, tile.grid.width)
@@ -318,7 +338,7 @@ def build_chips(
         )
         cube_x = np.stack([cube_tile.variable(b) for b in bands], axis=1)  # (t, c, h, w)
         nodata = (cube_x == 0).any(axis=1)
-        cube_y = _tile_labels(cube_tile, source, labels, nodata)
+        cube_y = tile_labels(cube_tile, source, labels, nodata)
         cloud = None
         if sampling.max_cloud_fraction is not None:
             cloud = np.isin(cube_tile.variable(sampling.cloud_variable), sampling.cloud_codes)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from datetime import date
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -18,8 +19,14 @@ __all__ = [
     "TRAIN_PRESETS",
     "ChipSpec",
     "InferSpec",
+    "LabelSourceSpec",
     "LabelSpec",
+    "PointLabelsSpec",
+    "PolygonLabelsSpec",
+    "RasterLabelsSpec",
     "RunSpec",
+    "SamplingSpec",
+    "SclLabelsSpec",
     "StacSpec",
     "TrainSpec",
     "default_store",
@@ -40,10 +47,27 @@ def default_store() -> Path:
 class _Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    #: Fields added after stores were written: left out of the fingerprint while they hold
+    #: their default (which reproduces the older behaviour), so cache keys of specs that do
+    #: not use them stay valid (ADR 0006).
+    _late_fields: ClassVar[tuple[str, ...]] = ()
+
     def fingerprint(self) -> str:
         """A stable sha256 of the spec's content (used in cache keys and provenance)."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        payload = json.dumps(self._fingerprint_data(), sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()
+
+    def _fingerprint_data(self) -> dict[str, Any]:
+        data: dict[str, Any] = self.model_dump(mode="json")
+        fields = type(self).model_fields
+        for name in self._late_fields:
+            if getattr(self, name) == fields[name].get_default(call_default_factory=True):
+                del data[name]
+        for name in fields:
+            value = getattr(self, name)
+            if isinstance(value, _Spec) and name in data:
+                data[name] = value._fingerprint_data()
+        return data
 
 
 class StacSpec(_Spec):
@@ -76,25 +100,159 @@ class StacSpec(_Spec):
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout for the STAC API.")
 
 
-class LabelSpec(_Spec):
-    """Grouping of Sen2Cor SCL codes into the model's classes.
+_Path = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="Local path (relative to the working directory) or fsspec URI (s3://...).",
+    ),
+]
+_ClassColumn = Annotated[str, Field(min_length=1, description="Column holding class names.")]
+_ItemColumn = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="Column restricting a row to one STAC item's date (optional in the file; "
+        "rows without it label every date).",
+    ),
+]
 
-    The default groups the 12 SCL codes into five classes; codes not listed
-    (0 no data, 1 saturated/defective, 2 dark area, 7 unclassified, 11 snow/ice) are
-    ignored in training and evaluation (label value ``ignore_index``).
+
+class SclLabelsSpec(_Spec):
+    """Labels from the cube's scene classification raster (``stac.label_asset``, Sen2Cor SCL),
+    grouped into classes by ``labels.scl_groups``."""
+
+    kind: Literal["scl"] = Field("scl", description="Labels from the cube's SCL asset.")
+
+
+class PolygonLabelsSpec(_Spec):
+    """Polygons in a vector file (GeoParquet, GeoJSON, GeoPackage; any CRS), rasterised onto each
+    tile (rules in ADR 0002)."""
+
+    kind: Literal["polygons"] = Field(description="Labels from polygons in a vector file.")
+    path: _Path
+    class_column: _ClassColumn = "class"
+    item_column: _ItemColumn = "item_id"
+    all_touched: bool = Field(
+        False,
+        description="Label every pixel a polygon touches (keeps thin features) instead of those "
+        "whose centre it covers.",
+    )
+    priority: tuple[str, ...] | None = Field(
+        None,
+        description="Class names, winner first, for pixels covered by polygons of different "
+        "classes (must rank every class in the file); None leaves such pixels unlabelled.",
+    )
+    background: str | None = Field(
+        None, description="Class of pixels no polygon covers; None leaves them unlabelled."
+    )
+    rename: dict[str, str] | None = Field(
+        None, description="Map values of class_column to class names before they are checked."
+    )
+    on_invalid: Literal["repair", "error"] = Field(
+        "repair",
+        description="Invalid geometries: repair (shapely.make_valid, with a warning) or error.",
+    )
+
+
+class PointLabelsSpec(_Spec):
+    """Points in a vector file (any CRS): each labels the one pixel it falls in."""
+
+    kind: Literal["points"] = Field(description="Labels from points in a vector file.")
+    path: _Path
+    class_column: _ClassColumn = "class"
+    item_column: _ItemColumn = "item_id"
+
+
+class RasterLabelsSpec(_Spec):
+    """A class-coded GeoTIFF (any CRS), warped onto each tile with nearest neighbour; it labels
+    every date alike. Give its codes inline (``codes``) or in a class mapping file."""
+
+    kind: Literal["raster"] = Field(description="Labels from a class-coded GeoTIFF.")
+    path: _Path
+    codes: dict[str, tuple[int, ...]] | None = Field(
+        None,
+        description="Class name -> raster codes (0..65535); unlisted codes are unlabelled.",
+    )
+    mapping_file: str | None = Field(
+        None,
+        min_length=1,
+        description="YAML/JSON class mapping file ('codes: {class: [codes]}') instead of codes.",
+    )
+
+    @model_validator(mode="after")
+    def _one_mapping(self) -> RasterLabelsSpec:
+        if (self.codes is None) == (self.mapping_file is None):
+            raise ValueError("give exactly one of `codes` and `mapping_file`")
+        for name, codes in (self.codes or {}).items():
+            bad = [c for c in codes if not 0 <= c <= 65535]
+            if bad:
+                raise ValueError(f"codes {bad} of class '{name}' are not in 0..65535")
+        return self
+
+
+#: Where a run's labels come from, chosen by ``kind``.
+LabelSourceSpec = Annotated[
+    SclLabelsSpec | PolygonLabelsSpec | PointLabelsSpec | RasterLabelsSpec,
+    Field(discriminator="kind"),
+]
+
+
+def _source_as_any_of(schema: dict[str, Any]) -> None:
+    """Prefect's UI form offers a chooser for ``anyOf`` but cannot render ``oneOf`` (what pydantic
+    writes for a discriminated union); the kinds exclude each other, so both mean the same."""
+    source = schema.get("properties", {}).get("source", {})
+    if "oneOf" in source:
+        source["anyOf"] = source.pop("oneOf")
+
+
+def _default_scl_groups() -> dict[str, tuple[int, ...]]:
+    return {"vegetation": (4,), "bare": (5,), "water": (6,), "cloud": (8, 9, 10), "shadow": (3,)}
+
+
+class LabelSpec(_Spec):
+    """The class schema and where labels come from.
+
+    By default labels are the cube's Sen2Cor SCL, whose 12 codes ``scl_groups`` group into five
+    classes; codes not listed (0 no data, 1 saturated/defective, 2 dark area, 7 unclassified,
+    11 snow/ice) are ignored in training and evaluation (label value ``ignore_index``). With a
+    file ``source`` (polygons, points, raster) ``scl_groups`` does not apply and defaults to
+    empty.
     """
 
-    classes: tuple[str, ...] = ("vegetation", "bare", "water", "cloud", "shadow")
-    scl_groups: dict[str, tuple[int, ...]] = Field(
-        default_factory=lambda: {
-            "vegetation": (4,),
-            "bare": (5,),
-            "water": (6,),
-            "cloud": (8, 9, 10),
-            "shadow": (3,),
-        }
+    model_config = ConfigDict(json_schema_extra=_source_as_any_of)
+    _late_fields = ("source",)
+
+    classes: tuple[str, ...] = Field(
+        ("vegetation", "bare", "water", "cloud", "shadow"),
+        description="Class names, in the order of the model's outputs.",
     )
-    ignore_index: int = 255
+    scl_groups: dict[str, tuple[int, ...]] = Field(
+        default_factory=_default_scl_groups,
+        description="Class name -> SCL codes (0..11), for source kind 'scl'.",
+    )
+    ignore_index: int = Field(
+        255, ge=0, le=255, description="Label value of unlabelled pixels (not trained on)."
+    )
+    source: LabelSourceSpec = Field(
+        default_factory=SclLabelsSpec,  # type: ignore[arg-type]
+        description="Where labels come from: kind scl (default), polygons, points or raster.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_scl_groups_for_files(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        source = data.get("source")
+        kind = source.get("kind") if isinstance(source, dict) else getattr(source, "kind", "scl")
+        if kind in (None, "scl"):
+            return data
+        if data.get("scl_groups"):
+            raise ValueError(
+                f"scl_groups apply only to labels.source kind 'scl', not '{kind}'; remove them"
+            )
+        return {**data, "scl_groups": {}}
 
     @model_validator(mode="after")
     def _groups_match_classes(self) -> LabelSpec:
@@ -109,11 +267,91 @@ class LabelSpec(_Spec):
                 if code in seen:
                     raise ValueError(f"SCL code {code} is in both '{seen[code]}' and '{name}'")
                 seen[code] = name
+        if len(self.classes) != len(set(self.classes)) or self.ignore_index < len(self.classes):
+            raise ValueError("classes must be distinct and ignore_index not a class index")
+        self._source_names_classes()
+        return self
+
+    def _source_names_classes(self) -> None:
+        src = self.source
+        named: dict[str, list[str]] = {}
+        if isinstance(src, PolygonLabelsSpec):
+            named = {
+                "priority": list(src.priority or ()),
+                "background": [src.background] if src.background is not None else [],
+                "rename": list((src.rename or {}).values()),
+            }
+        elif isinstance(src, RasterLabelsSpec):
+            named = {"codes": list(src.codes or {})}
+        for field, names in named.items():
+            unknown = sorted(set(names) - set(self.classes))
+            if unknown:
+                raise ValueError(
+                    f"source.{field} names class(es) {unknown} that are not in `classes` "
+                    f"{list(self.classes)}"
+                )
+
+
+class SamplingSpec(_Spec):
+    """How chip windows are chosen and split (``chips.sampling``; used by :mod:`eoforge.sampling`).
+
+    The defaults are the first chip stage's behaviour: a regular grid, split by tile.
+    """
+
+    method: Literal["grid", "random", "balanced"] = Field(
+        default="grid",
+        description="grid: every ChipSpec.stride step (overlap = size - stride); random: "
+        "uniform windows; balanced: equal numbers of chips containing each class.",
+    )
+    chips_per_tile: int = Field(
+        default=500,
+        gt=0,
+        description="random/balanced: chips drawn per tile (all slices and splits).",
+    )
+    min_class_fraction: float = Field(
+        default=0.01,
+        gt=0,
+        le=1,
+        description="balanced: share of a chip a class needs to count as present.",
+    )
+    split: Literal["tile", "block"] = Field(
+        default="tile",
+        description="tile: test tiles held out whole, eastmost val_fraction of train tiles is val; "
+        "block: all tiles cut into square blocks assigned to splits at random.",
+    )
+    block_size: int = Field(default=256, gt=0, description="block split: block edge in pixels.")
+    test_fraction: float = Field(
+        default=0.2, ge=0, lt=1, description="block split: share of blocks held out for test."
+    )
+    test_from: date | None = Field(
+        default=None,
+        description="temporal split: slices on/after this date only feed test, earlier slices "
+        "only train/val (on top of the spatial split).",
+    )
+    max_cloud_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Drop chips with more cloud than this (None: no filter).",
+    )
+    cloud_variable: str = Field(default="scl", description="Cube variable the cloud filter reads.")
+    cloud_codes: tuple[int, ...] = Field(
+        default=(8, 9, 10),
+        description="Codes of cloud_variable that count as cloud (SCL 8, 9, 10).",
+    )
+    seed: int = Field(default=0, description="Seed of random/balanced draws and block assignment.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SamplingSpec:
+        if self.method == "balanced" and self.chips_per_tile < 2:
+            raise ValueError("balanced sampling needs chips_per_tile >= 2")
         return self
 
 
 class ChipSpec(_Spec):
     """How the cube is cut into training / test chips."""
+
+    _late_fields = ("sampling",)
 
     size: int = Field(64, gt=0, description="Chip edge length in pixels.")
     stride: int = Field(64, gt=0, description="Step between chip origins in pixels.")
@@ -123,10 +361,19 @@ class ChipSpec(_Spec):
     min_labelled_fraction: float = Field(
         0.5, ge=0, le=1, description="Drop chips with fewer labelled pixels than this."
     )
-    train_tiles: tuple[str, ...] = ("33TWL",)
-    test_tiles: tuple[str, ...] = ("33TWM",)
+    train_tiles: tuple[str, ...] = Field(
+        ("33TWL",), description="MGRS tiles that feed training and validation."
+    )
+    test_tiles: tuple[str, ...] = Field(
+        ("33TWM",), description="MGRS tiles held out for testing (and the scenes scored)."
+    )
     val_fraction: float = Field(
         0.25, ge=0, lt=1, description="Eastmost fraction of each train tile kept for validation."
+    )
+    sampling: SamplingSpec = Field(
+        default_factory=SamplingSpec,  # type: ignore[arg-type]
+        description="Where chips are cut (grid / random / class-balanced) and how they are "
+        "split (by tile or block, optionally in time); default: a grid, split by tile.",
     )
 
     @field_validator("train_tiles", "test_tiles")
@@ -145,6 +392,8 @@ class TrainSpec(_Spec):
     same weights) whenever ``max_epochs`` fit in ``max_seconds``; otherwise the learning-rate
     schedule follows the wall clock and the result depends on the machine's speed.
     """
+
+    _late_fields = ("device", "amp")
 
     seed: int = Field(0, description="Seed of torch, numpy, augmentation and the random forest.")
     max_epochs: int = Field(30, gt=0, description="Epochs; also the length of the LR schedule.")
@@ -228,7 +477,7 @@ class RunSpec(_Spec):
     """One pipeline run."""
 
     stac: StacSpec = Field(default_factory=StacSpec)  # type: ignore[arg-type]
-    labels: LabelSpec = Field(default_factory=LabelSpec)
+    labels: LabelSpec = Field(default_factory=LabelSpec)  # type: ignore[arg-type]
     chips: ChipSpec = Field(default_factory=ChipSpec)  # type: ignore[arg-type]
     train: TrainSpec = Field(default_factory=TrainSpec)  # type: ignore[arg-type]
     infer: InferSpec = Field(default_factory=InferSpec)  # type: ignore[arg-type]
@@ -253,8 +502,24 @@ def load_run_spec(path: Path | str, overrides: dict[str, Any] | None = None) -> 
         )
     raw.update(overrides or {})
     try:
-        return RunSpec.model_validate(raw)
+        spec = RunSpec.model_validate(raw)
     except ValidationError as exc:
         raise InputError(
             f"config file '{p}' is invalid:\n{exc}\nFix the fields named above."
         ) from exc
+    return _absolute_label_paths(spec)
+
+
+def _absolute_label_paths(spec: RunSpec) -> RunSpec:
+    """Label file paths made absolute against the working directory, so the spec means the same
+    files wherever it is passed on to (a deployment's worker, a task in another process)."""
+    source = spec.labels.source
+    update: dict[str, str] = {}
+    for name in ("path", "mapping_file"):
+        value = getattr(source, name, None)
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+            update[name] = str(Path(value).absolute())
+    if not update:
+        return spec
+    labels = spec.labels.model_copy(update={"source": source.model_copy(update=update)})
+    return spec.model_copy(update={"labels": labels})

@@ -240,29 +240,49 @@ class RasterFileLabels:
         """See :meth:`LabelSource.describe`."""
         return f"raster labels '{self.path}'"
 
+    def check(self, schema: LabelSpec) -> None:
+        """Open the raster and check it and the mapping against ``schema`` (reads no pixels).
+
+        Raises:
+            InputError: the mapping does not fit the schema, or the raster cannot be opened,
+                has no CRS or no integer codes.
+        """
+        self.mapping.check(schema)
+        with self._open():
+            pass
+
+    def _open(self) -> Any:
+        """The opened raster (a rasterio dataset), checked to hold integer codes with a CRS."""
+        import rasterio
+        from rasterio.errors import RasterioIOError
+
+        try:
+            src = rasterio.open(self.path)
+        except RasterioIOError as exc:
+            raise InputError(
+                f"raster labels '{self.path}' cannot be opened: {exc}; check the path."
+            ) from exc
+        if src.crs is None:
+            src.close()
+            raise InputError(
+                f"raster labels '{self.path}' have no CRS; write one into the file "
+                "(e.g. gdal_edit.py -a_srs EPSG:xxxx)."
+            )
+        if src.dtypes[0] not in ("uint8", "uint16", "int16", "int32", "uint32"):
+            src.close()
+            raise InputError(
+                f"raster labels '{self.path}' are {src.dtypes[0]}; a class map holds integer codes."
+            )
+        return src
+
     def label_tile(self, ctx: TileLabelContext) -> NDArray[np.uint8]:
         """See :meth:`LabelSource.label_tile`."""
         import rasterio
-        from rasterio.errors import RasterioIOError
         from rasterio.warp import Resampling, reproject
 
         self.mapping.check(ctx.schema)
         grid = ctx.grid
-        try:
-            src = rasterio.open(self.path)
-        except RasterioIOError as exc:
-            raise InputError(f"raster labels '{self.path}' cannot be opened: {exc}.") from exc
-        with src:
-            if src.crs is None:
-                raise InputError(
-                    f"raster labels '{self.path}' have no CRS; write one into the file "
-                    "(e.g. gdal_edit.py -a_srs EPSG:xxxx)."
-                )
-            if src.dtypes[0] not in ("uint8", "uint16", "int16", "int32", "uint32"):
-                raise InputError(
-                    f"raster labels '{self.path}' are {src.dtypes[0]}; a class map holds "
-                    "integer codes."
-                )
+        with self._open() as src:
             codes = np.full((grid.height, grid.width), -1, dtype=np.int32)
             reproject(
                 source=rasterio.band(src, 1),

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from eoforge.config import RunSpec
-from eoforge.errors import InputError
+from eoforge.errors import InputError, InternalError
 
 __all__ = [
     "check_out_dir",
@@ -57,11 +58,26 @@ def _h(*parts: str) -> str:
 
 
 def plan_keys(spec: RunSpec, items: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """Cache keys of the stored products, from the inputs each one depends on."""
+    """Cache keys of the stored products, from the inputs each one depends on.
+
+    Label files (polygons, points, raster) enter the chips key by the sha256 of their bytes,
+    so editing one recomputes the chips and everything downstream (ADR 0006).
+
+    Raises:
+        InputError: a label file named in the spec does not exist.
+    """
     from eoforge.cube import cube_fingerprint
+    from eoforge.label_sources import label_digest
 
     cube = _h(STORE_FORMAT, cube_fingerprint(items, [*spec.stac.bands, spec.stac.label_asset]))
-    chips = _h(cube, spec.chips.fingerprint(), spec.labels.fingerprint(), ",".join(spec.stac.bands))
+    labels = label_digest(spec.labels)
+    chips = _h(
+        cube,
+        spec.chips.fingerprint(),
+        spec.labels.fingerprint(),
+        ",".join(spec.stac.bands),
+        *([labels] if labels else []),  # SCL (in the cube) keeps its keys of before ADR 0006
+    )
     model = _h(chips, spec.train.fingerprint(), "model")
     baseline = _h(chips, spec.train.fingerprint(), "random-forest")
     return {"cube": cube, "chips": chips, "model": model, "baseline": baseline}
@@ -138,6 +154,7 @@ def stage_search(
     """Search the STAC API (optionally only ``ids``), check the items contract, save
     ``items.json`` and plan the cache keys."""
     from eoforge import contracts
+    from eoforge.label_sources import label_file_records
     from eoforge.stac import search_items
     from eoforge.storage import write_json_atomic
 
@@ -151,6 +168,7 @@ def stage_search(
         "items_uri": str(items_uri),
         "item_ids": [it["id"] for it in items],
         "keys": plan_keys(spec, items),
+        "label_files": label_file_records(spec.labels),
         "contract": result.to_dict(),
     }
 
@@ -185,13 +203,27 @@ def stage_chips(spec: RunSpec, cube_uri: str, store: str, key: str) -> dict[str,
     from eoforge import contracts
     from eoforge.chip_index import enforce_chip_index
     from eoforge.chips import build_chips
+    from eoforge.label_sources import label_source
 
     chips = stored(store, "chips", key)
     reused = chips.exists()
     info: dict[str, Any] = {}
     if not reused:
-        built = build_chips(Path(cube_uri), chips, spec.chips, spec.labels, spec.stac.bands)
-        info = {"rejected": built.rejected, "class_counts": built.class_counts}
+        built = build_chips(
+            Path(cube_uri),
+            chips,
+            spec.chips,
+            spec.labels,
+            spec.stac.bands,
+            spec.stac.label_asset,
+            sampling=spec.chips.sampling,
+            label_source=label_source(spec),
+        )
+        info = {
+            "rejected": built.rejected,
+            "class_counts": built.class_counts,
+            "label_source": built.label_source,
+        }
     params = {
         "max_nodata_fraction": spec.chips.max_nodata_fraction,
         "min_labelled_fraction": spec.chips.min_labelled_fraction,
@@ -437,12 +469,57 @@ def stage_infer(
     }
 
 
+class _TestTruth:
+    """Reference labels of the test scenes, from the run's label source.
+
+    SCL is read from the scene itself (as before label sources existed); any other source is
+    rasterised once per tile through ``label_tile``, like the chips, with labels under input
+    nodata ignored.
+    """
+
+    def __init__(self, spec: RunSpec, cube_uri: Path) -> None:
+        from eoforge.config import SclLabelsSpec
+        from eoforge.label_sources import label_source
+
+        self.spec = spec
+        self.cube_uri = cube_uri
+        self.source = label_source(spec)
+        self.from_scl = isinstance(spec.labels.source, SclLabelsSpec)
+        self._tiles: dict[str, NDArray[np.uint8]] = {}
+
+    def __call__(self, tile: str, t: int, ds: Any) -> NDArray[np.uint8]:
+        from eoforge.labels import scl_to_classes
+
+        if self.from_scl:
+            return scl_to_classes(
+                ds[self.spec.stac.label_asset].isel(time=t).values, self.spec.labels
+            )
+        if tile not in self._tiles:
+            self._tiles[tile] = self._label_tile(tile, [str(i) for i in ds["item_id"].values])
+        truth: NDArray[np.uint8] = self._tiles[tile][t]
+        return truth
+
+    def _label_tile(self, tile: str, item_ids: list[str]) -> NDArray[np.uint8]:
+        from eoforge.chips import tile_labels
+        from eoforge.cube_tiles import open_cube_tile
+
+        cube_tile = open_cube_tile(str(self.cube_uri), tile)
+        if cube_tile.item_ids != item_ids:
+            raise InternalError(
+                f"tile '{tile}' of cube '{self.cube_uri}' lists its slices in two orders."
+            )
+        x = np.stack([cube_tile.variable(b) for b in self.spec.stac.bands], axis=1)
+        labels = tile_labels(cube_tile, self.source, self.spec.labels, (x == 0).any(axis=1))
+        cube_tile.release()
+        return labels
+
+
 def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str) -> dict[str, Any]:
-    """Score model and baseline on the test scenes; write ``metrics.json`` and quicklooks."""
+    """Score model and baseline on the test scenes against the run's label source; write
+    ``metrics.json`` and quicklooks."""
     import rasterio
 
     from eoforge.evaluate import confusion_matrix, metrics_from_confusion
-    from eoforge.labels import scl_to_classes
     from eoforge.report import class_map_png, confusion_png, learning_curves_png, true_colour_png
     from eoforge.storage import write_json_atomic
 
@@ -455,9 +532,11 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
     ql.mkdir(exist_ok=True)
     images: list[tuple[str, str]] = []
     scenes = _test_scenes(spec, Path(cube_uri))
-    for n, (_tile, t, ds) in enumerate(scenes):
+    truth_of = _TestTruth(spec, Path(cube_uri))
+    label_title = "grouped SCL" if truth_of.from_scl else spec.labels.source.kind
+    for n, (tile, t, ds) in enumerate(scenes):
         item_id = str(ds["item_id"].values[t])
-        truth = scl_to_classes(ds[spec.stac.label_asset].isel(time=t).values, spec.labels)
+        truth = truth_of(tile, t, ds)
         with rasterio.open(run / "predictions" / f"{item_id}.tif") as src:
             pred = src.read(1)
         with rasterio.open(Path(baseline_dir) / f"{item_id}.tif") as src:
@@ -475,7 +554,7 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
                     rgb=(order[0], order[1], order[2]),
                 )
                 images.append((f"True colour, {item_id}", "quicklooks/true_colour.png"))
-            class_map_png(truth, names, ql / "label.png", f"Label (grouped SCL), {item_id}")
+            class_map_png(truth, names, ql / "label.png", f"Label ({label_title}), {item_id}")
             class_map_png(pred, names, ql / "prediction.png", f"Model prediction, {item_id}")
             class_map_png(base, names, ql / "baseline.png", f"Random forest, {item_id}")
             images += [
@@ -511,6 +590,7 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
         "classes": names,
         "test_tiles": list(spec.chips.test_tiles),
         "test_scenes": len(scenes),
+        "label_source": truth_of.source.describe(),
     }
     write_json_atomic(run / "metrics.json", metrics)
     return {"metrics_uri": str(run / "metrics.json"), "metrics": metrics, "images": images}
@@ -635,6 +715,7 @@ def stage_report(
         "parameters": spec.model_dump(mode="json"),
         "spec_fingerprint": spec.fingerprint(),
         "cache_keys": results["search"].get("keys"),
+        "label_files": results["search"].get("label_files", []),
         "stac_items": stac_item_records(items, (*spec.stac.bands, spec.stac.label_asset)),
         "packages": package_versions(),
         "git": git_revision(),
@@ -688,7 +769,15 @@ def run_plain(
     api_url: str | None = None,
     on_stage: Callable[[str, float], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run every stage in order without Prefect and publish the run as ``out``."""
+    """Run every stage in order without Prefect and publish the run as ``out``.
+
+    Raises:
+        InputError: bad input (e.g. a label file that is missing or does not fit the class
+            schema: checked before anything is written).
+    """
+    from eoforge.label_sources import check_label_source
+
+    check_label_source(spec)
     results: dict[str, dict[str, Any]] = {}
     store_s = str(Path(store).resolve())
 

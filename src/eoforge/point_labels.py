@@ -69,6 +69,16 @@ class PointLabels:
             self._cache["source"] = clean.explode(index_parts=False)
         return self._cache["source"]
 
+    def check(self, schema: LabelSpec) -> None:
+        """Read the file and check it against ``schema`` without placing any point.
+
+        Raises:
+            InputError: missing or unreadable file, no class column, no CRS, geometries that
+                are not points, classes not in the schema.
+        """
+        frame = self.load()
+        class_index(list(frame[self.class_column]), schema, self.path, self.class_column)
+
     def label_tile(self, ctx: TileLabelContext) -> NDArray[np.uint8]:
         """See :meth:`eoforge.labels.LabelSource.label_tile`."""
         frame = self.load()

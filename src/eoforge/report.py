@@ -44,6 +44,7 @@ CLASS_COLOURS: dict[str, str] = {
     "water": "#1f5fbf",
     "cloud": "#e8e8e8",
     "shadow": "#4a4a4a",
+    "other": "#b9ad7f",  # background of the shipped polygon labels: not a blue next to water
 }
 _NODATA_COLOUR = "#000000"
 _NODATA = 255

@@ -8,20 +8,16 @@ windows, from summed-area tables (O(1) per window) for many.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from eoforge.config import ChipSpec
+from eoforge.config import ChipSpec, SamplingSpec
 from eoforge.errors import InputError
 from eoforge.splits import COVERED, NO_SPLIT
 
@@ -29,66 +25,6 @@ __all__ = ["REJECT_REASONS", "SamplingSpec", "TileSample", "WindowCounts", "samp
 
 #: Why candidate windows were rejected, in the order the checks apply.
 REJECT_REASONS = ("boundary", "overlap", "temporal", "nodata", "unlabelled", "cloud")
-
-
-class SamplingSpec(BaseModel):
-    """How chip windows are chosen and split (extends :class:`~eoforge.config.ChipSpec`)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    method: Literal["grid", "random", "balanced"] = Field(
-        default="grid",
-        description="grid: every ChipSpec.stride step (overlap = size - stride); random: "
-        "uniform windows; balanced: equal numbers of chips containing each class.",
-    )
-    chips_per_tile: int = Field(
-        default=500,
-        gt=0,
-        description="random/balanced: chips drawn per tile (all slices and splits).",
-    )
-    min_class_fraction: float = Field(
-        default=0.01,
-        gt=0,
-        le=1,
-        description="balanced: share of a chip a class needs to count as present.",
-    )
-    split: Literal["tile", "block"] = Field(
-        default="tile",
-        description="tile: test tiles held out whole, eastmost val_fraction of train tiles is val; "
-        "block: all tiles cut into square blocks assigned to splits at random.",
-    )
-    block_size: int = Field(default=256, gt=0, description="block split: block edge in pixels.")
-    test_fraction: float = Field(
-        default=0.2, ge=0, lt=1, description="block split: share of blocks held out for test."
-    )
-    test_from: date | None = Field(
-        default=None,
-        description="temporal split: slices on/after this date only feed test, earlier slices "
-        "only train/val (on top of the spatial split).",
-    )
-    max_cloud_fraction: float | None = Field(
-        default=None,
-        ge=0,
-        le=1,
-        description="Drop chips with more cloud than this (None: no filter).",
-    )
-    cloud_variable: str = Field(default="scl", description="Cube variable the cloud filter reads.")
-    cloud_codes: tuple[int, ...] = Field(
-        default=(8, 9, 10),
-        description="Codes of cloud_variable that count as cloud (SCL 8, 9, 10).",
-    )
-    seed: int = Field(default=0, description="Seed of random/balanced draws and block assignment.")
-
-    @model_validator(mode="after")
-    def _fractions(self) -> SamplingSpec:
-        if self.method == "balanced" and self.chips_per_tile < 2:
-            raise ValueError("balanced sampling needs chips_per_tile >= 2")
-        return self
-
-    def fingerprint(self) -> str:
-        """A stable sha256 of the spec's content."""
-        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(payload).hexdigest()
 
 
 # --------------------------------------------------------------------------- window statistics

@@ -315,10 +315,19 @@ class PolygonLabels:
             self._by_crs[crs] = moved
         return self._by_crs[crs]
 
-    def label_tile(self, ctx: TileLabelContext) -> NDArray[np.uint8]:
-        """See :meth:`eoforge.labels.LabelSource.label_tile`."""
-        schema, grid = ctx.schema, ctx.grid
-        frame = self._in_crs(grid.crs)
+    def check(self, schema: LabelSpec) -> None:
+        """Read the file and check it against ``schema`` without rasterising anything.
+
+        Raises:
+            InputError: what :meth:`label_tile` would raise for the file as a whole (missing or
+                unreadable file, no class column, no CRS, bad geometries, unknown classes).
+        """
+        self._class_plan(self.load(), schema)
+
+    def _class_plan(
+        self, frame: gpd.GeoDataFrame, schema: LabelSpec
+    ) -> tuple[NDArray[np.uint8], list[int] | None, int | None]:
+        """Class index of each row, the priority as class indices, the background index."""
         classes = class_index(list(frame[self.class_column]), schema, self.path, self.class_column)
         priority = None
         if self.priority is not None:
@@ -332,6 +341,13 @@ class PolygonLabels:
         background = None
         if self.background is not None:
             background = int(class_index([self.background], schema, self.path, "background")[0])
+        return classes, priority, background
+
+    def label_tile(self, ctx: TileLabelContext) -> NDArray[np.uint8]:
+        """See :meth:`eoforge.labels.LabelSource.label_tile`."""
+        schema, grid = ctx.schema, ctx.grid
+        frame = self._in_crs(grid.crs)
+        classes, priority, background = self._class_plan(frame, schema)
         geoms = frame.geometry.to_numpy()
         hits = shapely.intersects(geoms, grid.footprint())
         if not hits.any():

@@ -90,6 +90,12 @@ def _config(tmp_path: Path, body: str) -> Path:
     [
         ("stac:\n  datetime: 2019-01-01/2019-01-31\n", 2, "returned no items"),
         ("stac:\n  bands: [blue, green, red, swir16]\n", 2, "swir16"),
+        (
+            "labels:\n  classes: [other, water, cloud]\n"
+            "  source: {kind: polygons, path: no-such-labels.parquet}\n",
+            2,
+            "labels.source.path",
+        ),
     ],
 )
 def test_bad_search_exits_nonzero_and_writes_nothing(
