@@ -13,7 +13,7 @@ from eoforge.config import RunSpec, default_store
 from eoforge.pipeline import production_model, stac_endpoint
 from eoforge.provenance import git_revision, package_versions, write_provenance
 from eoforge.storage import sha256_file
-from tasks.stages import cached, infer_task, ingest_task, search_task
+from tasks.stages import infer_task, ingest_task, run_cached, search_task
 
 
 @flow(name="eoforge-infer", log_prints=True)
@@ -41,7 +41,7 @@ def infer_flow(
         with stac_endpoint(spec, api_url) as url:
             s = search_task(spec, url, str(work), item_ids)
         key = s["keys"]["cube"]
-        c = cached(ingest_task, store_s, "cube", key)(spec, s["items_uri"], store_s, key)
+        c = run_cached(ingest_task, store_s, "cube", key, spec, s["items_uri"], store_s, key)
         ids = list(item_ids) if item_ids is not None else list(s["item_ids"])
         r = infer_task(
             spec, model, c["cube_uri"], s["items_uri"], str(Path(out).resolve()), ids, False

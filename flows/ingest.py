@@ -9,7 +9,7 @@ from prefect import flow
 
 from eoforge.config import RunSpec, default_store
 from eoforge.pipeline import run_context, stac_endpoint
-from tasks.stages import cached, ingest_task, search_task
+from tasks.stages import ingest_task, run_cached, search_task
 
 
 @flow(name="eoforge-ingest", log_prints=True)
@@ -24,6 +24,6 @@ def ingest_flow(
     with stac_endpoint(spec, api_url) as url, run_context(Path(out)) as run_path:
         s = search_task(spec, url, str(run_path))
         key = s["keys"]["cube"]
-        c = cached(ingest_task, store_s, "cube", key)(spec, s["items_uri"], store_s, key)
+        c = run_cached(ingest_task, store_s, "cube", key, spec, s["items_uri"], store_s, key)
         (run_path / "provenance.json").write_text("{}\n")  # marks the folder as an eoforge run
     return {"search": s, "ingest": c}

@@ -18,12 +18,12 @@ from eoforge.zombies import RunLock
 from tasks.publish import lineage_inputs, publish_artifacts, record_lineage
 from tasks.stages import (
     baseline_task,
-    cached,
     chips_task,
     evaluate_task,
     infer_task,
     ingest_task,
     report_task,
+    run_cached,
     search_task,
     track_task,
     train_task,
@@ -39,6 +39,8 @@ def _train_on_pool(
     deployment: str, spec: RunSpec, cube_uri: str, store: str, keys: dict[str, str]
 ) -> dict[str, Any]:
     """Run the train deployment (its work pool decides the machine) and wait for it."""
+    model_dir = stored(store, "model", keys["model"])
+    reused = model_dir.exists()
     child = run_deployment(
         deployment,
         parameters={
@@ -57,11 +59,10 @@ def _train_on_pool(
             f"train deployment '{deployment}' run {child.id} ended "  # type: ignore[union-attr]
             f"{state.name if state else 'without a state'}: {state.message if state else ''}"
         )
-    model_dir = stored(store, "model", keys["model"])
     import json
 
     summary = json.loads((model_dir / "training.json").read_text())
-    return {"model_dir": str(model_dir), "reused": False, "flow_run_id": str(child.id), **summary}  # type: ignore[union-attr]
+    return {"model_dir": str(model_dir), "reused": reused, "flow_run_id": str(child.id), **summary}  # type: ignore[union-attr]
 
 
 @flow(name="eoforge-pipeline", log_prints=True)
@@ -104,16 +105,30 @@ def pipeline_flow(
         t = time.perf_counter()
         c = timed(
             "ingest",
-            cached(ingest_task, store_s, "cube", keys["cube"])(
-                spec, s["items_uri"], store_s, keys["cube"]
+            run_cached(
+                ingest_task,
+                store_s,
+                "cube",
+                keys["cube"],
+                spec,
+                s["items_uri"],
+                store_s,
+                keys["cube"],
             ),
             t,
         )
         t = time.perf_counter()
         ch = timed(
             "chips",
-            cached(chips_task, store_s, "chips", keys["chips"])(
-                spec, c["cube_uri"], store_s, keys["chips"]
+            run_cached(
+                chips_task,
+                store_s,
+                "chips",
+                keys["chips"],
+                spec,
+                c["cube_uri"],
+                store_s,
+                keys["chips"],
             ),
             t,
         )
@@ -125,16 +140,31 @@ def pipeline_flow(
         else:
             m = timed(
                 "train",
-                cached(train_task, store_s, "model", keys["model"])(
-                    spec, ch["chips_uri"], store_s, keys["model"]
+                run_cached(
+                    train_task,
+                    store_s,
+                    "model",
+                    keys["model"],
+                    spec,
+                    ch["chips_uri"],
+                    store_s,
+                    keys["model"],
                 ),
                 t,
             )
         t = time.perf_counter()
         b = timed(
             "baseline",
-            cached(baseline_task, store_s, "baseline", keys["baseline"])(
-                spec, ch["chips_uri"], c["cube_uri"], store_s, keys["baseline"]
+            run_cached(
+                baseline_task,
+                store_s,
+                "baseline",
+                keys["baseline"],
+                spec,
+                ch["chips_uri"],
+                c["cube_uri"],
+                store_s,
+                keys["baseline"],
             ),
             t,
         )

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from eoforge.config import RunSpec
-from tasks.stages import cached, chips_task, train_task
+from tasks.stages import chips_task, run_cached, train_task
 
 
 @flow(name="eoforge-train", log_prints=True)
@@ -15,5 +15,7 @@ def train_flow(
     spec: RunSpec, cube_uri: str, store: str, chips_key: str, model_key: str
 ) -> dict[str, Any]:
     """Cut (or reuse) the chips of ``cube_uri``, train, export and publish model ``model_key``."""
-    chips = cached(chips_task, store, "chips", chips_key)(spec, cube_uri, store, chips_key)
-    return cached(train_task, store, "model", model_key)(spec, chips["chips_uri"], store, model_key)
+    chips = run_cached(chips_task, store, "chips", chips_key, spec, cube_uri, store, chips_key)
+    return run_cached(
+        train_task, store, "model", model_key, spec, chips["chips_uri"], store, model_key
+    )

@@ -70,6 +70,21 @@ def cached(task_: Task[P, R], store: str, kind: str, key: str) -> Task[P, R]:
     )
 
 
+def run_cached(
+    task_: Task[..., dict[str, Any]], store: str, kind: str, key: str, *args: Any
+) -> dict[str, Any]:
+    """Run :func:`cached` ``task_`` and return its result, ``reused`` set when Prefect served it.
+
+    A result Prefect serves from its cache is the dict the first run returned, which says
+    ``reused: False``; the provenance of this run must say the product was reused.
+    """
+    state: Any = cached(task_, store, kind, key)(*args, return_state=True)
+    result: dict[str, Any] = state.result()  # raises the task's own error if it failed
+    if state.name == "Cached":
+        result = {**result, "reused": True, "served_by": "prefect-cache"}
+    return result
+
+
 @functools.lru_cache(maxsize=16)
 def _store_results(store: str) -> Any:
     """A saved LocalFileSystem block for the store's cache records (Prefect requires saved blocks)."""

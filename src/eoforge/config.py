@@ -393,7 +393,7 @@ class TrainSpec(_Spec):
     schedule follows the wall clock and the result depends on the machine's speed.
     """
 
-    _late_fields = ("device", "amp")
+    _late_fields = ("device", "amp", "ema_decay")
 
     seed: int = Field(0, description="Seed of torch, numpy, augmentation and the random forest.")
     max_epochs: int = Field(30, gt=0, description="Epochs; also the length of the LR schedule.")
@@ -436,6 +436,14 @@ class TrainSpec(_Spec):
         True,
         description="Mixed precision on CUDA (bf16, else fp16 with loss scaling); the CPU "
         "always trains in fp32.",
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the weights (and BatchNorm "
+        "statistics) with this decay per optimiser step; validate, select and save the average. "
+        "None: the raw weights.",
     )
     rf_n_estimators: int = Field(60, gt=0)
     rf_max_depth: int | None = Field(18)

@@ -37,6 +37,7 @@ import zarr
 from numpy.typing import NDArray
 from safetensors.torch import save_file
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from eoforge import gpu
 from eoforge.chips import read_split
@@ -111,6 +112,8 @@ class TrainHyperParams:
     """``auto`` (a usable CUDA GPU, else the CPU), ``cpu`` or ``cuda``."""
     amp: bool = True
     """Mixed precision on CUDA (bf16, else fp16 with loss scaling); the CPU trains in fp32."""
+    ema_decay: float | None = None
+    """Validate, select and save an exponential moving average of the weights (None: off)."""
 
     def __post_init__(self) -> None:
         problems = [
@@ -128,6 +131,11 @@ class TrainHyperParams:
                 ("class_weight_power", self.class_weight_power >= 0, ">= 0"),
                 ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
                 ("device", self.device in ("auto", "cpu", "cuda"), "'auto', 'cpu' or 'cuda'"),
+                (
+                    "ema_decay",
+                    self.ema_decay is None or 0 < self.ema_decay < 1,
+                    "None or in (0, 1)",
+                ),
             )
             if not ok
         ]
@@ -362,6 +370,8 @@ def train_model(
             model.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay
         )
         scaler = gpu.grad_scaler(device) if use_amp else None
+        ema = _weight_average(model, hp.ema_decay)
+        scored: nn.Module = ema.module if ema is not None else model
         steps_per_epoch = -(-len(train.x) // hp.batch_size)
         schedule = Schedule(
             optimiser,
@@ -381,11 +391,12 @@ def train_model(
                 epoch_start = time.perf_counter()
                 lr = optimiser.param_groups[0]["lr"]
                 train_loss, steps = _train_epoch(
-                    model, chips, loss_fn, optimiser, schedule, hp.batch_size, rng, scaler, use_amp
-                )
+                    model, chips, loss_fn, optimiser, schedule, hp.batch_size, rng, scaler, use_amp,
+                    ema,
+                )  # fmt: skip
                 train_seconds = time.perf_counter() - epoch_start
                 val_metrics, val_loss = evaluate(
-                    model, val, classes, ignore_index, loss_fn=loss_fn, amp=use_amp
+                    scored, val, classes, ignore_index, loss_fn=loss_fn, amp=use_amp
                 )
                 val_miou = float(val_metrics["miou"] or 0.0)
                 longest_epoch = max(longest_epoch, time.perf_counter() - epoch_start)
@@ -405,7 +416,7 @@ def train_model(
                     best_miou, best_epoch = val_miou, epoch
                     best_state = {
                         k: v.detach().to("cpu", copy=True).contiguous()
-                        for k, v in model.state_dict().items()
+                        for k, v in scored.state_dict().items()
                     }
                 advance(epoch, record, best_miou)
                 if epoch - best_epoch >= hp.patience:
@@ -536,6 +547,7 @@ def _train_epoch(
     rng: np.random.Generator,
     scaler: torch.amp.GradScaler | None,
     amp: bool,
+    ema: AveragedModel | None = None,
 ) -> tuple[float, int]:
     """One pass over the train chips; returns the mean loss and the optimiser steps taken."""
     model.train()
@@ -558,10 +570,19 @@ def _train_epoch(
             loss.backward()
             optimiser.step()
         schedule.step()
+        if ema is not None:
+            ema.update_parameters(model)
         total += float(loss.detach()) * len(idx)
         seen += len(idx)
         steps += 1
     return total / seen, steps
+
+
+def _weight_average(model: nn.Module, decay: float | None) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and BatchNorm buffers, or None."""
+    if decay is None:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
 def _autocast(device: torch.device, amp: bool) -> Any:

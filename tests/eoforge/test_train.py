@@ -266,3 +266,19 @@ def test_training_on_cuda_with_amp(chips: Path, tmp_path: Path) -> None:
     assert next(model.parameters()).device.type == "cpu"
     metrics, _ = evaluate(model, read_chip_split(chips, "test"), CLASSES)
     assert metrics["miou"] > 0.85
+
+
+def test_weight_average_is_validated_and_saved(chips: Path, tmp_path: Path) -> None:
+    spec = SPEC.model_copy(update={"ema_decay": 0.9, "max_epochs": 3})
+    a = train_model(chips, spec, tmp_path / "a", progress=False)
+    b = train_model(chips, spec, tmp_path / "b", progress=False)
+    raw = train_model(chips, SPEC.model_copy(update={"max_epochs": 3}), tmp_path / "r", False)
+    wa, wb, wr = (load_file(str(r.weights_path)) for r in (a, b, raw))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # seeded: the average is reproducible
+    assert not torch.equal(wa["head.weight"], wr["head.weight"])  # and not the raw weights
+    assert [h["val_miou"] for h in a.history] != [h["val_miou"] for h in raw.history]
+    model = load_model(a.model_dir)  # same architecture, loads like any checkpoint
+    metrics, _ = evaluate(model, read_chip_split(chips, "val"), CLASSES)
+    assert metrics["miou"] == pytest.approx(a.best_val_miou)
+    with pytest.raises(ValidationError, match="ema_decay"):
+        TrainSpec(ema_decay=1.0)

@@ -89,5 +89,8 @@ def test_pipeline_runs_on_workers_and_rerun_is_cached(
         tr["name"].rsplit("-", 1)[0]: tr["state"]["name"] for tr in deployed.task_runs(child2)
     }
     assert child_states["train-export"] == "Cached", child_states
+    # provenance says what Prefect's task states say: every stored product was reused
+    reused = prov2["reused_from_store"]
+    assert all(reused[k] for k in ("ingest", "chips", "train", "baseline")), reused
     print(f"first run {first_s:.1f} s, cached rerun {second_s:.1f} s")
     assert second_s < first_s
