@@ -42,12 +42,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks._timing import median_seconds
 from eoforge.config import ChipSpec, LabelSpec
 from eoforge.labels import scl_lookup
 
@@ -55,17 +56,6 @@ DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "s2-
 BANDS = ("blue", "green", "red", "nir")
 BAND_FILES = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "scl": "SCL"}
 SIZE = 64
-
-
-def _median(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def load_cube(catalog: Path, out: Path) -> tuple[Path, dict[str, dict[str, str]]]:
@@ -195,10 +185,10 @@ def bench_generation(cube: Path, repeats: int, lazy_batches: int) -> dict[str, A
 
     timings = {
         "xbatcher_lazy": lazy_s * n_chips / lazy_chips,  # extrapolated from its own rate
-        "xbatcher_preloaded": _median(xb_preloaded, repeats),
-        "xbatcher_in_memory": _median(lambda: xbatcher_cut(loaded, lut), repeats),
-        "eoforge_from_zarr": _median(lambda: eoforge_cut(eoforge_read(cube), lut), repeats),
-        "eoforge_in_memory": _median(lambda: eoforge_cut(arrays, lut), repeats),
+        "xbatcher_preloaded": median_seconds(xb_preloaded, repeats),
+        "xbatcher_in_memory": median_seconds(lambda: xbatcher_cut(loaded, lut), repeats),
+        "eoforge_from_zarr": median_seconds(lambda: eoforge_cut(eoforge_read(cube), lut), repeats),
+        "eoforge_in_memory": median_seconds(lambda: eoforge_cut(arrays, lut), repeats),
     }
     work = Path(tempfile.mkdtemp(prefix="eoforge-bench-chips-"))
     runs = iter(range(10_000))
@@ -208,7 +198,7 @@ def bench_generation(cube: Path, repeats: int, lazy_batches: int) -> dict[str, A
             cube, work / f"c{next(runs)}.zarr", ChipSpec.model_validate({}), LabelSpec(), BANDS
         )
 
-    build_s = _median(build, repeats)
+    build_s = median_seconds(build, repeats)
     built = build()
     shutil.rmtree(work, ignore_errors=True)
     n_built = sum(built.counts.values())
@@ -293,8 +283,8 @@ def bench_loader(cube: Path, assets: dict[str, dict[str, str]], repeats: int) ->
 
     warm_loader = chip_loader(store, "train", batch_size=batch, augment=False, seed=0)
     epoch(warm_loader)
-    cold_s = _median(cold, repeats)
-    warm_s = _median(lambda: epoch(warm_loader), repeats)
+    cold_s = median_seconds(cold, repeats)
+    warm_s = median_seconds(lambda: epoch(warm_loader), repeats)
 
     rows = list(zip(train["item_id"], train["row"], train["col"], strict=True))
     rng = np.random.default_rng(0)
@@ -310,8 +300,8 @@ def bench_loader(cube: Path, assets: dict[str, dict[str, str]], repeats: int) ->
             torch.stack([s[0] for s in samples])
             torch.stack([s[1] for s in samples])
 
-    merge_s = _median(lambda: per_sample(merged, picks), repeats)
-    plain_s = _median(lambda: per_sample(plain, rows), repeats)
+    merge_s = median_seconds(lambda: per_sample(merged, picks), repeats)
+    plain_s = median_seconds(lambda: per_sample(plain, rows), repeats)
     # the same samples both ways
     ds = ChipDataset(store, "train", augment=False)
     same = True

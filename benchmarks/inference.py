@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ import onnxruntime as ort
 import rasterio
 import torch
 
+from benchmarks._timing import median_seconds
 from eoforge import gpu
 from eoforge.config import BUNDLED_CATALOG, InferSpec
 from eoforge.export import export_onnx
@@ -62,17 +62,6 @@ SCENE_ITEM = "S2A_33TWM_20230815_0_L2A"
 BAND_FILES = ("B02", "B03", "B04", "B08")  # blue, green, red, nir
 CLASSES = 5
 TRANSFORM = (120.0, 0.0, 524100.0, 0.0, -120.0, 5075880.0)
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def read_scene(size: int | None = None) -> np.ndarray:
@@ -242,10 +231,10 @@ def _gpu_section(
         return run
 
     session = open_session(onnx_path, prefer_gpu=True)
-    t_torch = _median_seconds(torch_cuda(False), repeats, warmup=3)
-    t_bf16 = _median_seconds(torch_cuda(True), repeats, warmup=3)
-    t_ort = _median_seconds(_ort_iobinding(session, batch), repeats, warmup=3)
-    t_scene = _median_seconds(lambda: predict_scene(session, scene, spec), repeats, warmup=2)
+    t_torch = median_seconds(torch_cuda(False), repeats, warmup=3)
+    t_bf16 = median_seconds(torch_cuda(True), repeats, warmup=3)
+    t_ort = median_seconds(_ort_iobinding(session, batch), repeats, warmup=3)
+    t_scene = median_seconds(lambda: predict_scene(session, scene, spec), repeats, warmup=2)
     t0 = time.perf_counter()
     predict_raster(session, large, spec, _NullWriter())
     t_large = time.perf_counter() - t0
@@ -317,15 +306,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         max_diff = float(np.abs(tuned.run([OUTPUT_NAME], feed)[0] - reference).max())
 
         timings = {
-            "torch_eager": _median_seconds(torch_eager, args.repeats),
-            "ort_tuned_iobinding": _median_seconds(_ort_iobinding(tuned, batch), args.repeats),
-            "ort_tuned_run": _median_seconds(lambda: tuned.run([OUTPUT_NAME], feed), args.repeats),
-            "ort_tuned_spinning": _median_seconds(_ort_iobinding(spinning, batch), args.repeats),
-            "ort_default_options": _median_seconds(
+            "torch_eager": median_seconds(torch_eager, args.repeats),
+            "ort_tuned_iobinding": median_seconds(_ort_iobinding(tuned, batch), args.repeats),
+            "ort_tuned_run": median_seconds(lambda: tuned.run([OUTPUT_NAME], feed), args.repeats),
+            "ort_tuned_spinning": median_seconds(_ort_iobinding(spinning, batch), args.repeats),
+            "ort_default_options": median_seconds(
                 lambda: plain.run([OUTPUT_NAME], feed), args.repeats
             ),
         }
-        scene_s = _median_seconds(lambda: predict_scene(tuned, scene, spec), args.repeats)
+        scene_s = median_seconds(lambda: predict_scene(tuned, scene, spec), args.repeats)
         # the same scene in one window (a fully convolutional net takes any multiple of 8):
         # no overlap recomputed, which is what the default 256/64 windows pay on small scenes
         one_window = InferSpec(
@@ -333,9 +322,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             overlap=args.window // 4,
             batch_size=1,
         )
-        one_window_s = _median_seconds(
-            lambda: predict_scene(tuned, scene, one_window), args.repeats
-        )
+        one_window_s = median_seconds(lambda: predict_scene(tuned, scene, one_window), args.repeats)
         scene_mpx = scene.shape[1] * scene.shape[2] / 1e6
 
         large = TiledScene(scene, args.large_size, args.large_size)

@@ -31,33 +31,21 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import zarr
 
+from benchmarks._timing import median_seconds
 from benchmarks.chips import BANDS, load_cube
 from eoforge import gpu
 from eoforge.chips import build_chips
 from eoforge.config import BUNDLED_CATALOG, TRAIN_PRESETS, ChipSpec, LabelSpec, TrainSpec
 from eoforge.train import TrainResult, train_model
-
-
-def _median(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def build_chip_store(catalog: Path, work: Path) -> Path:
@@ -117,7 +105,7 @@ def bench_reads(chips: Path, repeats: int) -> dict[str, Any]:
                 torch.cuda.synchronize()
             got.append(chipset.route)
 
-        seconds = _median(read, repeats)
+        seconds = median_seconds(read, repeats)
         return {"route": got[-1], "seconds": seconds, "mb_per_s": mb / seconds}
 
     routes["cpu"] = timed(prefer_gpu=False, to_device=False)
