@@ -1,7 +1,7 @@
 """Real local services for benchmarks: ``prefect server start``, ``eoforge deploy``, process workers.
 
-The same recipe as the orchestration tests' fixtures (``tests/orchestration/conftest.py``), as
-plain functions with explicit start/stop so a benchmark can time around them.
+Plain functions with explicit start/stop so a benchmark can time around them; the orchestration
+tests' fixtures (``tests/orchestration/conftest.py``) start their services with them too.
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ from typing import Any
 
 from eoforge.errors import InputError, TransientError
 
-__all__ = ["PrefectServer", "free_port", "prefect_services", "start_process", "stop_process"]
+__all__ = [
+    "PrefectServer",
+    "eoforge_deploy",
+    "free_port",
+    "launch_prefect_server",
+    "prefect_services",
+    "start_process",
+    "stop_process",
+]
 
 BIN = Path(sys.executable).parent
 FINAL_STATES = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
@@ -134,29 +142,34 @@ class PrefectServer:
         raise TransientError(f"flow run {flow_run_id} did not finish in {timeout} s")
 
 
-def start_prefect_server(home: Path, startup_timeout: float = 120) -> tuple[PrefectServer, Any]:
-    """``prefect server start`` on a free loopback port with its own SQLite database."""
+def launch_prefect_server(
+    home: Path, startup_timeout: float = 120, env: Mapping[str, str] | None = None
+) -> tuple[str, dict[str, str], subprocess.Popen[bytes]]:
+    """``prefect server start`` on a free loopback port with its own SQLite database, once
+    ``/health`` answers: its API URL, the environment that points clients at it (``env`` added)
+    and the process (stop it with :func:`stop_process`)."""
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = dict(os.environ)
-    env.update(
+    api = f"http://127.0.0.1:{port}/api"
+    server_env = dict(os.environ)
+    server_env.update(
         PREFECT_HOME=str(home),
         PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_API_URL=api,
         PREFECT_LOGGING_LEVEL="INFO",
     )
+    server_env.update(env or {})
     proc = start_process(
         [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env,
+        server_env,
         home / "server.log",
     )
-    server = PrefectServer(api=f"http://127.0.0.1:{port}/api", env=env, home=home)
     deadline = time.monotonic() + startup_timeout
     while time.monotonic() < deadline:
         try:
-            server.request("GET", "/health")
-            return server, proc
+            with urllib.request.urlopen(f"{api}/health", timeout=30):
+                return api, server_env, proc
         except OSError:
             if proc.poll() is not None:
                 raise TransientError(
@@ -167,14 +180,21 @@ def start_prefect_server(home: Path, startup_timeout: float = 120) -> tuple[Pref
     raise TransientError(f"prefect server did not become healthy in {startup_timeout} s")
 
 
-def eoforge_deploy(server: PrefectServer) -> None:
-    """``eoforge deploy`` against ``server`` (work pools cpu + gpu, every deployment)."""
+def start_prefect_server(home: Path, startup_timeout: float = 120) -> tuple[PrefectServer, Any]:
+    """:func:`launch_prefect_server`, as a :class:`PrefectServer` and its process."""
+    api, env, proc = launch_prefect_server(home, startup_timeout)
+    return PrefectServer(api=api, env=env, home=home), proc
+
+
+def eoforge_deploy(env: Mapping[str, str], timeout: float = 600) -> None:
+    """``eoforge deploy`` against the server ``env`` points at (work pools cpu + gpu, every
+    deployment)."""
     proc = subprocess.run(
         [str(BIN / "eoforge"), "deploy"],
-        env=server.env,
+        env=dict(env),
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
     if proc.returncode != 0:
         raise InputError(f"eoforge deploy failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
@@ -194,7 +214,7 @@ def prefect_services(
     workers: list[subprocess.Popen[bytes]] = []
     try:
         server.env.update(env or {})
-        eoforge_deploy(server)
+        eoforge_deploy(server.env)
         for pool in pools:
             workers.append(
                 start_process(

@@ -1,7 +1,13 @@
-"""Shared fixtures: the bundled real sample served by a real rustac STAC API on loopback."""
+"""Shared fixtures: the bundled real sample served by a real rustac STAC API on loopback, and a
+real ``moto_server``; shared helpers registered as importable modules."""
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +16,62 @@ import pytest
 
 from eoforge.config import BUNDLED_CATALOG, RunSpec, StacSpec
 from eoforge.stac import LocalStacServer, prepare_served_catalog, search_items
+
+
+def _register(name: str, path: Path, package: bool = False) -> None:
+    """Import ``path`` as the module ``name`` (once): with ``--import-mode=importlib`` and
+    ``.venv/bin/pytest`` neither ``tests/`` nor the repository root is on ``sys.path``."""
+    if name in sys.modules or (package and importlib.util.find_spec(name) is not None):
+        return
+    spec = importlib.util.spec_from_file_location(
+        name,
+        path / "__init__.py" if package else path,
+        submodule_search_locations=[str(path)] if package else None,
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+
+
+# ``from eoforge_test_helpers import ...``: tests/_helpers.py
+_register("eoforge_test_helpers", Path(__file__).with_name("_helpers.py"))
+# ``from benchmarks._services import ...``, as ``python -m pytest`` finds it from the repo root
+_register("benchmarks", Path(__file__).parents[1] / "benchmarks", package=True)
+
+
+@pytest.fixture(scope="module")
+def moto_server() -> Iterator[str]:
+    """URL of a fresh real ``moto_server`` (S3) on loopback; it stops at module teardown."""
+    from benchmarks._services import free_port
+
+    exe = Path(sys.executable).parent / "moto_server"
+    if not exe.exists():
+        pytest.skip(f"moto_server not installed at {exe} (pip install 'moto[server]')")
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(exe), "-p", str(port), "-H", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server on {url} did not come up") from None
+                time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture(scope="session")

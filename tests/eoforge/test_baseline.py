@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from eoforge_test_helpers import CLASSES  # type: ignore[import-not-found]
+from eoforge_test_helpers import write_chip_store as shared_chip_store
 from sklearn.ensemble import RandomForestClassifier
 
 from eoforge.baseline import (
@@ -20,36 +23,8 @@ from eoforge.config import TrainSpec
 from eoforge.errors import InputError
 from eoforge.evaluate import confusion_matrix, metrics_from_confusion
 
-CLASSES = ("vegetation", "water", "cloud")
-# Mean DN per class (rows) and band (blue, green, red, nir): the class is a function of the bands.
-SPECTRA = np.array([[400, 700, 500, 3500], [600, 500, 300, 150], [4000, 4100, 4200, 4500]])
 SPEC = TrainSpec(rf_n_estimators=20, rf_max_depth=10, rf_train_pixels=4000)
-
-
-def write_chip_store(path: Path, size: int = 32, counts: tuple[int, int, int] = (16, 8, 8)) -> Path:
-    """Seeded chips of 8x8-pixel class blocks with noisy class spectra, a nodata corner each."""
-    rng = np.random.default_rng(42)
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    for split, n in zip(("train", "val", "test"), counts, strict=True):
-        blocks = rng.integers(0, len(CLASSES), size=(n, size // 8, size // 8))
-        y = blocks.repeat(8, axis=1).repeat(8, axis=2).astype(np.uint8)
-        noise = rng.normal(1.0, 0.08, size=(n, 4, size, size))
-        x = np.clip(SPECTRA[y].transpose(0, 3, 1, 2) * noise, 1, 10_000).astype(np.uint16)
-        x[:, :, :2, :2], y[:, :2, :2] = 0, 255
-        group = root.create_group(split)
-        group.attrs.update(tiles=["T0"], item_ids=[f"item-{i}" for i in range(n)])
-        group.create_array("x", data=x, chunks=(4, 4, size, size))
-        group.create_array("y", data=y, chunks=(4, size, size))
-        group.create_array("origin", data=np.zeros((n, 3), dtype=np.int32))
-    root.attrs.update(
-        bands=["blue", "green", "red", "nir"],
-        classes=list(CLASSES),
-        ignore_index=255,
-        chip_size=size,
-        band_mean=[1000.0] * 4,
-        band_std=[1000.0] * 4,
-    )
-    return path
+write_chip_store = partial(shared_chip_store, band_mean=[1000.0] * 4, band_std=[1000.0] * 4)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import shapely
-import xarray as xr
+from eoforge_test_helpers import write_tiny_cube  # type: ignore[import-not-found]
 from pyproj import Transformer
 
 from eoforge.chip_index import (
@@ -25,31 +25,11 @@ from eoforge.errors import ContractViolation, InputError
 BANDS = ("blue", "green", "red", "nir")
 
 
-def _cube(path: Path) -> None:
-    rng = np.random.default_rng(0)
-    for i, tile in enumerate(("AAA", "BBB")):
-        data = {
-            b: (("time", "y", "x"), rng.integers(1, 5000, (2, 48, 48), dtype=np.uint16))
-            for b in BANDS
-        }
-        data["scl"] = (
-            ("time", "y", "x"),
-            rng.choice(np.array([4, 5, 6, 8], np.uint8), (2, 48, 48)),
-        )
-        xr.Dataset(
-            data,
-            coords={"time": np.array(["2023-08-10", "2023-08-15"], dtype="datetime64[ns]")},
-            attrs={
-                "crs": "EPSG:32633",
-                "transform": [120.0, 0.0, 500_000.0 + i * 7_000, 0.0, -120.0, 5_000_000.0],
-                "item_ids": [f"S2A_{tile}_2023081{d}_0_L2A" for d in (0, 5)],
-            },
-        ).to_zarr(path, group=tile, mode="w-", zarr_format=3, consolidated=False)
-
-
 @pytest.fixture
 def chips(tmp_path: Path) -> Path:
-    _cube(tmp_path / "cube.zarr")
+    write_tiny_cube(
+        tmp_path / "cube.zarr", origin=(500_000.0, 5_000_000.0), times=("2023-08-10", "2023-08-15")
+    )
     spec = ChipSpec(size=16, stride=16, train_tiles=("AAA",), test_tiles=("BBB",))
     build_chips(tmp_path / "cube.zarr", tmp_path / "chips.zarr", spec, LabelSpec(), BANDS)
     return tmp_path / "chips.zarr"

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-import zarr
+from eoforge_test_helpers import CLASSES, write_chip_store  # type: ignore[import-not-found]
 
 import eoforge.export as export_module
 from eoforge.config import TrainSpec
@@ -18,38 +18,16 @@ from eoforge.export import ExportResult, export_onnx, onnx_logits
 from eoforge.storage import sha256_file
 from eoforge.train import load_model, train_model
 
-CLASSES = ("vegetation", "water", "cloud")
-SPECTRA = np.array([[400, 700, 500, 3500], [600, 500, 300, 150], [4000, 4100, 4200, 4500]])
-
-
-def write_chip_store(path: Path, size: int = 32, counts: tuple[int, int, int] = (8, 4, 4)) -> Path:
-    """Seeded chips of 8x8-pixel class blocks with noisy class spectra (ADR 0001 layout)."""
-    rng = np.random.default_rng(42)
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    for split, n in zip(("train", "val", "test"), counts, strict=True):
-        blocks = rng.integers(0, len(CLASSES), size=(n, size // 8, size // 8))
-        y = blocks.repeat(8, axis=1).repeat(8, axis=2).astype(np.uint8)
-        noise = rng.normal(1.0, 0.08, size=(n, 4, size, size))
-        x = np.clip(SPECTRA[y].transpose(0, 3, 1, 2) * noise, 1, 10_000).astype(np.uint16)
-        group = root.create_group(split)
-        group.attrs.update(tiles=["T0"], item_ids=[f"item-{i}" for i in range(n)])
-        group.create_array("x", data=x, chunks=(4, 4, size, size))
-        group.create_array("y", data=y, chunks=(4, size, size))
-        group.create_array("origin", data=np.zeros((n, 3), dtype=np.int32))
-    root.attrs.update(
-        bands=["blue", "green", "red", "nir"],
-        classes=list(CLASSES),
-        ignore_index=255,
-        chip_size=size,
-        band_mean=[1500.0, 1600.0, 1500.0, 2700.0],
-        band_std=[1600.0, 1600.0, 1700.0, 1800.0],
-    )
-    return path
-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    chips = write_chip_store(tmp_path_factory.mktemp("chips") / "chips.zarr")
+    chips = write_chip_store(
+        tmp_path_factory.mktemp("chips") / "chips.zarr",
+        counts=(8, 4, 4),
+        nodata_corner=False,
+        band_mean=[1500.0, 1600.0, 1500.0, 2700.0],
+        band_std=[1600.0, 1600.0, 1700.0, 1800.0],
+    )
     spec = TrainSpec(max_epochs=2, batch_size=4, base_channels=8, threads=1)
     return train_model(chips, spec, tmp_path_factory.mktemp("model"), progress=False).model_dir
 

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
-import xarray as xr
+from eoforge_test_helpers import BANDS, write_tiny_cube  # type: ignore[import-not-found]
 
 from eoforge.chip_index import read_chip_index
 from eoforge.chips import build_chips, read_split
@@ -26,56 +20,23 @@ from eoforge.vector_labels import read_label_file
 
 pytestmark = pytest.mark.e2e
 
-BANDS = ("blue", "green", "red", "nir")
 BUCKET = "eoforge-test"
 SPEC = ChipSpec(size=16, stride=16, train_tiles=("AAA",), test_tiles=("BBB",))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def s3() -> Iterator[dict[str, Any]]:
+def s3(moto_server: str) -> dict[str, Any]:
     """storage_options of a fresh moto_server with one bucket; the server stops at teardown."""
-    exe = Path(sys.executable).parent / "moto_server"
-    if not exe.exists():
-        pytest.skip(f"moto_server not installed at {exe} (pip install 'moto[server]')")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(exe), "-p", str(port), "-H", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server on {url} did not come up") from None
-                time.sleep(0.2)
-        options = {
-            "key": "testing",
-            "secret": "testing",
-            "client_kwargs": {"endpoint_url": url, "region_name": "us-east-1"},
-        }
-        import s3fs
+    options = {
+        "key": "testing",
+        "secret": "testing",
+        "client_kwargs": {"endpoint_url": moto_server, "region_name": "us-east-1"},
+    }
+    import s3fs
 
-        fs = s3fs.S3FileSystem(**options)
-        fs.call_s3("create_bucket", Bucket=BUCKET)
-        yield options
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    fs = s3fs.S3FileSystem(**options)
+    fs.call_s3("create_bucket", Bucket=BUCKET)
+    return options
 
 
 def _fs(options: dict[str, Any]) -> Any:
@@ -87,25 +48,7 @@ def _fs(options: dict[str, Any]) -> Any:
 @pytest.fixture(scope="module")
 def cubes(s3: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """The same tiny cube locally and uploaded to the bucket."""
-    local = tmp_path_factory.mktemp("s3") / "cube.zarr"
-    rng = np.random.default_rng(0)
-    for i, tile in enumerate(("AAA", "BBB")):
-        data = {
-            b: (("time", "y", "x"), rng.integers(1, 5000, (2, 48, 48), dtype=np.uint16))
-            for b in BANDS
-        }
-        data["scl"] = (
-            ("time", "y", "x"),
-            rng.choice(np.array([4, 5, 6, 8], np.uint8), (2, 48, 48)),
-        )
-        xr.Dataset(
-            data,
-            attrs={
-                "crs": "EPSG:32633",
-                "transform": [120.0, 0.0, i * 7000.0, 0.0, -120.0, 0.0],
-                "item_ids": [f"S2A_{tile}_2023081{d}_0_L2A" for d in (0, 5)],
-            },
-        ).to_zarr(local, group=tile, mode="w-", zarr_format=3, consolidated=False)
+    local = write_tiny_cube(tmp_path_factory.mktemp("s3") / "cube.zarr")
     _fs(s3).put(str(local), f"{BUCKET}/run/cube.zarr", recursive=True)
     return local, f"s3://{BUCKET}/run/cube.zarr"
 

@@ -8,7 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zarr
+from eoforge_test_helpers import (  # type: ignore[import-not-found]
+    CLASSES,
+    write_chip_store,
+)
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
@@ -27,41 +30,7 @@ from eoforge.train import (
     train_model,
 )
 
-CLASSES = ("vegetation", "water", "cloud")
-# Mean DN per class (rows) and band (blue, green, red, nir): the class is a function of the bands.
-SPECTRA = np.array([[400, 700, 500, 3500], [600, 500, 300, 150], [4000, 4100, 4200, 4500]])
 SPEC = TrainSpec(max_epochs=6, batch_size=4, base_channels=8, learning_rate=1e-2, threads=1)
-
-
-def write_chip_store(path: Path, size: int = 32, counts: tuple[int, int, int] = (16, 8, 8)) -> Path:
-    """Seeded chips of 8x8-pixel class blocks with noisy class spectra, a nodata corner each."""
-    rng = np.random.default_rng(42)
-    root = zarr.open_group(str(path), mode="w", zarr_format=3)
-    for split, n in zip(("train", "val", "test"), counts, strict=True):
-        cells = -(-size // 8)
-        blocks = rng.integers(0, len(CLASSES), size=(n, cells, cells))
-        y = blocks.repeat(8, axis=1).repeat(8, axis=2)[:, :size, :size].astype(np.uint8)
-        noise = rng.normal(1.0, 0.08, size=(n, 4, size, size))
-        x = np.clip(SPECTRA[y].transpose(0, 3, 1, 2) * noise, 1, 10_000).astype(np.uint16)
-        x[:, :, :2, :2], y[:, :2, :2] = 0, 255
-        group = root.create_group(split)
-        group.attrs.update(tiles=["T0"], item_ids=[f"item-{i}" for i in range(n)])
-        group.create_array("x", data=x, chunks=(4, 4, size, size))
-        group.create_array("y", data=y, chunks=(4, size, size))
-        group.create_array("origin", data=np.zeros((n, 3), dtype=np.int32))
-        if split == "train":
-            valid = (x != 0).all(axis=1)
-            mean = [float(x[:, b][valid].mean()) for b in range(4)]
-            std = [float(x[:, b][valid].std()) for b in range(4)]
-    root.attrs.update(
-        bands=["blue", "green", "red", "nir"],
-        classes=list(CLASSES),
-        ignore_index=255,
-        chip_size=size,
-        band_mean=mean,
-        band_std=std,
-    )
-    return path
 
 
 @pytest.fixture(scope="module")

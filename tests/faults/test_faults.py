@@ -11,15 +11,10 @@ with a clear error after bounded retries, and publish nothing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +29,7 @@ from eoforge_fault_proxy import (  # type: ignore[import-not-found]
     FaultSchedule,
     RangeFileServer,
 )
+from eoforge_test_helpers import write_tiny_cube  # type: ignore[import-not-found]
 from onnx import TensorProto, helper, numpy_helper
 
 from eoforge.config import BUNDLED_CATALOG, ChipSpec, InferSpec, LabelSpec, StacSpec
@@ -60,12 +56,6 @@ FAST_RETRIES = {
 }
 SEARCH = StacSpec(max_retries=8, backoff_factor=0.01, timeout_s=1)
 REPORT: dict[str, dict[str, Any]] = {}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -107,35 +97,8 @@ class Net:
         }
 
 
-def _moto() -> Iterator[str]:
-    exe = Path(sys.executable).parent / "moto_server"
-    if not exe.exists():
-        pytest.skip(f"moto_server not installed at {exe} (pip install 'moto[server]')")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(exe), "-p", str(port), "-H", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server on {url} did not come up") from None
-                time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
+def net(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
     mp = pytest.MonkeyPatch()
     for k, v in FAST_RETRIES.items():
         mp.setenv(k, v)
@@ -149,8 +112,6 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
         lambda self, context: 0.02 * original_delay(self, context),
     )
     work = tmp_path_factory.mktemp("faults")
-    moto = _moto()
-    moto_url = next(moto)
     with RangeFileServer(BUNDLED_CATALOG) as files:
         cog = FaultProxy(files.url, FaultSchedule(0.0, seed=1), hold_s=4).start()
         policy = HrefPolicy(roots=(BUNDLED_CATALOG,), hosts=("127.0.0.1",), resolve=False)
@@ -167,19 +128,17 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Net]:
             ).start()
             # S3 signals throttling with 503 SlowDown; botocore does not retry a bare 429 on HEAD
             s3_kinds = tuple(k for k in ALL_FAULTS if k != "429")
-            s3 = FaultProxy(moto_url, FaultSchedule(0.0, s3_kinds, seed=3), hold_s=4).start()
+            s3 = FaultProxy(moto_server, FaultSchedule(0.0, s3_kinds, seed=3), hold_s=4).start()
             import s3fs
 
             s3fs.S3FileSystem(
                 key="testing",
                 secret="testing",
-                client_kwargs={"endpoint_url": moto_url, "region_name": "us-east-1"},
+                client_kwargs={"endpoint_url": moto_server, "region_name": "us-east-1"},
             ).call_s3("create_bucket", Bucket=BUCKET)
-            yield Net(cog=cog, stac=stac, s3=s3, moto_url=moto_url)
+            yield Net(cog=cog, stac=stac, s3=s3, moto_url=moto_server)
             for p in (stac, s3, cog):
                 p.stop()
-    with contextlib.suppress(StopIteration):
-        next(moto)
     mp.undo()
     if REPORT:
         print("\nfault injection report:\n" + json.dumps(REPORT, indent=1, sort_keys=True))
@@ -245,36 +204,11 @@ def _build_remote_chips(net: Net, rate: float, attempts: int) -> tuple[str, dict
     return f"s3://{BUCKET}/run/chips.zarr", options
 
 
-def _tiny_cube(path: Path) -> Path:
-    """Two 48x48 tiles of two dates (what matters here is S3 traffic, not the pixels)."""
-    import xarray as xr
-
-    rng = np.random.default_rng(0)
-    for i, tile in enumerate(("AAA", "BBB")):
-        data = {
-            b: (("time", "y", "x"), rng.integers(1, 5000, (2, 48, 48), dtype=np.uint16))
-            for b in BANDS
-        }
-        data["scl"] = (
-            ("time", "y", "x"),
-            rng.choice(np.array([4, 5, 6, 8], np.uint8), (2, 48, 48)),
-        )
-        xr.Dataset(
-            data,
-            attrs={
-                "crs": "EPSG:32633",
-                "transform": [120.0, 0.0, i * 7000.0, 0.0, -120.0, 0.0],
-                "item_ids": [f"S2A_{tile}_2023081{d}_0_L2A" for d in (0, 5)],
-            },
-        ).to_zarr(path, group=tile, mode="w-", zarr_format=3, consolidated=False)
-    return path
-
-
 def test_chips_over_s3_under_faults_are_byte_identical(net: Net, tmp_path: Path) -> None:
     import s3fs
 
     direct = s3fs.S3FileSystem(**net.s3_options(2, via_proxy=False))
-    direct.put(str(_tiny_cube(tmp_path / "cube.zarr")), f"{BUCKET}/cube.zarr", recursive=True)
+    direct.put(str(write_tiny_cube(tmp_path / "cube.zarr")), f"{BUCKET}/cube.zarr", recursive=True)
     uri, _ = _build_remote_chips(net, 0.0, 10)
     ref = _download(net, uri, tmp_path / "clean" / "chips.zarr")
     ref_index = sha256_file(

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.request
@@ -17,13 +13,14 @@ from typing import Any
 
 import pytest
 
+from benchmarks._services import (
+    eoforge_deploy,
+    launch_prefect_server,
+    start_process,
+    stop_process,
+)
+
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -65,68 +62,18 @@ class PrefectServer:
         return list(self.request("POST", "/task_runs/filter", body))
 
 
-def _start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        args, env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     home = tmp_path_factory.mktemp("prefect")
-    port = _free_port()
-    env = dict(os.environ)
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_DATABASE_CONNECTION_URL=f"sqlite+aiosqlite:///{home}/prefect.db",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_LOGGING_LEVEL="INFO",
-        EOFORGE_STORE=str(home / "store"),
-    )
-    proc = _start(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env,
-        home / "server.log",
-    )
-    server = PrefectServer(api=f"http://127.0.0.1:{port}/api", env=env, home=home)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            server.request("GET", "/health")
-            break
-        except OSError:
-            if proc.poll() is not None:
-                raise RuntimeError((home / "server.log").read_text()[-3000:]) from None
-            time.sleep(0.5)
-    else:
-        _stop(proc)
-        raise RuntimeError("prefect server did not become healthy in 120 s")
-    yield server
-    _stop(proc)
+    api, env, proc = launch_prefect_server(home, env={"EOFORGE_STORE": str(home / "store")})
+    yield PrefectServer(api=api, env=env, home=home)
+    stop_process(proc)
 
 
 @pytest.fixture(scope="session")
 def deployed(prefect_server: PrefectServer) -> PrefectServer:
     """`eoforge deploy` against the real server: pools cpu + gpu and every deployment."""
-    proc = subprocess.run(
-        [str(BIN / "eoforge"), "deploy"],
-        env=prefect_server.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    eoforge_deploy(prefect_server.env, timeout=300)
     return prefect_server
 
 
@@ -135,7 +82,7 @@ def workers(deployed: PrefectServer) -> Iterator[dict[str, Path]]:
     """One real process worker per pool; yields their log files."""
     logs = {pool: deployed.home / f"worker-{pool}.log" for pool in ("cpu", "gpu")}
     procs = [
-        _start(
+        start_process(
             [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
             deployed.env,
             log,
@@ -144,4 +91,4 @@ def workers(deployed: PrefectServer) -> Iterator[dict[str, Path]]:
     ]
     yield logs
     for p in procs:
-        _stop(p)
+        stop_process(p)

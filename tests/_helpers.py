@@ -1,0 +1,97 @@
+"""Synthetic stores shared by the tests, importable as ``eoforge_test_helpers`` (see conftest.py).
+
+A module rather than fixtures because module-scoped fixtures and module-level names (e.g.
+``test_train.write_chip_store``) build them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+BANDS = ("blue", "green", "red", "nir")
+CLASSES = ("vegetation", "water", "cloud")
+# Mean DN per class (rows) and band (blue, green, red, nir): the class is a function of the bands.
+SPECTRA = np.array([[400, 700, 500, 3500], [600, 500, 300, 150], [4000, 4100, 4200, 4500]])
+
+
+def write_tiny_cube(
+    path: Path,
+    origin: tuple[float, float] = (0.0, 0.0),
+    times: Sequence[str] | None = None,
+) -> Path:
+    """Seeded cube of two 48x48 tiles (AAA, BBB; 7 km apart from ``origin``) of two dates.
+
+    ``times``, if given, become the ``time`` coordinate (datetime64[ns]).
+    """
+    import xarray as xr
+
+    rng = np.random.default_rng(0)
+    coords = None if times is None else {"time": np.array(times, dtype="datetime64[ns]")}
+    for i, tile in enumerate(("AAA", "BBB")):
+        data = {
+            b: (("time", "y", "x"), rng.integers(1, 5000, (2, 48, 48), dtype=np.uint16))
+            for b in BANDS
+        }
+        data["scl"] = (
+            ("time", "y", "x"),
+            rng.choice(np.array([4, 5, 6, 8], np.uint8), (2, 48, 48)),
+        )
+        xr.Dataset(
+            data,
+            coords=coords,
+            attrs={
+                "crs": "EPSG:32633",
+                "transform": [120.0, 0.0, origin[0] + i * 7000.0, 0.0, -120.0, origin[1]],
+                "item_ids": [f"S2A_{tile}_2023081{d}_0_L2A" for d in (0, 5)],
+            },
+        ).to_zarr(path, group=tile, mode="w-", zarr_format=3, consolidated=False)
+    return path
+
+
+def write_chip_store(
+    path: Path,
+    size: int = 32,
+    counts: tuple[int, int, int] = (16, 8, 8),
+    *,
+    nodata_corner: bool = True,
+    band_mean: list[float] | None = None,
+    band_std: list[float] | None = None,
+) -> Path:
+    """Seeded chips of 8x8-pixel class blocks with noisy class spectra (ADR 0001 layout).
+
+    With ``nodata_corner`` each chip has a 2x2 nodata corner (x 0, y 255). ``band_mean`` /
+    ``band_std`` default to the statistics of the valid train pixels.
+    """
+    import zarr
+
+    rng = np.random.default_rng(42)
+    root = zarr.open_group(str(path), mode="w", zarr_format=3)
+    for split, n in zip(("train", "val", "test"), counts, strict=True):
+        cells = -(-size // 8)
+        blocks = rng.integers(0, len(CLASSES), size=(n, cells, cells))
+        y = blocks.repeat(8, axis=1).repeat(8, axis=2)[:, :size, :size].astype(np.uint8)
+        noise = rng.normal(1.0, 0.08, size=(n, 4, size, size))
+        x = np.clip(SPECTRA[y].transpose(0, 3, 1, 2) * noise, 1, 10_000).astype(np.uint16)
+        if nodata_corner:
+            x[:, :, :2, :2], y[:, :2, :2] = 0, 255
+        group = root.create_group(split)
+        group.attrs.update(tiles=["T0"], item_ids=[f"item-{i}" for i in range(n)])
+        group.create_array("x", data=x, chunks=(4, 4, size, size))
+        group.create_array("y", data=y, chunks=(4, size, size))
+        group.create_array("origin", data=np.zeros((n, 3), dtype=np.int32))
+        if split == "train":
+            valid = (x != 0).all(axis=1)
+            train_mean = [float(x[:, b][valid].mean()) for b in range(4)]
+            train_std = [float(x[:, b][valid].std()) for b in range(4)]
+    root.attrs.update(
+        bands=list(BANDS),
+        classes=list(CLASSES),
+        ignore_index=255,
+        chip_size=size,
+        band_mean=train_mean if band_mean is None else band_mean,
+        band_std=train_std if band_std is None else band_std,
+    )
+    return path
