@@ -454,7 +454,14 @@ class TrainSpec(_Spec):
 TRAIN_PRESETS: dict[str, TrainSpec] = {
     "quick": TrainSpec.model_validate({}),
     "full": TrainSpec.model_validate(
-        {"max_epochs": 60, "max_seconds": 570.0, "base_channels": 32, "class_weight_power": 0.1}
+        {
+            "max_epochs": 80,
+            "max_seconds": 570.0,
+            "base_channels": 32,
+            "class_weight_power": 0.0,
+            "dice_weight": 0.5,
+            "ema_decay": 0.99,
+        }
     ),
 }
 
