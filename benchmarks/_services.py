@@ -30,6 +30,7 @@ __all__ = [
     "free_port",
     "launch_prefect_server",
     "prefect_services",
+    "rest_call",
     "start_process",
     "stop_process",
 ]
@@ -71,6 +72,32 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
             proc.wait()
 
 
+def rest_call(api: str, method: str, path: str, body: Any = None, attempts: int = 6) -> Any:
+    """One Prefect REST call, JSON in and out.
+
+    503 and 429 are retried with exponential backoff, as Prefect's own client and the UI do:
+    the server answers 503 when SQLite is locked by concurrent writers (worker heartbeats, task
+    states) and the transaction was rolled back. Any other error status (or the last 503)
+    raises ``urllib.error.HTTPError``.
+    """
+    for attempt in range(attempts):
+        req = urllib.request.Request(
+            api + path,
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+            return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            if exc.code not in (429, 503) or attempt == attempts - 1:
+                raise
+            time.sleep(min(2**attempt, 10))
+    raise AssertionError("unreachable")
+
+
 @dataclass
 class PrefectServer:
     """A running ``prefect server start`` and the environment that points clients at it."""
@@ -81,25 +108,12 @@ class PrefectServer:
     _deployment_ids: dict[str, str] = field(default_factory=dict, repr=False)
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        """A REST call; 503/429 (SQLite busy under load) are retried, as Prefect's client does."""
-        for attempt in range(6):
-            req = urllib.request.Request(
-                self.api + path,
-                method=method,
-                data=json.dumps(body).encode() if body is not None else None,
-                headers={"Content-Type": "application/json"},
-            )
-            try:
-                with urllib.request.urlopen(req, timeout=30) as resp:
-                    raw = resp.read()
-                return json.loads(raw) if raw else None
-            except urllib.error.HTTPError as exc:
-                if exc.code in (429, 503) and attempt < 5:
-                    time.sleep(min(2**attempt, 10))
-                    continue
-                detail = exc.read().decode(errors="replace")[:500]
-                raise InputError(f"Prefect API {method} {path} -> {exc.code}: {detail}") from exc
-        raise AssertionError("unreachable")
+        """A REST call (:func:`rest_call`); an error status becomes an InputError."""
+        try:
+            return rest_call(self.api, method, path, body)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            raise InputError(f"Prefect API {method} {path} -> {exc.code}: {detail}") from exc
 
     def deployment_id(self, name: str) -> str:
         if name not in self._deployment_ids:

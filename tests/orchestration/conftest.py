@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +14,7 @@ import pytest
 from benchmarks._services import (
     eoforge_deploy,
     launch_prefect_server,
+    rest_call,
     start_process,
     stop_process,
 )
@@ -31,26 +29,9 @@ class PrefectServer:
     home: Path
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        """A REST call. 503 / 429 are retried with backoff, as Prefect's own client and the UI
-        do: the server answers 503 when SQLite is locked by concurrent writers (worker
-        heartbeats, task states) and the transaction was rolled back. Other errors raise
-        ``urllib.error.HTTPError``."""
-        for attempt in range(6):
-            req = urllib.request.Request(
-                self.api + path,
-                method=method,
-                data=json.dumps(body).encode() if body is not None else None,
-                headers={"Content-Type": "application/json"},
-            )
-            try:
-                with urllib.request.urlopen(req, timeout=30) as resp:
-                    raw = resp.read()
-                return json.loads(raw) if raw else None
-            except urllib.error.HTTPError as exc:
-                if exc.code not in (429, 503) or attempt == 5:
-                    raise
-                time.sleep(min(2**attempt, 10))
-        raise AssertionError("unreachable")
+        """:func:`benchmarks._services.rest_call` (503/429 retried; other errors raise
+        ``urllib.error.HTTPError``, which the event tests rely on)."""
+        return rest_call(self.api, method, path, body)
 
     def run_deployment_like_the_ui(self, name: str, parameters: dict[str, Any]) -> str:
         """What the UI's 'Run' button does: create a flow run from the deployment by id."""
