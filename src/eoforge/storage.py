@@ -27,6 +27,7 @@ from eoforge.errors import TransientError
 __all__ = [
     "STALE_AFTER_S",
     "clean_stale_staging",
+    "pid_alive",
     "reap_dead_staging",
     "sha256_file",
     "sha256_tree",
@@ -84,7 +85,8 @@ def _staging_path(target: Path, kind: str = "") -> Path:
     )
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -100,7 +102,7 @@ def _is_stale(entry: Path, max_age_s: float) -> bool:
     if m is None:
         return True  # no owner recorded (older eoforge): what the caller asked to clean
     if m["host"] == _HOST_TAG:
-        return int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"]))
+        return int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"]))
     try:
         age = time.time() - entry.lstat().st_mtime
     except FileNotFoundError:

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any
 
 from eoforge.errors import InputError, TransientError
+from eoforge.storage import pid_alive
 
 __all__ = [
     "HEARTBEAT_EVENT",
@@ -61,16 +62,6 @@ def _parse_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --------------------------------------------------------------------------- run locks
@@ -151,7 +142,7 @@ class LockInfo:
     def alive(self, stale_after_s: float, now: datetime) -> bool | None:
         """True: its process lives; False: it is gone; None: cannot tell (other host, fresh)."""
         if self.same_host:
-            return _pid_alive(self.pid)
+            return pid_alive(self.pid)
         if (now - self.touched).total_seconds() > stale_after_s:
             return False
         return None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
 import select
 import socket
 import struct
@@ -398,14 +397,3 @@ class FaultProxy(_Service):
         if self._rewrite_links:
             self.rewrite = (self.upstream, self.url)
         return self
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process exists (test helper)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
