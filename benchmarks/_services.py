@@ -25,6 +25,7 @@ from typing import Any
 from eoforge.errors import InputError, TransientError
 
 __all__ = [
+    "REQUEST_TIMEOUT_S",
     "PrefectServer",
     "eoforge_deploy",
     "free_port",
@@ -72,13 +73,22 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
             proc.wait()
 
 
+REQUEST_TIMEOUT_S = 90.0
+"""Longer than the Prefect server's own SQLite ``busy_timeout`` (60 s): a request queued behind
+a locked database answers late rather than never."""
+
+
 def rest_call(api: str, method: str, path: str, body: Any = None, attempts: int = 6) -> Any:
     """One Prefect REST call, JSON in and out.
 
-    503 and 429 are retried with exponential backoff, as Prefect's own client and the UI do:
-    the server answers 503 when SQLite is locked by concurrent writers (worker heartbeats, task
-    states) and the transaction was rolled back. Any other error status (or the last 503)
-    raises ``urllib.error.HTTPError``.
+    Retried with exponential backoff, as Prefect's own client and the UI do:
+    - 503 and 429: the server answers 503 when SQLite is locked by concurrent writers (worker
+      heartbeats, task states) and the transaction was rolled back;
+    - no answer within :data:`REQUEST_TIMEOUT_S`, or a dropped connection: a server starved of
+      CPU or queued behind a long write. Every call the tests make is safe to repeat (reads,
+      filters, PATCHes, and creations that carry an idempotency key).
+    Any other error status (or the last failure) raises: ``urllib.error.HTTPError`` for a
+    status, ``TimeoutError``/``OSError`` for no answer.
     """
     for attempt in range(attempts):
         req = urllib.request.Request(
@@ -88,13 +98,16 @@ def rest_call(api: str, method: str, path: str, body: Any = None, attempts: int 
             headers={"Content-Type": "application/json"},
         )
         try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
+            with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT_S) as resp:
                 raw = resp.read()
             return json.loads(raw) if raw else None
         except urllib.error.HTTPError as exc:
             if exc.code not in (429, 503) or attempt == attempts - 1:
                 raise
-            time.sleep(min(2**attempt, 10))
+        except (TimeoutError, ConnectionError, urllib.error.URLError):
+            if attempt == attempts - 1:
+                raise
+        time.sleep(min(2**attempt, 10))
     raise AssertionError("unreachable")
 
 

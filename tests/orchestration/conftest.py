@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +30,16 @@ class PrefectServer:
     home: Path
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        """:func:`benchmarks._services.rest_call` (503/429 retried; other errors raise
-        ``urllib.error.HTTPError``, which the event tests rely on)."""
+        """:func:`benchmarks._services.rest_call` (503/429 and timeouts retried; other error
+        statuses raise ``urllib.error.HTTPError``, which the event tests rely on)."""
         return rest_call(self.api, method, path, body)
 
     def run_deployment_like_the_ui(self, name: str, parameters: dict[str, Any]) -> str:
-        """What the UI's 'Run' button does: create a flow run from the deployment by id."""
+        """What the UI's 'Run' button does: create a flow run from the deployment by id (with an
+        idempotency key, so a retried request still creates one run)."""
         dep = self.request("GET", f"/deployments/name/{name}")
-        run = self.request(
-            "POST", f"/deployments/{dep['id']}/create_flow_run", {"parameters": parameters}
-        )
+        body = {"parameters": parameters, "idempotency_key": uuid.uuid4().hex}
+        run = self.request("POST", f"/deployments/{dep['id']}/create_flow_run", body)
         return str(run["id"])
 
     def wait(self, flow_run_id: str, timeout: float = 900) -> dict[str, Any]:
@@ -55,9 +56,27 @@ class PrefectServer:
         return list(self.request("POST", "/task_runs/filter", body))
 
 
+_SERVER_HOMES: list[Path] = []
+LOG_TAIL_CHARS = 6000
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failing orchestration test carries the tails of the server's and workers' logs, so a
+    CI failure shows what the server was doing (locked database, slow services, crashes)."""
+    report = yield
+    if report.failed:
+        for home in _SERVER_HOMES:
+            for log in sorted(home.glob("*.log")):
+                text = log.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+                report.sections.append((f"{log.name} (last {LOG_TAIL_CHARS} chars)", text))
+    return report
+
+
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
     home = tmp_path_factory.mktemp("prefect")
+    _SERVER_HOMES.append(home)
     api, env, proc = launch_prefect_server(home, env={"EOFORGE_STORE": str(home / "store")})
     yield PrefectServer(api=api, env=env, home=home)
     stop_process(proc)
