@@ -469,10 +469,19 @@ TRAIN_PRESETS: dict[str, TrainSpec] = {
 class InferSpec(_Spec):
     """Whole-scene inference with ONNX Runtime."""
 
+    _late_fields = ("pipelined",)
+
     window: int = Field(512, gt=0, description="Sliding window edge in pixels (multiple of 8).")
     overlap: int = Field(64, ge=0, description="Overlap between windows in pixels.")
     batch_size: int = Field(2, gt=0, description="Windows per ONNX Runtime call.")
     threads: int | None = Field(None, description="ORT intra-op threads (None: all cores).")
+    pipelined: bool | None = Field(
+        None,
+        description="Run the model on one batch of windows in a worker thread while the previous "
+        "batch is blended, so a GPU is not left idle between runs (None: on when the session "
+        "runs on a GPU, off on the CPU, where both would share the same cores). The result is "
+        "the same either way.",
+    )
     serve_baseline_onnx: bool = Field(
         False,
         description="Export the random forest with skl2onnx and predict it through ONNX Runtime "

@@ -15,6 +15,7 @@ This module is the streaming predictor; the rest lives in :mod:`eoforge.onnx_ses
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,15 @@ class PredictionStats:
     one to two window heights): memory is this times the scene width, whatever its height."""
 
 
+def _pipelined(session: Any, spec: InferSpec) -> bool:
+    """Whether to run the model in a worker thread, overlapped with blending (see
+    :attr:`InferSpec.pipelined`): by default only when the session runs on a GPU."""
+    if spec.pipelined is not None:
+        return spec.pipelined
+    providers = session.get_providers() if hasattr(session, "get_providers") else []
+    return bool(providers) and providers[0] != "CPUExecutionProvider"
+
+
 def _stream(
     session: Any, reader: SceneReader, spec: InferSpec, nodata: float, stats: dict[str, int]
 ) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
@@ -131,33 +141,68 @@ def _stream(
     edge_x, padded_w, xs = _axis_plan(width, spec.window, spec.overlap, io.width)
     weights_y = _axis_weights(ys, edge_y)
     weights_x = _axis_weights(xs, edge_x)
-    runner = _BatchRunner(
-        session, io.batch or spec.batch_size, channels, edge_y, edge_x, io.batch is not None
-    )
+    capacity = io.batch or spec.batch_size
+    pipelined = _pipelined(session, spec)
+    # two runners when pipelined: one fills its batch while the other's runs on the worker
+    runners = [
+        _BatchRunner(session, capacity, channels, edge_y, edge_x, io.batch is not None)
+        for _ in range(2 if pipelined else 1)
+    ]
+    worker = ThreadPoolExecutor(1, thread_name_prefix="eoforge-ort") if pipelined else None
     source = _RowSource(reader, nodata, edge_y, padded_w)
     acc: npt.NDArray[np.float32] | None = None  # blended probabilities of rows [done, ...)
     done = 0
-    pending: list[tuple[int, int]] = []
+    cur = 0  # the runner whose stack is being filled
+    pending: list[tuple[int, int]] = []  # windows in runners[cur].stack
+    inflight: tuple[Future[npt.NDArray[np.float32]], list[tuple[int, int]]] | None = None
 
-    def run_pending() -> None:
+    def blend(logits: npt.NDArray[np.float32], windows: list[tuple[int, int]]) -> None:
         nonlocal acc
-        logits = runner.run(len(pending))
         if not np.isfinite(logits).all():
             raise InputError("the ONNX model returned non-finite logits; retrain or re-export it.")
         probs = _softmax_(logits)
         if acc is None:
             acc = np.zeros((probs.shape[1], 0, padded_w), np.float32)
-        for k, (i, j) in enumerate(pending):
+        for k, (i, j) in enumerate(windows):
             top, bottom = ys[i] - done, ys[i] + edge_y - done
             if bottom > acc.shape[1]:
                 acc = _grow_rows(acc, bottom)
             probs[k] *= weights_y[i][:, None] * weights_x[j][None, :]
             acc[:, top:bottom, xs[j] : xs[j] + edge_x] += probs[k]
-        stats["windows_run"] += len(pending)
+        stats["windows_run"] += len(windows)
         stats["max_buffered_rows"] = max(
             stats["max_buffered_rows"], acc.shape[1] + edge_y + len(source.valid_rows)
         )
+
+    def drain() -> None:
+        """Blend the batch on the worker, if any (waiting for it)."""
+        nonlocal inflight
+        if inflight is not None:
+            future, windows = inflight
+            inflight = None
+            blend(future.result(), windows)
+
+    def run_pending() -> None:
+        nonlocal inflight, cur
+        windows = pending.copy()
         pending.clear()
+        runner = runners[cur]
+        if worker is None:
+            blend(runner.run(len(windows)), windows)
+            return
+        # the model runs this batch while the previous one is blended here, in batch order
+        future = worker.submit(runner.run, len(windows))
+        drain()
+        inflight = (future, windows)
+        cur = 1 - cur
+
+    def first_unblended(next_row: int) -> int:
+        """Top of the first window not blended yet (in flight, pending or still to come)."""
+        if inflight is not None:
+            return ys[inflight[1][0][0]]
+        if pending:
+            return ys[pending[0][0]]
+        return ys[next_row] if next_row < len(ys) else padded_h
 
     def finish(until: int) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
         """Rows [done, until): no later window reaches them."""
@@ -177,24 +222,27 @@ def _stream(
         yield done, rows
         done += ready
 
-    for i, y in enumerate(ys):
-        strip, valid = source.strip(y)
-        for j, x in enumerate(xs):
-            if not valid[:, x : x + edge_x].any():
-                stats["windows_skipped"] += 1
-                continue
-            runner.stack[len(pending)] = strip[:, :, x : x + edge_x]
-            pending.append((i, j))
-            if len(pending) == runner.capacity:
-                run_pending()
-        # rows above the first window still to be blended in are complete
-        yield from finish(
-            ys[pending[0][0]] if pending else (ys[i + 1] if i + 1 < len(ys) else padded_h)
-        )
-    if pending:
-        run_pending()
-    yield from finish(padded_h)
-    stats["batches"] = runner.batches
+    try:
+        for i, y in enumerate(ys):
+            strip, valid = source.strip(y)
+            for j, x in enumerate(xs):
+                if not valid[:, x : x + edge_x].any():
+                    stats["windows_skipped"] += 1
+                    continue
+                runners[cur].stack[len(pending)] = strip[:, :, x : x + edge_x]
+                pending.append((i, j))
+                if len(pending) == capacity:
+                    run_pending()
+            # rows above the first window still to be blended in are complete
+            yield from finish(first_unblended(i + 1))
+        if pending:
+            run_pending()
+        drain()
+        yield from finish(padded_h)
+    finally:
+        if worker is not None:
+            worker.shutdown(wait=True, cancel_futures=True)
+    stats["batches"] = sum(r.batches for r in runners)
 
 
 def predict_raster(

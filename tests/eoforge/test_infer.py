@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from eoforge.infer import (
     _axis_plan,
     _axis_weights,
     _BatchRunner,
+    _pipelined,
     open_session,
     predict_raster,
     predict_scene,
@@ -477,6 +479,56 @@ def test_predict_raster_equals_predict_scene(conv3_model: Any, shape: tuple[int,
     assert stats.windows_run + stats.windows_skipped >= stats.windows_run > 0
 
 
+@pytest.mark.parametrize("batch_size", [1, 3, 4])
+@pytest.mark.parametrize("shape", [(300, 517), (37, 45), (190, 64)])
+def test_pipelined_runs_give_the_same_result(
+    conv3_model: Any, shape: tuple[int, int], batch_size: int
+) -> None:
+    """The model running one batch in a worker thread while the previous one is blended gives
+    the same bytes, rows in order, every input row read once."""
+    bands = scene(*shape, seed=12)
+    bands[:, : shape[0] // 2, : shape[1] // 3] = 0  # skipped windows
+    results = {}
+    for pipelined in (False, True):
+        spec = InferSpec(window=64, overlap=16, batch_size=batch_size, pipelined=pipelined)
+        spy = RowsSpy(ArrayReader(bands))
+        sink = Collect(*shape)
+        stats = predict_raster(conv3_model, spy, spec, sink)
+        rows = [r for a, b in spy.reads for r in range(a, b)]
+        assert rows == list(range(shape[0])) and sink.next == shape[0]
+        results[pipelined] = (sink.out, stats)
+    np.testing.assert_array_equal(results[True][0], results[False][0])
+    serial, overlapped = results[False][1], results[True][1]
+    assert (overlapped.windows_run, overlapped.batches) == (serial.windows_run, serial.batches)
+    # rows are finished one batch later: at most one more batch of windows is held, in the
+    # input strip and in the accumulator
+    assert overlapped.max_buffered_rows <= serial.max_buffered_rows + 2 * 64 * batch_size
+
+
+def test_pipelined_is_on_for_gpu_sessions_only(conv3_model: Any) -> None:
+    class GpuSession:
+        def get_providers(self) -> list[str]:
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+    assert not _pipelined(conv3_model, InferSpec())  # a CPU session: ORT has the cores
+    assert _pipelined(GpuSession(), InferSpec())
+    assert not _pipelined(GpuSession(), InferSpec(pipelined=False))
+    assert _pipelined(conv3_model, InferSpec(pipelined=True))
+    assert "pipelined" not in json.dumps(InferSpec()._fingerprint_data())  # old keys kept
+
+
+def test_pipelined_model_errors_surface_and_stop_the_worker(tmp_path: Path) -> None:
+    path = conv_model(tmp_path / "nan.onnx", np.full((3, 4, 1, 1), np.nan), np.zeros(3))
+    session = open_session(path, threads=1)
+    before = threading.active_count()
+    spec = InferSpec(window=64, overlap=16, batch_size=2, pipelined=True)
+    sink = Collect(200, 200)
+    with pytest.raises(InputError, match="non-finite logits"):
+        predict_raster(session, ArrayReader(scene(200, 200, seed=13)), spec, sink)
+    assert threading.active_count() == before
+    assert sink.next == 0  # nothing written
+
+
 def test_predict_to_cog_from_a_geotiff_gives_the_same_bytes(
     conv3_model: Any, tmp_path: Path
 ) -> None:
@@ -570,17 +622,23 @@ def _streamed_peak(session: Any, tile: np.ndarray, height: int, spec: InferSpec)
     return peak, stats
 
 
-def test_large_scene_streams_with_bounded_memory(pixel_model: Any, bundled_catalog: Path) -> None:
+@pytest.mark.parametrize("pipelined", [False, True])
+def test_large_scene_streams_with_bounded_memory(
+    pixel_model: Any, bundled_catalog: Path, pipelined: bool
+) -> None:
     """A 12288 x 1536 scene tiled from the real sample would take ~530 MB as float32 bands +
-    probabilities in one piece; streamed, memory does not grow with its height."""
+    probabilities in one piece; streamed, memory does not grow with its height (also with the
+    model running in a worker thread)."""
     folder = bundled_catalog / "S2A_33TWM_20230815_0_L2A"
     tile = np.stack(
         [rasterio.open(folder / f"{b}.tif").read(1) for b in ("B02", "B03", "B04", "B08")]
     )
-    spec = InferSpec(window=256, overlap=32, batch_size=8)
+    spec = InferSpec(window=256, overlap=32, batch_size=8, pipelined=pipelined)
     small_peak, _ = _streamed_peak(pixel_model, tile, 1024, spec)
     peak, stats = _streamed_peak(pixel_model, tile, 12288, spec)
     whole_mb = 12288 * 1536 * (4 + 3) * 4 / 1e6
-    assert stats.max_buffered_rows < 5 * spec.window  # independent of the scene height
+    # independent of the scene height; pipelined, rows finish one batch (here up to two rows of
+    # windows) later
+    assert stats.max_buffered_rows < (7 if pipelined else 5) * spec.window
     assert peak < 1.2 * small_peak + 2e6, f"peak grew with height: {small_peak} -> {peak}"
     assert peak / 1e6 < whole_mb / 10, f"peak {peak / 1e6:.0f} MB vs {whole_mb:.0f} MB whole"
