@@ -14,9 +14,9 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.ensemble import RandomForestClassifier
 
+from eoforge.chip_splits import read_chip_split, read_chip_store_attrs
 from eoforge.config import TrainSpec
 from eoforge.errors import InputError
-from eoforge.train import read_chip_split, read_chip_store_attrs
 
 __all__ = [
     "DEFAULT_BANDS",

@@ -1,10 +1,16 @@
-"""STAC access: serve a static catalog locally with rustac, search an API robustly, normalise items.
+"""STAC access: search an API robustly; serve a static catalog locally; normalise items.
 
 Catalogs are input from others: item files and API answers are validated (a malformed one is
 an :class:`~eoforge.errors.InputError` naming it), every asset href that will be read must pass
 the :class:`~eoforge.hrefs.HrefPolicy`, API pages may only come from the API's own host, and
 transient failures (429 with ``Retry-After``, 5xx, resets, timeouts, truncated bodies) are
 retried a bounded number of times before a :class:`~eoforge.errors.TransientError`.
+
+This module holds the search client (:func:`search_items`, :func:`search_policy`). Item-level
+helpers (:func:`item_tile`, :func:`item_epsg`, :func:`crosses_antimeridian`,
+:func:`validate_item`, :func:`self_href`) live in :mod:`eoforge.stac_items`, the local rustac
+API (:func:`prepare_served_catalog`, :class:`LocalStacServer`) in :mod:`eoforge.stac_server`;
+both are re-exported here.
 """
 
 from __future__ import annotations
@@ -12,16 +18,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
-import shutil
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import TracebackType
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -31,6 +29,14 @@ from eoforge.config import StacSpec
 from eoforge.errors import InputError, TransientError
 from eoforge.hrefs import HrefPolicy, check_href, check_redirects
 from eoforge.redact import redact, redact_url
+from eoforge.stac_items import (
+    crosses_antimeridian,
+    item_epsg,
+    item_tile,
+    self_href,
+    validate_item,
+)
+from eoforge.stac_server import LocalStacServer, prepare_served_catalog
 
 __all__ = [
     "ENV_PROBE_REDIRECTS",
@@ -48,327 +54,6 @@ __all__ = [
 _RETRY_STATUS = (429, 500, 502, 503, 504)
 #: Set to ``0`` to skip following asset redirects during search (see :func:`search_items`).
 ENV_PROBE_REDIRECTS = "EOFORGE_PROBE_REDIRECTS"
-# Item ids become file names (prepared catalogs, predictions): no separators, no leading dot.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
-
-
-def item_tile(item: dict[str, Any]) -> str:
-    """MGRS tile of an item (``33TWL``), from ``grid:code`` or the ``mgrs:*`` fields.
-
-    Raises:
-        InputError: the item carries neither.
-    """
-    props = item.get("properties", {})
-    code = props.get("grid:code")
-    if isinstance(code, str) and code.startswith("MGRS-"):
-        return code.removeprefix("MGRS-")
-    zone, band, square = (
-        props.get("mgrs:utm_zone"),
-        props.get("mgrs:latitude_band"),
-        props.get("mgrs:grid_square"),
-    )
-    if zone is not None and band and square:
-        return f"{int(zone):02d}{band}{square}"
-    raise InputError(
-        f"STAC item '{item.get('id')}' has no 'grid:code' nor 'mgrs:*' properties, so its tile "
-        "is unknown; use items of a tiled collection (e.g. Sentinel-2 L2A)."
-    )
-
-
-def item_epsg(item: Mapping[str, Any], asset: str | None = None) -> int | None:
-    """EPSG code of an item (or of one of its assets) from ``proj:epsg`` / ``proj:code``."""
-    sources: list[Mapping[str, Any]] = []
-    if asset is not None:
-        sources.append(item.get("assets", {}).get(asset, {}))
-    sources.append(item.get("properties", {}))
-    for src in sources:
-        epsg = src.get("proj:epsg")
-        if isinstance(epsg, int) and not isinstance(epsg, bool):
-            return epsg
-        code = src.get("proj:code")
-        if isinstance(code, str) and code.upper().startswith("EPSG:"):
-            try:
-                return int(code.split(":", 1)[1])
-            except ValueError:
-                return None
-    return None
-
-
-def crosses_antimeridian(item: Mapping[str, Any]) -> bool:
-    """Whether an item's footprint crosses the antimeridian (180° longitude).
-
-    True when its bbox has west > east (the STAC convention for such boxes) or spans more
-    than 180° of longitude, or its geometry's longitudes do.
-    """
-    bbox = item.get("bbox")
-    if isinstance(bbox, list | tuple) and len(bbox) in (4, 6):
-        west, east = float(bbox[0]), float(bbox[len(bbox) // 2])
-        if west > east or east - west > 180:
-            return True
-    lons: list[float] = []
-
-    def walk(coords: Any) -> None:
-        if isinstance(coords, list | tuple) and coords and isinstance(coords[0], int | float):
-            lons.append(float(coords[0]))
-        elif isinstance(coords, list | tuple):
-            for c in coords:
-                walk(c)
-
-    geometry = item.get("geometry")
-    if isinstance(geometry, Mapping):
-        walk(geometry.get("coordinates"))
-    return bool(lons) and max(lons) - min(lons) > 180
-
-
-def validate_item(item: Any, where: str) -> dict[str, Any]:
-    """Check that ``item`` is a usable STAC Item; return it.
-
-    Raises:
-        InputError: not a JSON object, not ``type: Feature``, no safe ``id``, no ``properties``
-            with a ``datetime``, ``assets`` that are not objects with string hrefs, or a footprint
-            crossing the antimeridian.
-    """
-    if not isinstance(item, dict):
-        raise InputError(
-            f"{where} is not a STAC Item: expected a JSON object, got {type(item).__name__}."
-        )
-    item_id = item.get("id")
-    if item.get("type") != "Feature" or not isinstance(item_id, str):
-        raise InputError(
-            f'{where} is not a STAC Item (needs "type": "Feature" and a string "id"); '
-            "fix or remove it."
-        )
-    if not _SAFE_ID.match(item_id):
-        raise InputError(
-            f"STAC item id {item_id!r} in {where} is not safe to use as a file name (letters, "
-            "digits and ._+- only, not starting with a dot); fix the id."
-        )
-    props = item.get("properties")
-    if not isinstance(props, dict) or not (props.get("datetime") or props.get("start_datetime")):
-        raise InputError(
-            f"STAC item '{item_id}' in {where} has no properties.datetime; fix the item."
-        )
-    assets = item.get("assets")
-    if not isinstance(assets, dict):
-        raise InputError(f"STAC item '{item_id}' in {where} has no \"assets\" object.")
-    for key, asset in assets.items():
-        if (
-            not isinstance(asset, dict)
-            or not isinstance(asset.get("href"), str)
-            or not asset["href"]
-        ):
-            raise InputError(
-                f"asset '{key}' of STAC item '{item_id}' in {where} has no href; fix the item."
-            )
-    if crosses_antimeridian(item):
-        raise InputError(
-            f"STAC item '{item_id}' in {where} crosses the antimeridian (bbox {item.get('bbox')}); "
-            "eoforge cannot place such a scene on one lon/lat footprint. Exclude it (narrow "
-            "stac.bbox) or split the catalog's item at 180°."
-        )
-    return item
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError as exc:
-        raise InputError(f"STAC file '{path}' does not exist; check the catalog folder.") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            f"STAC file '{path}' is not valid JSON ({exc}); repair or remove it."
-        ) from exc
-    if not isinstance(data, dict):
-        raise InputError(f"STAC file '{path}' must hold a JSON object.")
-    return data
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path == root or path.is_relative_to(root)
-
-
-def prepare_served_catalog(
-    catalog_dir: Path,
-    work_dir: Path,
-    include: Callable[[dict[str, Any]], bool] | None = None,
-    policy: HrefPolicy | None = None,
-) -> list[Path]:
-    """Write a copy of a static catalog that ``rustac serve`` can load as an API.
-
-    The collection loses its item links (rustac would otherwise load the linked originals too)
-    and every asset href becomes an absolute ``file://`` URI (pystac would resolve a bare path
-    against the API URL).
-
-    Args:
-        catalog_dir: folder with ``collection.json`` and one folder per item.
-        work_dir: where the prepared files go (created).
-        include: serve only the items for which this returns True (e.g. the first dates).
-        policy: what asset hrefs may point at (default: files inside ``catalog_dir`` plus
-            :meth:`HrefPolicy.from_env`, public hosts).
-
-    Returns:
-        The collection file followed by the item files, ready for ``rustac serve``.
-
-    Raises:
-        InputError: a missing or malformed collection or item file, an item link or asset
-            href outside the catalog folder, or an href the policy refuses.
-    """
-    catalog_dir = Path(catalog_dir).resolve()
-    policy = policy or HrefPolicy.from_env(roots=[catalog_dir])
-    coll_path = catalog_dir / "collection.json"
-    if not coll_path.is_file():
-        raise InputError(
-            f"catalog folder '{catalog_dir}' has no collection.json; point stac.catalog_dir at a "
-            "static STAC catalog with a collection."
-        )
-    collection = _read_json(coll_path)
-    if not isinstance(collection.get("id"), str) or not isinstance(
-        collection.get("links", []), list
-    ):
-        raise InputError(
-            f'collection \'{coll_path}\' needs a string "id" and a "links" list; fix it.'
-        )
-    prepared: list[dict[str, Any]] = []
-    for link in collection.get("links", []):
-        if not isinstance(link, dict) or link.get("rel") != "item":
-            continue
-        href = link.get("href")
-        if not isinstance(href, str) or "://" in href or href.startswith("/"):
-            raise InputError(
-                f"item link {redact(str(href))!r} of collection '{coll_path}' must be a path "
-                "relative to the catalog folder; fix the link."
-            )
-        src = (coll_path.parent / href).resolve()
-        if not _inside(src, catalog_dir):
-            raise InputError(
-                f"item link '{href}' of collection '{coll_path}' points outside the catalog "
-                f"folder '{catalog_dir}' (to '{src}'); fix the link."
-            )
-        item = validate_item(_read_json(src), f"STAC item file '{src}'")
-        for key, asset in item["assets"].items():
-            href = asset["href"]
-            what = f"asset '{key}' of STAC item file '{src}'"
-            if "://" not in href and not href.startswith("/"):
-                resolved = (src.parent / href).resolve()
-                if ".." in Path(href).parts or not _inside(resolved, catalog_dir):
-                    raise InputError(
-                        f"{what} has href '{href}', which climbs out of the catalog folder "
-                        f"'{catalog_dir}' (to '{resolved}'); fix the href."
-                    )
-                href = resolved.as_uri()
-            asset["href"] = check_href(href, policy, what=what)
-        item["links"] = [
-            lk
-            for lk in item.get("links", [])
-            if isinstance(lk, dict)
-            and lk.get("rel") not in {"self", "parent", "root", "collection"}
-        ]
-        item["collection"] = collection["id"]
-        if include is None or include(item):
-            prepared.append(item)
-    if not prepared:
-        raise InputError(f"collection '{coll_path}' links no items; nothing to serve.")
-    ids = [str(it["id"]) for it in prepared]
-    if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        raise InputError(f"collection '{coll_path}' links items with the same id {dupes}.")
-    collection["links"] = [
-        lk
-        for lk in collection.get("links", [])
-        if isinstance(lk, dict) and lk.get("rel") not in {"item", "child", "parent", "root", "self"}
-    ]
-    # everything checked: only now write (a refused catalog leaves nothing behind)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    item_paths = []
-    for item in prepared:
-        dst = work_dir / f"{item['id']}.json"
-        dst.write_text(json.dumps(item))
-        item_paths.append(dst)
-    coll_out = work_dir / "collection.json"
-    coll_out.write_text(json.dumps(collection))
-    return [coll_out, *sorted(item_paths)]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _rustac_exe() -> str:
-    exe = Path(sys.executable).parent / "rustac"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("rustac")
-    if not found:
-        raise InputError("the 'rustac' command is not installed; `pip install rustac`.")
-    return found
-
-
-@dataclass
-class LocalStacServer:
-    """A ``rustac serve`` STAC API (in-memory backend) on a free loopback port.
-
-    Use as a context manager; ``url`` is the API root.
-    """
-
-    files: Sequence[Path]
-    port: int = 0
-    startup_timeout_s: float = 30.0
-    log_path: Path | None = None
-    _proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def start(self) -> LocalStacServer:
-        if not self.port:
-            self.port = _free_port()
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._proc = subprocess.Popen(
-            [_rustac_exe(), "serve", "--addr", f"127.0.0.1:{self.port}", *map(str, self.files)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise TransientError(
-                    f"rustac serve exited with code {self._proc.returncode} while starting on "
-                    f"port {self.port}; see {self.log_path or 'its output'}."
-                )
-            try:
-                if requests.get(self.url, timeout=1).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise TransientError(
-            f"rustac serve did not answer on {self.url} within {self.startup_timeout_s} s."
-        )
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
-
-    def __enter__(self) -> LocalStacServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _origin(url: str) -> tuple[str, str | None, int | None]:
@@ -663,11 +348,3 @@ def _check_asset_hrefs(
                 remote,
             )
         )
-
-
-def self_href(item: dict[str, Any]) -> str | None:
-    """The item's ``self`` link href, if any."""
-    for lk in item.get("links", []):
-        if lk.get("rel") == "self":
-            return str(lk["href"])
-    return None

@@ -16,31 +16,31 @@ Same seed, same chip store, same thread count, same device -> same weights and m
 long as the machine is fast enough to run ``max_epochs`` within ``max_seconds``. When it is
 not, the schedule follows the wall clock (so the learning rate still anneals within the
 budget) and the result depends on the machine's speed.
+
+Reading the chip store lives in :mod:`eoforge.chip_splits`, the device / runtime helpers in
+:mod:`eoforge.train_runtime`, the loss, schedule and augmentation in :mod:`eoforge.train_ops`
+and the model directory format in :mod:`eoforge.model_files`; the names other code uses are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import os
-import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import zarr
 from numpy.typing import NDArray
 from safetensors.torch import save_file
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from eoforge import gpu
-from eoforge.chips import read_split
+from eoforge.chip_splits import ChipSplit, class_weights, read_chip_split, read_chip_store_attrs
 from eoforge.config import TrainSpec
 from eoforge.errors import InputError
 from eoforge.evaluate import confusion_matrix, metrics_from_confusion
@@ -54,6 +54,15 @@ from eoforge.model_files import (
 from eoforge.models import ARCHITECTURE, DEPTH, build_model, check_window, index_pairs_for
 from eoforge.storage import sha256_file, staged_file, write_json_atomic
 from eoforge.train_ops import DIHEDRAL_OPS, Schedule, SegmentationLoss, augment_dihedral
+from eoforge.train_runtime import (
+    _autocast,
+    _device_name,
+    _progress_bar,
+    _seed_everything,
+    _torch_runtime,
+    _weight_average,
+    resolve_device,
+)
 
 __all__ = [
     "MODEL_CONFIG_NAME",
@@ -73,7 +82,6 @@ __all__ = [
 ]
 
 
-#: File name of the weights inside a model directory.
 @dataclass(frozen=True)
 class TrainHyperParams:
     """Every knob of :func:`train_model`, resolved from a :class:`~eoforge.config.TrainSpec`.
@@ -180,81 +188,6 @@ class TrainResult:
     """How the train chips reached the device (:data:`eoforge.gpu.ChipRoute`)."""
     steps_per_second: float = 0.0
     """Optimiser steps per second of training time (validation excluded): the step rate."""
-
-
-@dataclass(frozen=True)
-class ChipSplit:
-    """One split of a chip store, in memory."""
-
-    x: NDArray[np.uint16]
-    """Raw DN, ``(n, bands, size, size)``."""
-    y: NDArray[np.uint8]
-    """Class indices, ``(n, size, size)``, ignore_index where unlabelled."""
-
-
-def read_chip_store_attrs(chips_path: Path) -> dict[str, Any]:
-    """Root attributes of a chip store (bands, classes, ignore_index, band_mean, band_std, ...).
-
-    Raises:
-        InputError: the store is missing or lacks a required attribute.
-    """
-    root = _open_store(chips_path)
-    attrs = dict(root.attrs)
-    missing = [
-        k for k in ("bands", "classes", "ignore_index", "band_mean", "band_std") if k not in attrs
-    ]
-    if missing:
-        raise InputError(
-            f"chip store '{chips_path}' lacks root attributes {missing} (ADR 0001); "
-            "rebuild it with the chips stage."
-        )
-    return attrs
-
-
-def read_chip_split(chips_path: Path, split: str) -> ChipSplit:
-    """Read one split (``train``, ``val`` or ``test``) of a chip store into memory.
-
-    Raises:
-        InputError: the split is missing or its arrays have the wrong dtype / shape.
-    """
-    _open_store(chips_path)
-    try:
-        x, y = read_split(chips_path, split)
-    except (KeyError, AssertionError, FileNotFoundError) as exc:
-        raise InputError(
-            f"chip store '{chips_path}' has no split '{split}' with arrays x and y; "
-            "rebuild it with the chips stage."
-        ) from exc
-    if (
-        x.dtype != np.uint16
-        or x.ndim != 4
-        or y.dtype != np.uint8
-        or y.shape != (x.shape[0], *x.shape[2:])
-    ):
-        raise InputError(
-            f"chip store '{chips_path}' split '{split}': expected x uint16 (n, bands, s, s) and "
-            f"y uint8 (n, s, s), got x {x.dtype}{x.shape} and y {y.dtype}{y.shape}; "
-            "rebuild it with the chips stage."
-        )
-    return ChipSplit(x=x, y=y)
-
-
-def class_weights(
-    y: NDArray[np.uint8], num_classes: int, ignore_index: int, power: float
-) -> NDArray[np.float32]:
-    """Cross-entropy class weights ``frequency ** -power``, scaled to average 1 per pixel.
-
-    Classes absent from ``y`` get weight 0 (they contribute no pixels anyway).
-    """
-    counts = np.bincount(y[y != ignore_index].ravel(), minlength=num_classes)[:num_classes]
-    freq = counts / max(int(counts.sum()), 1)
-    weights = np.zeros(num_classes, dtype=np.float64)
-    present = freq > 0
-    weights[present] = freq[present] ** -power
-    scale = float((freq * weights).sum())
-    if scale > 0:
-        weights /= scale
-    return weights.astype(np.float32)
 
 
 @torch.no_grad()
@@ -484,30 +417,6 @@ def train_model(
     )
 
 
-def resolve_device(choice: str) -> torch.device:
-    """The torch device for ``train.device``: ``auto`` takes a usable CUDA GPU, else the CPU.
-
-    Raises:
-        InputError: ``cuda`` was asked for but no CUDA GPU is usable in this process.
-    """
-    if choice == "cpu":
-        return torch.device("cpu")
-    device = gpu.torch_device(prefer_gpu=True)
-    if choice == "cuda" and device.type != "cuda":
-        raise InputError(
-            "train.device is 'cuda' but no CUDA GPU is usable here (none visible, "
-            f"{gpu.DISABLE_ENV}=1, or a CPU-only torch build); set train.device to 'auto' or "
-            "'cpu', or run on a GPU worker with the GPU extra (pip install .[gpu])."
-        )
-    return device
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return str(torch.cuda.get_device_name(device))
-    return "cpu"
-
-
 @dataclass(frozen=True)
 class _TrainChips:
     """The train split where training runs: host arrays for the CPU, device tensors on a GPU."""
@@ -576,77 +485,3 @@ def _train_epoch(
         seen += len(idx)
         steps += 1
     return total / seen, steps
-
-
-def _weight_average(model: nn.Module, decay: float | None) -> AveragedModel | None:
-    """An exponential moving average of ``model``'s weights and BatchNorm buffers, or None."""
-    if decay is None:
-        return None
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
-
-
-def _autocast(device: torch.device, amp: bool) -> Any:
-    return gpu.amp_autocast(device) if amp else contextlib.nullcontext()
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-@contextmanager
-def _torch_runtime(threads: int | None, device: torch.device) -> Iterator[None]:
-    """Set threads and deterministic algorithms for the block; restore torch's state after."""
-    if device.type == "cuda":
-        # cuBLAS is deterministic only with a fixed workspace (read when CUDA initialises)
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    previous_threads = torch.get_num_threads()
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
-    previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(threads or os.cpu_count() or 1)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous_threads)
-        torch.use_deterministic_algorithms(previous_deterministic, warn_only=previous_warn)
-
-
-@contextmanager
-def _progress_bar(enabled: bool, total: int) -> Iterator[Any]:
-    """Yield ``advance(epoch, record, best)``: a rich progress bar, or a no-op."""
-    if not enabled:
-        yield lambda *_: None
-        return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (
-        TextColumn("train"),
-        BarColumn(),
-        TextColumn("epoch {task.completed}/{task.total}"),
-        TextColumn("{task.fields[status]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("train", total=total, status="")
-
-        def advance(epoch: int, record: Mapping[str, float], best: float) -> None:
-            status = (
-                f"loss {record['train_loss']:.3f} val mIoU {record['val_miou']:.3f} "
-                f"(best {best:.3f})"
-            )
-            bar.update(task, completed=epoch, status=status)
-
-        yield advance
-
-
-def _open_store(chips_path: Path) -> zarr.Group:
-    if not Path(chips_path).exists():
-        raise InputError(
-            f"chip store '{chips_path}' does not exist; run the chips stage first or fix the path."
-        )
-    try:
-        return zarr.open_group(str(chips_path), mode="r")
-    except Exception as exc:  # zarr raises several types for a non-group path
-        raise InputError(f"'{chips_path}' is not a Zarr chip store: {exc}") from exc
