@@ -520,12 +520,11 @@ def test_pipelined_is_on_for_gpu_sessions_only(conv3_model: Any) -> None:
 def test_pipelined_model_errors_surface_and_stop_the_worker(tmp_path: Path) -> None:
     path = conv_model(tmp_path / "nan.onnx", np.full((3, 4, 1, 1), np.nan), np.zeros(3))
     session = open_session(path, threads=1)
-    before = threading.active_count()
     spec = InferSpec(window=64, overlap=16, batch_size=2, pipelined=True)
     sink = Collect(200, 200)
     with pytest.raises(InputError, match="non-finite logits"):
         predict_raster(session, ArrayReader(scene(200, 200, seed=13)), spec, sink)
-    assert threading.active_count() == before
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("eoforge-ort")]
     assert sink.next == 0  # nothing written
 
 
@@ -636,9 +635,12 @@ def test_large_scene_streams_with_bounded_memory(
     spec = InferSpec(window=256, overlap=32, batch_size=8, pipelined=pipelined)
     small_peak, _ = _streamed_peak(pixel_model, tile, 1024, spec)
     peak, stats = _streamed_peak(pixel_model, tile, 12288, spec)
+    print(f"pipelined={pipelined}: peak {peak / 1e6:.1f} MB (1024 rows: {small_peak / 1e6:.1f} MB)")
     whole_mb = 12288 * 1536 * (4 + 3) * 4 / 1e6
     # independent of the scene height; pipelined, rows finish one batch (here up to two rows of
     # windows) later
     assert stats.max_buffered_rows < (7 if pipelined else 5) * spec.window
     assert peak < 1.2 * small_peak + 2e6, f"peak grew with height: {small_peak} -> {peak}"
-    assert peak / 1e6 < whole_mb / 10, f"peak {peak / 1e6:.0f} MB vs {whole_mb:.0f} MB whole"
+    # pipelined: a second batch buffer (input + logits, ~15 MB here) and one batch more of rows
+    limit_mb = whole_mb / (7 if pipelined else 10)
+    assert peak / 1e6 < limit_mb, f"peak {peak / 1e6:.0f} MB vs {whole_mb:.0f} MB whole"
