@@ -61,6 +61,7 @@ def stage_train(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str
                     "amp_dtype": res.amp_dtype,
                     "chip_route": res.chip_route,
                     "steps_per_second": res.steps_per_second,
+                    "schedule_clock_from_epoch": res.schedule_clock_from_epoch,
                     "onnx_opset": exp.opset,
                     "parity_max_abs_diff": exp.max_abs_diff,
                     "parity_samples": exp.n_parity_samples,

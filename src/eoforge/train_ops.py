@@ -52,11 +52,14 @@ class SegmentationLoss(nn.Module):
 class Schedule:
     """Warm-up then cosine decay of the learning rate over training progress in [0, 1].
 
-    Progress is the larger of the fraction of optimiser steps done and the fraction of
-    ``max_seconds`` used. On a machine fast enough for ``max_epochs`` the step fraction always
-    leads and the schedule is exactly reproducible; on a slower (or shared) one the wall clock
-    leads, so the rate still anneals before the budget stops training instead of stopping it
-    at a high learning rate.
+    Progress is the fraction of optimiser steps done: a pure function of the step count, so the
+    schedule (and with it the trained weights) is exactly reproducible, whatever the machine's
+    speed, as long as the run is on course to finish within ``max_seconds``. The trainer checks
+    that at every epoch end (:meth:`check_pace`). Once the remaining epochs, at the pace of the
+    last one, would overrun the budget, the wall clock leads from then on: progress moves
+    linearly from where it was to 1 at ``max_seconds`` (or by steps, where that is further), so
+    the rate still anneals before the budget stops training instead of stopping it at a high
+    learning rate. From then on the result depends on the machine's speed.
     """
 
     _START = 0.04  # warm-up starts at peak / 25 (as torch's OneCycleLR)
@@ -77,13 +80,28 @@ class Schedule:
         self.max_seconds = max_seconds
         self.steps = 0
         self.started = time.perf_counter()
+        #: (seconds since start, progress) when the clock took the lead; None while it has not
+        self.clock_from: tuple[float, float] | None = None
         self._apply(0.0)
 
     def progress(self) -> float:
         """Fraction of the schedule done, in [0, 1]."""
         by_steps = self.steps / self.total_steps
-        by_clock = (time.perf_counter() - self.started) / self.max_seconds
+        if self.clock_from is None:
+            return min(1.0, by_steps)
+        t0, p0 = self.clock_from
+        elapsed = time.perf_counter() - self.started
+        by_clock = p0 + (1 - p0) * (elapsed - t0) / max(self.max_seconds - t0, 1e-9)
         return min(1.0, max(by_steps, by_clock))
+
+    def check_pace(self, epoch_seconds: float, epochs_left: int) -> bool:
+        """At an epoch end: if ``epochs_left`` more epochs of ``epoch_seconds`` each would end
+        after ``max_seconds``, let the clock lead from now on. Returns whether it leads."""
+        if self.clock_from is None:
+            elapsed = time.perf_counter() - self.started
+            if elapsed + epochs_left * epoch_seconds > self.max_seconds:
+                self.clock_from = (elapsed, self.progress())
+        return self.clock_from is not None
 
     def step(self) -> None:
         """Advance one optimiser step and set the learning rate for the next."""

@@ -78,6 +78,7 @@ def test_same_seed_same_weights_and_metrics(
     chips: Path, trained: TrainResult, tmp_path: Path
 ) -> None:
     again = train_model(chips, SPEC, tmp_path / "again", progress=False)
+    assert trained.schedule_clock_from_epoch is None  # on course: the steps led throughout
     a, b = load_file(str(trained.weights_path)), load_file(str(again.weights_path))
     assert all(torch.equal(a[k], b[k]) for k in a)
     clocks = ("seconds", "train_seconds")
@@ -104,6 +105,24 @@ def test_wall_clock_budget_stops_training(chips: Path, tmp_path: Path) -> None:
     spec = SPEC.model_copy(update={"max_epochs": 50, "max_seconds": 1e-3})
     result = train_model(chips, spec, tmp_path, progress=False)
     assert result.epochs_run == 1  # at least one epoch always runs, then the budget stops it
+
+
+def test_a_run_that_cannot_hold_its_epochs_records_when_the_clock_took_over(
+    chips: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eoforge.train_ops import Schedule
+
+    def always_late(self: Schedule, epoch_seconds: float, epochs_left: int) -> bool:
+        self.clock_from = (0.0, self.progress())
+        return True
+
+    monkeypatch.setattr(Schedule, "check_pace", always_late)
+    spec = SPEC.model_copy(update={"max_epochs": 3, "patience": 10})
+    result = train_model(chips, spec, tmp_path, progress=False)
+    # the pace is judged from the second epoch's end on: the clock leads from the third
+    assert result.schedule_clock_from_epoch == 3
+    config = json.loads(result.config_path.read_text())
+    assert config["schedule_clock_from_epoch"] == 3
 
 
 def test_load_model_is_in_eval_mode_and_deterministic(trained: TrainResult) -> None:

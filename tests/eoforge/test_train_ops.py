@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
 
-from eoforge.train_ops import DIHEDRAL_OPS, SegmentationLoss, augment_dihedral
+from eoforge.train_ops import DIHEDRAL_OPS, Schedule, SegmentationLoss, augment_dihedral
 
 
 def numpy_dihedral(a: np.ndarray, op: int) -> np.ndarray:
@@ -57,3 +59,45 @@ def test_loss_is_computed_in_float32_for_low_precision_logits() -> None:
     half = loss_fn(logits.to(torch.bfloat16), target)
     assert half.dtype == torch.float32
     assert float(half) == pytest.approx(float(full), rel=2e-2)
+
+
+def _schedule(max_seconds: float) -> Schedule:
+    optimiser = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    return Schedule(optimiser, peak=0.01, warmup=0.1, total_steps=40, max_seconds=max_seconds)
+
+
+def _lr(schedule: Schedule) -> float:
+    return float(schedule.optimiser.param_groups[0]["lr"])
+
+
+def test_schedule_follows_steps_whatever_the_clock() -> None:
+    """While the run is on course, the rate is a pure function of the step count: a slow
+    machine (sleeps between steps) gets the very same rates as a fast one."""
+    fast, slow = _schedule(max_seconds=0.5), _schedule(max_seconds=0.5)
+    rates_fast, rates_slow = [], []
+    for _ in range(40):
+        fast.step()
+        time.sleep(0.02)  # 40 steps take 0.8 s: past the budget, but nobody asked the pace
+        slow.step()
+        rates_fast.append(_lr(fast))
+        rates_slow.append(_lr(slow))
+    assert rates_fast == rates_slow
+    assert fast.progress() == 1.0 and fast.clock_from is None
+    assert rates_fast[-1] == pytest.approx(0.01 * 1e-3)  # annealed to peak / 1000
+
+
+def test_schedule_hands_over_to_the_clock_when_the_budget_cannot_hold_the_epochs() -> None:
+    schedule = _schedule(max_seconds=0.3)
+    for _ in range(10):
+        schedule.step()
+    assert not schedule.check_pace(epoch_seconds=0.001, epochs_left=3)  # on course
+    assert schedule.clock_from is None
+    before = schedule.progress()
+    assert schedule.check_pace(epoch_seconds=1.0, epochs_left=3)  # 3 s more: overrun
+    assert schedule.clock_from is not None
+    assert schedule.progress() == pytest.approx(before, abs=0.05)  # no jump at the hand-over
+    time.sleep(0.35)
+    schedule.step()
+    assert schedule.progress() == 1.0  # the clock reached the budget: fully annealed
+    assert _lr(schedule) == pytest.approx(0.01 * 1e-3)
+    assert schedule.check_pace(epoch_seconds=0.0, epochs_left=0)  # it keeps the lead
