@@ -159,13 +159,14 @@ class PrefectServer:
         body = {"flow_runs": {"deployment_id": {"any_": [self.deployment_id(name)]}}, "limit": 200}
         return list(self.request("POST", "/flow_runs/filter", body))
 
-    def wait(self, flow_run_id: str, timeout: float = 600) -> dict[str, Any]:
+    def wait(self, flow_run_id: str, timeout: float = 600, poll_s: float = 1.0) -> dict[str, Any]:
+        """The flow run once it reached a final state, polled every ``poll_s`` seconds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             fr = self.request("GET", f"/flow_runs/{flow_run_id}")
             if fr["state"]["type"] in FINAL_STATES:
                 return dict(fr)
-            time.sleep(1)
+            time.sleep(poll_s)
         raise TransientError(f"flow run {flow_run_id} did not finish in {timeout} s")
 
 

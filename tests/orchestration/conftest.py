@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks import _services as services
 from benchmarks._services import (
     eoforge_deploy,
     launch_prefect_server,
@@ -24,32 +23,20 @@ BIN = Path(sys.executable).parent
 
 
 @dataclass
-class PrefectServer:
-    api: str
-    env: dict[str, str]
-    home: Path
+class PrefectServer(services.PrefectServer):
+    """:class:`benchmarks._services.PrefectServer` whose error statuses stay
+    ``urllib.error.HTTPError`` (the event tests rely on them)."""
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        """:func:`benchmarks._services.rest_call` (503/429 and timeouts retried; other error
-        statuses raise ``urllib.error.HTTPError``, which the event tests rely on)."""
+        """:func:`benchmarks._services.rest_call` (503/429 and timeouts retried)."""
         return rest_call(self.api, method, path, body)
 
     def run_deployment_like_the_ui(self, name: str, parameters: dict[str, Any]) -> str:
-        """What the UI's 'Run' button does: create a flow run from the deployment by id (with an
-        idempotency key, so a retried request still creates one run)."""
-        dep = self.request("GET", f"/deployments/name/{name}")
-        body = {"parameters": parameters, "idempotency_key": uuid.uuid4().hex}
-        run = self.request("POST", f"/deployments/{dep['id']}/create_flow_run", body)
-        return str(run["id"])
+        """What the UI's 'Run' button does: create a flow run from the deployment by id."""
+        return self.run(name, parameters)
 
-    def wait(self, flow_run_id: str, timeout: float = 900) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            fr = self.request("GET", f"/flow_runs/{flow_run_id}")
-            if fr["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-                return dict(fr)
-            time.sleep(2)
-        raise TimeoutError(f"flow run {flow_run_id} did not finish in {timeout} s")
+    def wait(self, flow_run_id: str, timeout: float = 900, poll_s: float = 2.0) -> dict[str, Any]:
+        return super().wait(flow_run_id, timeout, poll_s)
 
     def task_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
         body = {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}}

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-import urllib.error
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -104,29 +102,18 @@ class Api:
         }
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        """A REST call; 503/429 (SQLite busy under load) are retried, as Prefect's client does."""
-        for attempt in range(6):
-            try:
-                return self.s.request(method, path, body)
-            except urllib.error.HTTPError as exc:
-                if exc.code not in (429, 503) or attempt == 5:
-                    raise
-            time.sleep(min(2**attempt, 10))
+        """A REST call (503/429 and timeouts retried by the server object's ``rest_call``)."""
+        return self.s.request(method, path, body)
 
     def deployment(self, name: str) -> dict[str, Any]:
         return dict(self.request("GET", f"/deployments/{self.ids[name]}"))
 
     def set_parameters(self, name: str, parameters: dict[str, Any]) -> None:
-        self.request("PATCH", f"/deployments/{self.ids[name]}", {"parameters": parameters})
+        self.s.set_parameters(name, parameters)
 
     def set_schedules_active(self, name: str, active: bool) -> None:
         """Switch a deployment's schedules on or off (off also deletes its future auto-runs)."""
-        for sched in self.deployment(name)["schedules"]:
-            self.request(
-                "PATCH",
-                f"/deployments/{self.ids[name]}/schedules/{sched['id']}",
-                {"active": active},
-            )
+        self.s.update_schedules(name, active=active)
 
     def drop_scheduled_runs(self, name: str) -> None:
         """Delete a deployment's runs that have not started yet."""
@@ -135,15 +122,11 @@ class Api:
                 self.request("DELETE", f"/flow_runs/{run['id']}")
 
     def run(self, name: str, parameters: dict[str, Any] | None = None) -> str:
-        """Like the UI's 'Run' button (the deployment's defaults, optionally overridden); the
-        idempotency key makes a retried request create one run."""
-        body = {"parameters": parameters or {}, "idempotency_key": uuid.uuid4().hex}
-        run = self.request("POST", f"/deployments/{self.ids[name]}/create_flow_run", body)
-        return str(run["id"])
+        """Like the UI's 'Run' button (the deployment's defaults, optionally overridden)."""
+        return self.s.run(name, parameters)
 
     def flow_runs(self, name: str) -> list[dict[str, Any]]:
-        body = {"flow_runs": {"deployment_id": {"any_": [self.ids[name]]}}, "limit": 200}
-        return list(self.request("POST", "/flow_runs/filter", body))
+        return self.s.flow_runs(name)
 
     def wait_all(self, run_ids: list[str], timeout: float) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
