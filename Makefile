@@ -21,6 +21,7 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check src tasks flows tests benchmarks
 	$(VENV)/bin/ruff format --check src tasks flows tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: setup
 	$(VENV)/bin/mypy

@@ -4,7 +4,7 @@
 
 Measured side by side in one process run, on this machine, medians of ``--repeats`` runs, on
 the full real sample (2 tiles x 5 dates, 915 x 915 px at 120 m) loaded into a Zarr cube with
-``eoforge.cube.write_cube`` (not timed):
+``eoforge.cube.build.write_cube`` (not timed):
 
 1. **Chip generation.** The same chips, every 64 px window of a regular grid of every slice
    (x: 4 bands uint16, y: grouped SCL classes uint8), as numpy arrays, by
@@ -12,13 +12,13 @@ the full real sample (2 tiles x 5 dates, 915 x 915 px at 120 m) loaded into a Za
      ``xr.open_zarr`` gives it (lazy, dask-backed: xbatcher's usual input), timed on an even
      sample of its batches (a full pass takes over a minute) and reported as chips/s;
    - xbatcher over the cube loaded into memory first (``.load()``), with and without the load;
-   - eoforge: :mod:`eoforge.cube_tiles` reads each tile once, :func:`eoforge.chips.gather_windows`
+   - eoforge: :mod:`eoforge.cube.tiles` reads each tile once, :func:`eoforge.chips.cut.gather_windows`
      cuts all windows in one fancy-index (from Zarr, and from memory);
-   - and eoforge's whole chips stage, :func:`eoforge.chips.build_chips` (filters, splits, index,
+   - and eoforge's whole chips stage, :func:`eoforge.chips.cut.build_chips` (filters, splits, index,
      Zarr write), for scale.
    Both sides' chips are checked equal.
 2. **Training loader.** The train chips of a ``build_chips`` store read as torch batches
-   ``(x float32, y int64)`` by :func:`eoforge.datasets.chip_loader` (cold per-process cache, and
+   ``(x float32, y int64)`` by :func:`eoforge.chips.torch_data.chip_loader` (cold per-process cache, and
    a warm second epoch), vs per-sample reads from the source COGs the way TorchGeo's
    ``RasterDataset`` reads (cached file handles, ``rasterio.merge.merge`` over the chip's bounds,
    one call per band file), and vs plain ``DatasetReader.read(window=...)`` per band. Samples
@@ -50,7 +50,7 @@ import numpy as np
 
 from benchmarks._timing import median_seconds
 from eoforge.config import ChipSpec, LabelSpec
-from eoforge.labels import scl_lookup
+from eoforge.labels.classes import scl_lookup
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "s2-l2a-sample"
 BANDS = ("blue", "green", "red", "nir")
@@ -60,8 +60,8 @@ SIZE = 64
 
 def load_cube(catalog: Path, out: Path) -> tuple[Path, dict[str, dict[str, str]]]:
     """Write the static catalog's items into a Zarr cube; return it and item -> asset paths."""
-    from eoforge.cube import write_cube
-    from eoforge.stac import prepare_served_catalog
+    from eoforge.cube.build import write_cube
+    from eoforge.stac.server import prepare_served_catalog
 
     with tempfile.TemporaryDirectory() as tmp:
         files = prepare_served_catalog(catalog, Path(tmp))
@@ -88,7 +88,7 @@ def _grid(n_time: int, h: int, w: int) -> tuple[np.ndarray, ...]:
 
 def eoforge_cut(tiles: dict[str, tuple[np.ndarray, np.ndarray]], lut: np.ndarray) -> dict[str, Any]:
     """All grid chips of in-memory tiles with eoforge's gather (x: (n,c,s,s), y: (n,s,s))."""
-    from eoforge.chips import gather_windows
+    from eoforge.chips.cut import gather_windows
 
     out = {}
     for tile, (cube_x, scl) in tiles.items():
@@ -100,8 +100,8 @@ def eoforge_cut(tiles: dict[str, tuple[np.ndarray, np.ndarray]], lut: np.ndarray
 
 
 def eoforge_read(cube: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Each tile's bands (t, c, h, w) and SCL (t, h, w), read once with eoforge.cube_tiles."""
-    from eoforge.cube_tiles import iter_cube_tiles
+    """Each tile's bands (t, c, h, w) and SCL (t, h, w), read once with eoforge.cube.tiles."""
+    from eoforge.cube.tiles import iter_cube_tiles
 
     tiles = {}
     for tile in iter_cube_tiles(str(cube)):
@@ -153,8 +153,8 @@ def bench_generation(cube: Path, repeats: int, lazy_batches: int) -> dict[str, A
     """Section 1: see module doc."""
     import xarray as xr
 
-    from eoforge.chips import build_chips
-    from eoforge.cube_tiles import list_cube_tiles
+    from eoforge.chips.cut import build_chips
+    from eoforge.cube.tiles import list_cube_tiles
 
     lut = scl_lookup(LabelSpec())
     tiles = list_cube_tiles(str(cube))
@@ -262,9 +262,9 @@ def bench_loader(cube: Path, assets: dict[str, dict[str, str]], repeats: int) ->
     """Section 2: see module doc."""
     import torch
 
-    from eoforge.chip_index import read_chip_index
-    from eoforge.chips import build_chips
-    from eoforge.datasets import ChipDataset, chip_loader
+    from eoforge.chips.cut import build_chips
+    from eoforge.chips.index import read_chip_index
+    from eoforge.chips.torch_data import ChipDataset, chip_loader
 
     lut = scl_lookup(LabelSpec())
     work = Path(tempfile.mkdtemp(prefix="eoforge-bench-loader-"))

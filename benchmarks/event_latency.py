@@ -41,11 +41,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks._services import PrefectServer, free_port, prefect_services
 from eoforge.config import BUNDLED_CATALOG, RunSpec
 from eoforge.errors import TransientError
-from eoforge.stac import LocalStacServer, prepare_served_catalog
-from eoforge.watch import EVENT_NAME
+from eoforge.stac.server import LocalStacServer, prepare_served_catalog
+from eoforge.stac.watch import EVENT_NAME
+from eoforge.testing import PrefectServer, free_port, prefect_services
 
 FIRST_DATES = ("2023-08-10", "2023-08-13", "2023-08-15")
 SPEC: dict[str, Any] = {
@@ -74,14 +74,10 @@ def _serve(work: Path, port: int, include: Any = None) -> tuple[LocalStacServer,
 
 def _train_production_model(spec: RunSpec, api_url: str, work: Path, store: Path) -> str:
     """Search, ingest, chips, train (no Prefect); point the store's production model at it."""
-    from eoforge.pipeline import (
-        PRODUCTION_POINTER,
-        stage_chips,
-        stage_ingest,
-        stage_search,
-        stage_train,
-    )
-    from eoforge.storage import write_json_atomic
+    from eoforge.io.atomic import write_json_atomic
+    from eoforge.runs.stages_data import stage_chips, stage_ingest, stage_search
+    from eoforge.runs.stages_model import stage_train
+    from eoforge.runs.store import PRODUCTION_POINTER
 
     work.mkdir(parents=True, exist_ok=True)
     s = stage_search(spec, api_url, work)

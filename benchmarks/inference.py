@@ -5,16 +5,16 @@ whole-scene throughput.
 
 Measured side by side in one process run, on this machine:
 
-- the same UNet (random weights, ``eoforge.models.build_model``, exported with
-  ``eoforge.export.export_onnx``, which also checks ONNX/torch parity) on the same batch of windows
+- the same UNet (random weights, ``eoforge.training.models.build_model``, exported with
+  ``eoforge.export.onnx.export_onnx``, which also checks ONNX/torch parity) on the same batch of windows
   cut from a real 512 x 512 Sentinel-2 scene of the bundled sample: torch eager
   (``torch.inference_mode``) vs ONNX Runtime with eoforge's tuned session (IO binding, the path
-  ``eoforge.infer`` uses), plus ORT with default options, ``session.run`` instead of IO binding and
+  ``eoforge.inference.predict`` uses), plus ORT with default options, ``session.run`` instead of IO binding and
   busy-waiting threads, all with the same thread count; medians of ``--repeats`` runs;
-- whole-scene inference (``eoforge.infer.predict_scene``: windows, batching, blending) of the real
+- whole-scene inference (``eoforge.inference.predict.predict_scene``: windows, batching, blending) of the real
   512 x 512 scene, in Mpx/s and Mpx/s per core (per intra-op thread);
 - a larger scene tiled from the sample (``--large-size`` square, never held in memory whole),
-  streamed window-strip by window-strip into a COG (``eoforge.infer.predict_to_cog``), with the
+  streamed window-strip by window-strip into a COG (``eoforge.inference.predict.predict_to_cog``), with the
   peak of Python-visible memory (tracemalloc) against what the scene would need in one piece;
 - on a machine with a CUDA GPU and onnxruntime-gpu: the same on the GPU (ORT CUDA vs torch CUDA
   eager and with bf16 autocast, and whole-scene Mpx/s); reported as missing otherwise.
@@ -43,19 +43,13 @@ import rasterio
 import torch
 
 from benchmarks._timing import median_seconds
-from eoforge import gpu
+from eoforge.compute import gpu
 from eoforge.config import BUNDLED_CATALOG, InferSpec
-from eoforge.export import export_onnx
-from eoforge.infer import (
-    INPUT_NAME,
-    OUTPUT_NAME,
-    open_session,
-    predict_raster,
-    predict_scene,
-    predict_to_cog,
-)
-from eoforge.models import ARCHITECTURE, DEPTH, build_model
-from eoforge.train import MODEL_CONFIG_NAME, MODEL_FORMAT, MODEL_WEIGHTS_NAME, load_model
+from eoforge.export.onnx import export_onnx
+from eoforge.inference.predict import predict_raster, predict_scene, predict_to_cog
+from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME, open_session
+from eoforge.training.files import MODEL_CONFIG_NAME, MODEL_FORMAT, MODEL_WEIGHTS_NAME, load_model
+from eoforge.training.models import ARCHITECTURE, DEPTH, build_model
 
 #: The real test scene: tile 33TWM (held out from training), 2023-08-15.
 SCENE_ITEM = "S2A_33TWM_20230815_0_L2A"
@@ -149,7 +143,7 @@ def _windows(scene: np.ndarray, window: int, count: int) -> np.ndarray:
 
 
 def _ort_iobinding(session: Any, batch: np.ndarray) -> Callable[[], Any]:
-    """The IO-binding path of eoforge.infer: preallocated input and output buffers."""
+    """The IO-binding path of eoforge.inference.predict: preallocated input and output buffers."""
     out_shape = session.run([OUTPUT_NAME], {INPUT_NAME: batch[:1]})[0].shape[1:]
     out = np.empty((len(batch), *out_shape), np.float32)
     binding = session.io_binding()

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
-    from eoforge.pipeline import run_plain
+    from eoforge.runs.pipeline import run_plain
     from flows.pipeline import pipeline_flow
 
     spec = _spec(args.epochs)

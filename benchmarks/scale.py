@@ -5,7 +5,7 @@
 Measured side by side in one process run, on this machine:
 
 - per catalog size: writing the synthetic catalog, ``rustac serve`` start-up, the full STAC
-  search with paging (``eoforge.stac.search_items``, server page size) and with 100 / 1000 items a
+  search with paging (``eoforge.stac.search.search_items``, server page size) and with 100 / 1000 items a
   page, and planning (one batch file per scene);
 - per-scene fan-out overhead: the same scenes ingested by a plain loop, by plain Dask
   (``client.map``) and by the Prefect flow on ``prefect-dask``; and the bare per-task cost of
@@ -35,11 +35,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from eoforge.compute.cluster import DaskSpec, dask_client
 from eoforge.config import BUNDLED_CATALOG, StacSpec
-from eoforge.distributed import DaskSpec, dask_client
-from eoforge.scenes import ingest_batch, plan_scenes, run_on_dask, run_serial
-from eoforge.stac import LocalStacServer, search_items
-from eoforge.synthetic_catalog import write_synthetic_catalog
+from eoforge.runs.scenes import ingest_batch, plan_scenes, run_on_dask, run_serial
+from eoforge.stac.search import search_items
+from eoforge.stac.server import LocalStacServer
+from eoforge.stac.synthetic import write_synthetic_catalog
 
 VARIABLES = ["blue", "green", "red", "nir", "scl"]
 

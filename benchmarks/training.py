@@ -5,16 +5,16 @@ from Zarr into the training device.
         [--epochs 2] [--base-channels 32] [--batch 16] [--repeats 5] [--preset full]
 
 Measured side by side in one process run on the real chips of ``--catalog`` (cube written with
-``eoforge.cube.write_cube`` and cut by ``eoforge.chips.build_chips`` with the default chip spec,
+``eoforge.cube.build.write_cube`` and cut by ``eoforge.chips.cut.build_chips`` with the default chip spec,
 neither timed):
 
-1. **Step rate.** :func:`eoforge.train.train_model` for ``--epochs`` epochs (the ``full``
+1. **Step rate.** :func:`eoforge.training.train.train_model` for ``--epochs`` epochs (the ``full``
    preset's width unless ``--base-channels``), reporting optimiser steps per second of training
    time (validation excluded), i.e. ``TrainResult.steps_per_second``:
    - on the CPU in fp32 (always);
    - on CUDA in fp32 and with AMP (bf16, or fp16 with loss scaling) where a GPU is usable,
-     sampling the GPU's busy % with NVML (``eoforge.gpu.UtilisationSampler``) during the AMP run.
-2. **Chip reads.** :func:`eoforge.gpu.read_chips_to_gpu` of the whole train split, medians of
+     sampling the GPU's busy % with NVML (``eoforge.compute.gpu.UtilisationSampler``) during the AMP run.
+2. **Chip reads.** :func:`eoforge.compute.gpu.read_chips_to_gpu` of the whole train split, medians of
    ``--repeats``: the CPU path (zarr host read into torch CPU tensors) always; on a GPU also the
    host read + torch copy to the device (``torch`` route) and the kvikio / cupy route (zarr GPU
    buffers, DLPack to torch), in MB/s of chip data.
@@ -42,10 +42,10 @@ import zarr
 
 from benchmarks._timing import median_seconds
 from benchmarks.chips import BANDS, load_cube
-from eoforge import gpu
-from eoforge.chips import build_chips
+from eoforge.chips.cut import build_chips
+from eoforge.compute import gpu
 from eoforge.config import BUNDLED_CATALOG, TRAIN_PRESETS, ChipSpec, LabelSpec, TrainSpec
-from eoforge.train import TrainResult, train_model
+from eoforge.training.train import TrainResult, train_model
 
 
 def build_chip_store(catalog: Path, work: Path) -> Path:

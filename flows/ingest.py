@@ -8,7 +8,8 @@ from typing import Any
 from prefect import flow
 
 from eoforge.config import RunSpec, default_store
-from eoforge.pipeline import run_context, stac_endpoint
+from eoforge.runs.pipeline import run_context
+from eoforge.runs.stages_data import stac_endpoint
 from tasks.stages import ingest_task, run_cached, search_task
 
 

@@ -12,9 +12,11 @@ from prefect.runtime import deployment, flow_run
 
 from eoforge.config import RunSpec, default_store
 from eoforge.errors import TransientError
-from eoforge.label_sources import check_label_source
-from eoforge.pipeline import promote_model, run_context, stac_endpoint, stored
-from eoforge.zombies import RunLock
+from eoforge.labels.sources import check_label_source
+from eoforge.ops.zombies import RunLock
+from eoforge.runs.pipeline import run_context
+from eoforge.runs.stages_data import stac_endpoint
+from eoforge.runs.store import promote_model, stored
 from tasks.publish import lineage_inputs, publish_artifacts, record_lineage
 from tasks.stages import (
     baseline_task,
@@ -83,7 +85,9 @@ def pipeline_flow(
         train_deployment: run training as this deployment (e.g. on the gpu work pool)
             instead of in this flow run.
     """
-    check_label_source(spec)  # bad label files stop the run before anything is written
+    check_label_source(
+        spec.labels, spec.stac.label_asset
+    )  # bad label files stop the run before anything is written
     store_s = str(Path(store or default_store()).resolve())
     final = str(Path(out).resolve())
     results: dict[str, dict[str, Any]] = {}

@@ -1,7 +1,7 @@
 """Scene-level fan-out flows on Dask: search -> plan -> one task per batch of scenes.
 
 The flows run their scene tasks with ``prefect_dask.DaskTaskRunner`` on the cluster a
-:class:`~eoforge.distributed.DaskSpec` names (a LocalCluster by default). Dask workers report to
+:class:`~eoforge.compute.cluster.DaskSpec` names (a LocalCluster by default). Dask workers report to
 the same Prefect API as the flow, so run them against a real server (``prefect server start``,
 or ``prefect_test_harness`` in tests), not the per-process ephemeral one.
 """
@@ -15,8 +15,8 @@ from prefect import flow, unmapped
 from prefect.runtime import flow_run
 from prefect_dask.task_runners import DaskTaskRunner
 
+from eoforge.compute.cluster import DaskSpec
 from eoforge.config import InferSpec, StacSpec
-from eoforge.distributed import DaskSpec
 from tasks.scale import infer_scenes_task, ingest_scenes_task, plan_scenes_task
 
 

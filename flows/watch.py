@@ -12,9 +12,9 @@ from prefect.events import emit_event
 from prefect.variables import Variable
 
 from eoforge.config import RunSpec, default_store
-from eoforge.pipeline import stac_endpoint
-from eoforge.storage import write_json_atomic
-from eoforge.watch import EVENT_NAME, Cursor, items_since
+from eoforge.io.atomic import write_json_atomic
+from eoforge.runs.stages_data import stac_endpoint
+from eoforge.stac.watch import EVENT_NAME, Cursor, items_since
 
 
 def _cursor_path(store: str, collection: str) -> Path:
@@ -48,7 +48,7 @@ def watch_flow(
     emitted before the cursor advances (at least once) with deterministic ids, and inference is
     idempotent, so a crash between the two cannot lose an item or corrupt a prediction.
     """
-    from eoforge.watch import LandedItem
+    from eoforge.stac.watch import LandedItem
 
     store_s = str(Path(store or default_store()).resolve())
     path = _cursor_path(store_s, spec.stac.collection)

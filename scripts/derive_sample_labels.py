@@ -22,7 +22,7 @@ import pandas as pd
 import rasterio
 
 from eoforge.config import BUNDLED_CATALOG
-from eoforge.vector_labels import class_polygons
+from eoforge.labels.polygons import class_polygons
 
 OUT = BUNDLED_CATALOG.parent / "labels" / "s2-l2a-mini-water-cloud.parquet"
 # SCL code -> class of the derived set; everything else gets no polygon

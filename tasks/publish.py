@@ -14,7 +14,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.assets import materialize
 
-from eoforge.redact import redact, redact_obj
+from eoforge.io.redact import redact, redact_obj
 
 #: The data contract checked at the end of each stage.
 _CONTRACT = {"search": "items", "ingest": "cube", "chips": "chips", "infer": "predictions"}

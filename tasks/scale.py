@@ -1,4 +1,4 @@
-"""Prefect tasks of the scene-level fan-out; the work itself lives in :mod:`eoforge.scenes`.
+"""Prefect tasks of the scene-level fan-out; the work itself lives in :mod:`eoforge.runs.scenes`.
 
 One task run per batch of scenes (``DaskSpec.scenes_per_task``, one scene by default), never per
 chip: each lasts seconds, so Prefect's ~0.1 s per task on Dask stays a small share. Inputs are
@@ -14,10 +14,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from eoforge import scenes
+from eoforge.compute.cluster import DaskSpec
 from eoforge.config import InferSpec, StacSpec
-from eoforge.distributed import DaskSpec
-from eoforge.stac import search_items
+from eoforge.runs import scenes
+from eoforge.stac.search import search_items
 from tasks.stages import retry_unless_final
 
 _RETRY = {

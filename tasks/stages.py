@@ -1,10 +1,10 @@
-"""One Prefect task per pipeline stage; the work itself lives in :mod:`eoforge.pipeline`.
+"""One Prefect task per pipeline stage; the work itself lives in :mod:`eoforge.runs` (stages_data, stages_model, stages_report).
 
 - Tasks that touch the network or storage retry with exponential backoff and jitter, but never
   on bad input or a violated data contract (retrying cannot fix those).
 - Stored products (cube, chips, model, baseline) are cached across runs: the cache key is the
   product's store key (from STAC item ids + ``updated`` and spec fingerprints, see
-  ``eoforge.pipeline.plan_keys``) plus the task's source, and only while the stored product
+  ``eoforge.runs.store.plan_keys``) plus the task's source, and only while the stored product
   still exists. Results are small JSON summaries of URIs, never pickles.
 """
 
@@ -22,9 +22,12 @@ from prefect.context import TaskRunContext
 from prefect.runtime import task_run
 from prefect.tasks import exponential_backoff
 
-from eoforge import pipeline
 from eoforge.config import RunSpec
 from eoforge.errors import ContractViolation, InputError
+from eoforge.runs.stages_data import stage_chips, stage_ingest, stage_search
+from eoforge.runs.stages_model import stage_baseline, stage_infer, stage_train
+from eoforge.runs.stages_report import stage_evaluate, stage_report, stage_track
+from eoforge.runs.store import stored
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,7 +69,7 @@ def cached(task_: Task[P, R], store: str, kind: str, key: str) -> Task[P, R]:
     """
     return task_.with_options(
         result_storage=_store_results(str(Path(store).resolve())),
-        refresh_cache=not pipeline.stored(store, kind, key).exists(),
+        refresh_cache=not stored(store, kind, key).exists(),
     )
 
 
@@ -123,29 +126,29 @@ def _tagged(result: dict[str, Any]) -> dict[str, Any]:
 def search_task(
     spec: RunSpec, api_url: str, run_dir: str, ids: list[str] | None = None
 ) -> dict[str, Any]:
-    return _tagged(pipeline.stage_search(spec, api_url, Path(run_dir), ids))
+    return _tagged(stage_search(spec, api_url, Path(run_dir), ids))
 
 
 @task(name="ingest", tags=["cube", "storage"], **_RETRIES, **_cached("cube"))
 def ingest_task(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_ingest(spec, items_uri, store, key))
+    return _tagged(stage_ingest(spec, items_uri, store, key))
 
 
 @task(name="chips", tags=["chips", "storage"], **_RETRIES, **_cached("chips"))
 def chips_task(spec: RunSpec, cube_uri: str, store: str, key: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_chips(spec, cube_uri, store, key))
+    return _tagged(stage_chips(spec, cube_uri, store, key))
 
 
 @task(name="train-export", tags=["train", "gpu-capable"], **_cached("model"))
 def train_task(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_train(spec, chips_uri, store, key))
+    return _tagged(stage_train(spec, chips_uri, store, key))
 
 
 @task(name="baseline", tags=["train"], **_cached("baseline"))
 def baseline_task(
     spec: RunSpec, chips_uri: str, cube_uri: str, store: str, key: str
 ) -> dict[str, Any]:
-    return _tagged(pipeline.stage_baseline(spec, chips_uri, cube_uri, store, key))
+    return _tagged(stage_baseline(spec, chips_uri, cube_uri, store, key))
 
 
 @task(name="infer", tags=["infer", "storage", "gpu-capable"], persist_result=False, **_RETRIES)
@@ -158,21 +161,19 @@ def infer_task(
     item_ids: list[str] | None = None,
     copy_model: bool = True,
 ) -> dict[str, Any]:
-    return _tagged(
-        pipeline.stage_infer(spec, model_dir, cube_uri, items_uri, run_dir, item_ids, copy_model)
-    )
+    return _tagged(stage_infer(spec, model_dir, cube_uri, items_uri, run_dir, item_ids, copy_model))
 
 
 @task(name="evaluate", tags=["evaluate"], persist_result=False)
 def evaluate_task(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str) -> dict[str, Any]:
-    return _tagged(pipeline.stage_evaluate(spec, cube_uri, baseline_dir, run_dir))
+    return _tagged(stage_evaluate(spec, cube_uri, baseline_dir, run_dir))
 
 
 @task(name="track", tags=["tracking"], persist_result=False, **_RETRIES)
 def track_task(
     spec: RunSpec, run_dir: str, store: str, train: dict[str, Any], metrics: dict[str, Any]
 ) -> dict[str, Any]:
-    return _tagged(pipeline.stage_track(spec, run_dir, store, train, metrics))
+    return _tagged(stage_track(spec, run_dir, store, train, metrics))
 
 
 @task(name="report", tags=["report"], persist_result=False)
@@ -183,4 +184,4 @@ def report_task(
     results: dict[str, dict[str, Any]],
     orchestration: dict[str, Any],
 ) -> dict[str, Any]:
-    return pipeline.stage_report(spec, run_dir, final_dir, results, orchestration)
+    return stage_report(spec, run_dir, final_dir, results, orchestration)

@@ -4,10 +4,7 @@ real ``moto_server``; shared helpers registered as importable modules."""
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +12,9 @@ from typing import Any
 import pytest
 
 from eoforge.config import BUNDLED_CATALOG, RunSpec, StacSpec
-from eoforge.stac import LocalStacServer, prepare_served_catalog, search_items
+from eoforge.stac.search import search_items
+from eoforge.testing.s3 import moto_server_exe, s3_server
+from eoforge.testing.stac import served_catalog
 
 
 def _register(name: str, path: Path, package: bool = False) -> None:
@@ -36,42 +35,15 @@ def _register(name: str, path: Path, package: bool = False) -> None:
 
 # ``from eoforge_test_helpers import ...``: tests/_helpers.py
 _register("eoforge_test_helpers", Path(__file__).with_name("_helpers.py"))
-# ``from benchmarks._services import ...``, as ``python -m pytest`` finds it from the repo root
-_register("benchmarks", Path(__file__).parents[1] / "benchmarks", package=True)
 
 
 @pytest.fixture(scope="module")
 def moto_server() -> Iterator[str]:
     """URL of a fresh real ``moto_server`` (S3) on loopback; it stops at module teardown."""
-    from benchmarks._services import free_port
-
-    exe = Path(sys.executable).parent / "moto_server"
-    if not exe.exists():
-        pytest.skip(f"moto_server not installed at {exe} (pip install 'moto[server]')")
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(exe), "-p", str(port), "-H", "127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/moto-api/", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server on {url} did not come up") from None
-                time.sleep(0.2)
+    if moto_server_exe() is None:
+        pytest.skip("moto_server not installed (pip install 'moto[server]')")
+    with s3_server() as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 @pytest.fixture(scope="session")
@@ -83,8 +55,7 @@ def bundled_catalog() -> Path:
 @pytest.fixture(scope="session")
 def stac_api(bundled_catalog: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a real ``rustac serve`` over the bundled mini sample."""
-    files = prepare_served_catalog(bundled_catalog, tmp_path_factory.mktemp("served"))
-    with LocalStacServer(files) as server:
+    with served_catalog(bundled_catalog, tmp_path_factory.mktemp("served")) as server:
         yield server.url
 
 
@@ -95,7 +66,7 @@ def real_items(stac_api: str) -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="session")
 def real_cube(real_items: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from eoforge.cube import write_cube
+    from eoforge.cube.build import write_cube
 
     spec = RunSpec()
     out = tmp_path_factory.mktemp("cube") / "cube.zarr"

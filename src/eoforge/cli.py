@@ -12,7 +12,7 @@ from rich.console import Console
 
 from eoforge.config import RunSpec, default_store, load_run_spec
 from eoforge.errors import EoforgeError, InputError, exit_code_for
-from eoforge.redact import install_log_redaction, redact
+from eoforge.io.redact import install_log_redaction, redact
 
 # The temporary Prefect server eoforge starts for local runs does not phone home (air-gapped
 # production machines logged an ERROR per run for the failed telemetry call); set the variable
@@ -29,7 +29,7 @@ console = Console(stderr=True)
 def _run_pipeline(
     spec: RunSpec, out: Path, api_url: str | None, orchestrate: bool, store: Path | None
 ) -> dict[str, Any]:
-    from eoforge.pipeline import run_plain
+    from eoforge.runs.pipeline import run_plain
 
     store_path = (store or default_store()).resolve()
     console.print(f"[bold]store[/] {store_path}")
@@ -124,7 +124,7 @@ def deploy(
     """Create the cpu/gpu work pools and register deployments/prefect.yaml on PREFECT_API_URL."""
 
     def go() -> None:
-        from eoforge.deploy import apply_deployments
+        from eoforge.ops.deploy import apply_deployments
 
         print(apply_deployments(gpu_pool_type, names=name or ()))
 
@@ -147,7 +147,7 @@ def reap_zombies_command(
     """Mark flow runs a crash left RUNNING as CRASHED (see docs/reliability.md)."""
 
     def go() -> None:
-        from eoforge.zombies import reap_zombies
+        from eoforge.ops.zombies import reap_zombies
 
         url = api_url or os.environ.get("PREFECT_API_URL")
         if not url:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from eoforge.gpu import cuda_device_count
+from eoforge.compute.gpu import cuda_device_count
 
 _SKIPPED: list[str] = []
 

@@ -34,9 +34,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from eoforge.config import BUNDLED_CATALOG, ChipSpec, InferSpec, LabelSpec, StacSpec
 from eoforge.errors import TransientError
-from eoforge.hrefs import HrefPolicy
-from eoforge.stac import LocalStacServer, prepare_served_catalog, search_items
-from eoforge.storage import sha256_file, sha256_tree
+from eoforge.io.atomic import sha256_file, sha256_tree
+from eoforge.io.hrefs import HrefPolicy
+from eoforge.stac.search import search_items
+from eoforge.stac.server import LocalStacServer, prepare_served_catalog
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
 
@@ -147,7 +148,7 @@ def net(moto_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture(scope="module")
 def clean(net: Net, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Search and cube of a fault-free run."""
-    from eoforge.cube import write_cube
+    from eoforge.cube.build import write_cube
 
     net.set_rate(0.0)
     items = search_items(SEARCH, net.stac.url)
@@ -163,7 +164,7 @@ def _record(net: Net, name: str, seconds: float, outcome: str) -> None:
 def test_search_and_ingest_under_faults_are_byte_identical(
     net: Net, clean: dict[str, Any], tmp_path: Path
 ) -> None:
-    from eoforge.cube import write_cube
+    from eoforge.cube.build import write_cube
 
     net.reset_counts()
     net.set_rate(FAULT_RATE)
@@ -186,7 +187,7 @@ def _download(net: Net, uri: str, dest: Path) -> Path:
 
 
 def _build_remote_chips(net: Net, rate: float, attempts: int) -> tuple[str, dict[str, Any]]:
-    from eoforge.chips import build_chips
+    from eoforge.chips.cut import build_chips
 
     options = net.s3_options(attempts)
     net.set_rate(rate)
@@ -252,7 +253,7 @@ def _conv_model(path: Path, channels: int = 4, classes: int = 5) -> Path:
 
 
 def _infer(items: list[dict[str, Any]], model: Path, out: Path) -> list[Path]:
-    from eoforge.scenes import infer_scene
+    from eoforge.runs.scenes import infer_scene
 
     files = []
     for item in items:
@@ -295,7 +296,7 @@ def test_total_outage_fails_clearly_after_bounded_retries(
     net: Net, clean: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With every request failing, each stage stops with a clear error and publishes nothing."""
-    from eoforge.cube import write_cube
+    from eoforge.cube.build import write_cube
 
     monkeypatch.setenv("EOFORGE_READ_ATTEMPTS", "3")
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "2")

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from eoforge.config import RunSpec
-from eoforge.storage import sha256_file, sha256_tree
+from eoforge.io.atomic import sha256_file, sha256_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -146,11 +146,11 @@ def _fingerprint(kind: str, product: Path) -> Any:
 def _valid(kind: str, product: Path) -> None:
     """Readers' own checks on a product found after a kill."""
     if kind == "ingest":
-        from eoforge.cube import verify_cube
+        from eoforge.cube.build import verify_cube
 
         verify_cube(product, deep=True)
     elif kind == "train":
-        from eoforge.train import load_model
+        from eoforge.training.files import load_model
 
         load_model(product)
 
@@ -160,33 +160,33 @@ def prepared(
     real_items: list[dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     """Inputs of every stage, built once by clean runs (also the reference products)."""
-    from eoforge import pipeline
-    from eoforge.storage import write_json_atomic
+    from eoforge.io.atomic import write_json_atomic
+    from eoforge.runs.store import plan_keys
 
     root = tmp_path_factory.mktemp("kill")
     items_uri = root / "items.json"
     write_json_atomic(items_uri, {"type": "FeatureCollection", "features": real_items})
-    keys = pipeline.plan_keys(SPEC, real_items)
+    keys = plan_keys(SPEC, real_items)
     store = str(root / "store")
     return {"root": root, "items_uri": str(items_uri), "keys": keys, "store": store}
 
 
 def _stages(p: dict[str, Any]) -> dict[str, tuple[Callable[[], Any], Path]]:
-    from eoforge import pipeline
+    from eoforge.runs.stages_data import stage_chips, stage_ingest
+    from eoforge.runs.stages_model import stage_infer, stage_train
+    from eoforge.runs.store import stored
 
     store, keys = p["store"], p["keys"]
-    cube = pipeline.stored(store, "cube", keys["cube"])
-    chips = pipeline.stored(store, "chips", keys["chips"])
-    model = pipeline.stored(store, "model", keys["model"])
+    cube = stored(store, "cube", keys["cube"])
+    chips = stored(store, "chips", keys["chips"])
+    model = stored(store, "model", keys["model"])
     run = Path(p["root"]) / "run"
     return {
-        "ingest": (lambda: pipeline.stage_ingest(SPEC, p["items_uri"], store, keys["cube"]), cube),
-        "chips": (lambda: pipeline.stage_chips(SPEC, str(cube), store, keys["chips"]), chips),
-        "train": (lambda: pipeline.stage_train(SPEC, str(chips), store, keys["model"]), model),
+        "ingest": (lambda: stage_ingest(SPEC, p["items_uri"], store, keys["cube"]), cube),
+        "chips": (lambda: stage_chips(SPEC, str(cube), store, keys["chips"]), chips),
+        "train": (lambda: stage_train(SPEC, str(chips), store, keys["model"]), model),
         "infer": (
-            lambda: pipeline.stage_infer(
-                SPEC, str(model), str(cube), p["items_uri"], str(run), INFER_ITEMS
-            ),
+            lambda: stage_infer(SPEC, str(model), str(cube), p["items_uri"], str(run), INFER_ITEMS),
             run,
         ),
     }
@@ -208,7 +208,7 @@ def _leftovers(kind: str, product: Path) -> list[str]:
 
 @pytest.mark.parametrize("kind", ["ingest", "chips", "train", "infer"])
 def test_sigkill_at_random_points_then_rerun_converges(kind: str, prepared: dict[str, Any]) -> None:
-    from eoforge import contracts
+    from eoforge.contracts import validation as contracts
 
     contracts._runtime()  # the GX context is built once here, before forking, not per child
     stages = _stages(prepared)

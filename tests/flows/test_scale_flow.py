@@ -12,11 +12,11 @@ import pytest
 import xarray as xr
 from onnx import TensorProto, helper, numpy_helper
 
+from eoforge.compute.cluster import DaskSpec, dask_client
 from eoforge.config import InferSpec, StacSpec
-from eoforge.distributed import DaskSpec, dask_client
-from eoforge.scenes import scene_store
-from eoforge.stac import LocalStacServer
-from eoforge.synthetic_catalog import write_synthetic_catalog
+from eoforge.runs.scenes import scene_store
+from eoforge.stac.server import LocalStacServer
+from eoforge.stac.synthetic import write_synthetic_catalog
 from flows.scale import run_scale_infer, run_scale_ingest, task_runner_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -10,25 +10,25 @@ from typing import Any
 
 import pytest
 
-from benchmarks import _services as services
-from benchmarks._services import (
+from eoforge.testing import (
     eoforge_deploy,
     launch_prefect_server,
     rest_call,
     start_process,
     stop_process,
 )
+from eoforge.testing import prefect_server as services
 
 BIN = Path(sys.executable).parent
 
 
 @dataclass
 class PrefectServer(services.PrefectServer):
-    """:class:`benchmarks._services.PrefectServer` whose error statuses stay
+    """:class:`eoforge.testing.PrefectServer` whose error statuses stay
     ``urllib.error.HTTPError`` (the event tests rely on them)."""
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        """:func:`benchmarks._services.rest_call` (503/429 and timeouts retried)."""
+        """:func:`eoforge.testing.rest_call` (503/429 and timeouts retried)."""
         return rest_call(self.api, method, path, body)
 
     def run_deployment_like_the_ui(self, name: str, parameters: dict[str, Any]) -> str:

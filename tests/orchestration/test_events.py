@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 
 from eoforge.config import BUNDLED_CATALOG
-from eoforge.pipeline import PRODUCTION_POINTER
-from eoforge.stac import LocalStacServer, prepare_served_catalog
-from eoforge.storage import write_json_atomic
-from eoforge.watch import EVENT_NAME, event_id
+from eoforge.io.atomic import write_json_atomic
+from eoforge.runs.store import PRODUCTION_POINTER
+from eoforge.stac.server import LocalStacServer, prepare_served_catalog
+from eoforge.stac.watch import EVENT_NAME, event_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(900)]
 

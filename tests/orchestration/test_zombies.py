@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from eoforge.zombies import find_zombies, read_locks, reap_zombies
+from eoforge.ops.zombies import find_zombies, read_locks, reap_zombies
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -31,7 +31,7 @@ FLOW = textwrap.dedent(
     from pathlib import Path
     from prefect import flow
     from prefect.runtime import flow_run
-    from eoforge.zombies import RunLock
+    from eoforge.ops.zombies import RunLock
 
     @flow(name="eoforge-zombie-probe")
     def probe(lock_dir: str, marker: str, use_lock: bool) -> None:

@@ -26,8 +26,9 @@ from eoforge_fault_proxy import RedirectServer  # type: ignore[import-not-found]
 
 from eoforge.config import BUNDLED_CATALOG, ChipSpec, LabelSpec, StacSpec, load_run_spec
 from eoforge.errors import ContractViolation, InputError
-from eoforge.hrefs import HrefPolicy, check_href, check_redirects
-from eoforge.stac import LocalStacServer, prepare_served_catalog, search_items
+from eoforge.io.hrefs import HrefPolicy, check_href, check_redirects
+from eoforge.stac.search import search_items
+from eoforge.stac.server import LocalStacServer, prepare_served_catalog
 
 BANDS = ("blue", "green", "red", "nir")
 VARIABLES = [*BANDS, "scl"]
@@ -448,7 +449,7 @@ def _items_of_tile(items: list[dict[str, Any]], tile: str, n: int = 2) -> list[d
 def test_mixed_crs_in_one_tile_names_both_epsgs(
     real_items: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    from eoforge.cube import write_cube
+    from eoforge.cube.build import write_cube
 
     items = _items_of_tile(real_items, "33TWL")
     items[1]["properties"]["proj:epsg"] = 32634
@@ -466,7 +467,7 @@ def test_mixed_crs_in_one_tile_names_both_epsgs(
 def test_all_nodata_scene_is_a_contract_violation(
     real_items: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    from eoforge.cube import write_cube
+    from eoforge.cube.build import write_cube
 
     items = _items_of_tile(real_items, "33TWM")
     src = items[1]["assets"]["blue"]["href"].removeprefix("file://")
@@ -491,7 +492,7 @@ def test_all_nodata_scene_is_a_contract_violation(
 def test_scene_across_antimeridian_is_refused_by_ingest(
     real_items: list[dict[str, Any]], tmp_path: Path
 ) -> None:
-    from eoforge.cube import write_cube
+    from eoforge.cube.build import write_cube
 
     items = _items_of_tile(real_items, "33TWL")
     items[0]["bbox"] = [179.7, 64.0, -179.2, 65.0]
@@ -505,7 +506,7 @@ def test_scene_across_antimeridian_is_refused_by_ingest(
 
 
 def test_torn_cube_is_never_read_as_valid(real_cube: Path, tmp_path: Path) -> None:
-    from eoforge.cube import open_tile, verify_cube
+    from eoforge.cube.build import open_tile, verify_cube
 
     torn = tmp_path / "cube.zarr"
     shutil.copytree(real_cube, torn)
@@ -538,7 +539,7 @@ def _in_tile(x0: float = 540_000, y0: float = 5_050_000, size: float = 5_000) ->
 
 
 def _chips_with(labels: Any, tmp_path: Path, cube: Path) -> Callable[[], Any]:
-    from eoforge.chips import build_chips
+    from eoforge.chips.cut import build_chips
 
     def call() -> Any:
         return build_chips(
@@ -549,7 +550,7 @@ def _chips_with(labels: Any, tmp_path: Path, cube: Path) -> Callable[[], Any]:
 
 
 def test_label_with_unknown_class_is_refused(real_cube: Path, tmp_path: Path) -> None:
-    from eoforge.vector_labels import PolygonLabels
+    from eoforge.labels.polygons import PolygonLabels
 
     path = _polygon_file(
         tmp_path,
@@ -569,7 +570,7 @@ def test_label_with_unknown_class_is_refused(real_cube: Path, tmp_path: Path) ->
 def test_label_with_broken_geometry_is_refused(real_cube: Path, tmp_path: Path) -> None:
     from shapely.geometry import Polygon
 
-    from eoforge.vector_labels import PolygonLabels
+    from eoforge.labels.polygons import PolygonLabels
 
     bowtie = Polygon(
         [(540_000, 5_050_000), (545_000, 5_055_000), (545_000, 5_050_000), (540_000, 5_055_000)]
@@ -587,7 +588,7 @@ def test_label_with_broken_geometry_is_refused(real_cube: Path, tmp_path: Path) 
 def test_label_that_repairs_to_nothing_is_refused(real_cube: Path, tmp_path: Path) -> None:
     from shapely.geometry import Polygon
 
-    from eoforge.vector_labels import PolygonLabels
+    from eoforge.labels.polygons import PolygonLabels
 
     sliver = Polygon([(540_000, 5_050_000), (545_000, 5_050_000), (542_000, 5_050_000)])
     path = _polygon_file(tmp_path, "sliver.geojson", [("water", sliver)], "EPSG:32633")
@@ -599,7 +600,7 @@ def test_label_that_repairs_to_nothing_is_refused(real_cube: Path, tmp_path: Pat
 def test_labels_outside_the_area_are_refused(real_cube: Path, tmp_path: Path) -> None:
     from shapely.geometry import box
 
-    from eoforge.vector_labels import PolygonLabels
+    from eoforge.labels.polygons import PolygonLabels
 
     path = _polygon_file(
         tmp_path, "far.geojson", [("water", box(13.0, 40.0, 13.1, 40.1))], "EPSG:4326"
@@ -614,7 +615,7 @@ def test_labels_outside_the_area_are_refused(real_cube: Path, tmp_path: Path) ->
 
 
 def test_label_file_that_is_not_vector_data_is_refused(real_cube: Path, tmp_path: Path) -> None:
-    from eoforge.vector_labels import PolygonLabels
+    from eoforge.labels.polygons import PolygonLabels
 
     path = tmp_path / "labels" / "garbage.geojson"
     path.parent.mkdir()
@@ -649,7 +650,7 @@ def test_zero_or_negative_sizes_are_refused(tmp_path: Path, yaml_body: str, name
 
 
 def test_chip_larger_than_the_scene_is_refused(real_cube: Path, tmp_path: Path) -> None:
-    from eoforge.chips import build_chips
+    from eoforge.chips.cut import build_chips
 
     spec = ChipSpec(size=1024, stride=1024)
     expect_refusal(
@@ -664,7 +665,7 @@ def test_chip_larger_than_the_scene_is_refused(real_cube: Path, tmp_path: Path) 
 
 
 def _model_dir(tmp_path: Path, weights_name: str = "model.safetensors") -> Path:
-    from eoforge.train import MODEL_FORMAT
+    from eoforge.training.files import MODEL_FORMAT
 
     d = tmp_path / "model"
     d.mkdir()
@@ -675,7 +676,7 @@ def _model_dir(tmp_path: Path, weights_name: str = "model.safetensors") -> Path:
 def test_pickled_checkpoint_is_refused(tmp_path: Path) -> None:
     import torch
 
-    from eoforge.train import load_model
+    from eoforge.training.files import load_model
 
     d = _model_dir(tmp_path)
     torch.save({"w": torch.zeros(2)}, d / "model.safetensors")  # a pickle in disguise
@@ -684,7 +685,7 @@ def test_pickled_checkpoint_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("weights", ["model.pt", "../../outside.safetensors"])
 def test_weights_other_than_local_safetensors_are_refused(tmp_path: Path, weights: str) -> None:
-    from eoforge.train import load_model
+    from eoforge.training.files import load_model
 
     d = _model_dir(tmp_path, weights)
     expect_refusal(lambda: load_model(d), tmp_path, InputError, weights, "safetensors")
@@ -729,7 +730,7 @@ def _onnx_with_external(tmp_path: Path, location: str | None) -> Path:
 def test_onnx_external_data_outside_its_folder_is_refused(
     tmp_path: Path, location: str, named: str
 ) -> None:
-    from eoforge.onnx_safety import check_onnx_external_data
+    from eoforge.inference.safety import check_onnx_external_data
 
     onnx_path = _onnx_with_external(tmp_path, location)
     (onnx_path.parent / "escape").symlink_to("/etc")
@@ -744,13 +745,13 @@ def test_onnx_external_data_outside_its_folder_is_refused(
 
 
 def test_onnx_external_data_inside_its_folder_is_accepted(tmp_path: Path) -> None:
-    from eoforge.onnx_safety import check_onnx_external_data
+    from eoforge.inference.safety import check_onnx_external_data
 
     assert check_onnx_external_data(_onnx_with_external(tmp_path, None)) == ["weights.bin"]
 
 
 def test_onnx_file_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
-    from eoforge.onnx_safety import check_onnx_external_data
+    from eoforge.inference.safety import check_onnx_external_data
 
     bad = tmp_path / "model.onnx"
     bad.write_bytes(b"\x08\x07\xff\xff not a protobuf")

@@ -18,8 +18,8 @@ import pytest
 from eoforge_fault_proxy import RangeFileServer  # type: ignore[import-not-found]
 
 from eoforge.config import BUNDLED_CATALOG, RunSpec
-from eoforge.provenance import stac_item_records, write_provenance
-from eoforge.redact import MASK, install_log_redaction, redact, redact_obj, redact_url
+from eoforge.io.redact import MASK, install_log_redaction, redact, redact_obj, redact_url
+from eoforge.runs.provenance import stac_item_records, write_provenance
 
 SIG = "canary-sig-5f1c0de"
 CRED = "canary-cred-AKIAEXAMPLE"
@@ -144,7 +144,7 @@ def test_pipeline_leaks_no_canary(
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    from eoforge.pipeline import run_plain
+    from eoforge.runs.pipeline import run_plain
 
     monkeypatch.setenv("EOFORGE_ALLOWED_HOSTS", "127.0.0.1")
     install_log_redaction()  # what the CLI does first

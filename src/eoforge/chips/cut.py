@@ -1,0 +1,475 @@
+"""Chips: cut the cube into fixed-size patches with labels, filtered and split, into ``chips.zarr``.
+
+Each tile is read once; windows are chosen by :mod:`eoforge.chips.sampling` (grid, random or
+class-balanced; split by tile or by block, optionally in time) and gathered in one vectorised
+step; each split is written with one call into sharded Zarr v3 arrays, in a seeded random order
+so that any run of chips is a random sample (what the loader in :mod:`eoforge.chips.torch_data` relies
+on). The chip index (:mod:`eoforge.chips.index`) is written next to the store. The store layout
+extends ADR 0001 (see ADR 0002).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import NDArray
+from zarr.codecs import BloscCodec
+
+from eoforge.chips.index import chip_index_frame, chip_index_uri, cross_split_overlaps, index_bytes
+from eoforge.chips.sampling import TileSample, sample_tile
+from eoforge.chips.splits import SPLITS, assign_blocks, split_regions, temporal_mask
+from eoforge.config import ChipSpec, LabelSpec, SamplingSpec
+from eoforge.cube.grid import exclude_covered
+from eoforge.cube.tiles import CubeTile, list_cube_tiles, open_cube_tile
+from eoforge.errors import InputError, InternalError
+from eoforge.io.atomic import transient_storage_errors
+from eoforge.io.stores import is_remote, open_group, staged_store, write_bytes_atomic
+from eoforge.labels.classes import CubeClassMap, LabelSource, TileLabelContext
+
+__all__ = [
+    "ChipsInfo",
+    "build_chips",
+    "gather_windows",
+    "grid_origins",
+    "read_split",
+    "tile_labels",
+]
+
+#: Layout version written to the root attribute ``chip_store_version`` (ADR 0002).
+STORE_VERSION = 2
+#: Chips per Zarr chunk, the unit the loader decodes: 16 x 4 x 64 x 64 uint16 = 512 kB raw.
+#: One chip per chunk is ~9x slower to load and 6x slower to build; sharding (``shard_chips``)
+#: is optional, ~15% slower to read with zarr-python 3.1 (measurements in ADR 0002).
+CHUNK_CHIPS = 16
+# lz4 + bit shuffle: uint16 reflectance compresses ~2x and decodes at memory speed.
+_CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle")
+
+
+@dataclass(frozen=True)
+class ChipsInfo:
+    """What :func:`build_chips` wrote."""
+
+    path: Path | str
+    counts: dict[str, int]
+    rejected: dict[str, int]
+    band_mean: list[float]
+    band_std: list[float]
+    class_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    index_path: str = ""
+    """The chip index (GeoParquet) next to the store."""
+    label_source: str = ""
+    """Description of the label source used."""
+
+
+def grid_origins(height: int, width: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """Top-left corners of a regular grid of ``size`` chips stepping by ``stride``.
+
+    Raises:
+        InputError: the chip is larger than the scene.
+    """
+    if size > height or size > width:
+        raise InputError(
+            f"chip size {size} is larger than the scene ({height}x{width}); choose chips.size <= "
+            f"{min(height, width)}."
+        )
+    return [
+        (r, c)
+        for r in range(0, height - size + 1, stride)
+        for c in range(0, width - size + 1, stride)
+    ]
+
+
+def gather_windows(
+    cube: NDArray[Any],
+    t: NDArray[np.int64],
+    r: NDArray[np.int64],
+    c: NDArray[np.int64],
+    size: int,
+) -> NDArray[Any]:
+    """Copy square windows out of a ``(time, [bands,] h, w)`` array in one fancy-index.
+
+    Args:
+        cube: the tile, time first, rows and columns last.
+        t: time index of each window.
+        r: top row of each window.
+        c: left column of each window.
+        size: window edge.
+
+    Returns:
+        ``(n, [bands,] size, size)``, contiguous.
+    """
+    win = sliding_window_view(cube, (size, size), axis=(-2, -1))  # (t, [c,] h', w', s, s)
+    if cube.ndim == 3:
+        return np.ascontiguousarray(win[t, r, c])
+    # advanced indices separated by a slice: their dimension goes first -> (n, c, s, s)
+    return np.ascontiguousarray(win[t, :, r, c])
+
+
+def _split_of(tile: str, col: int, size: int, width: int, spec: ChipSpec) -> str | None:
+    """Split of a grid chip under the tile split (kept for callers of the first layout)."""
+    if tile in spec.test_tiles:
+        return "test"
+    if tile not in spec.train_tiles:
+        return None
+    boundary = round(width * (1 - spec.val_fraction))
+    if col + size <= boundary:
+        return "train"
+    if col >= boundary:
+        return "val"
+    return None  # straddles the block boundary: would leak space between train and val
+
+
+@dataclass
+class _SplitParts:
+    x: list[NDArray[np.uint16]] = field(default_factory=list)
+    y: list[NDArray[np.uint8]] = field(default_factory=list)
+    origin: list[NDArray[np.int32]] = field(default_factory=list)
+    index: list[pd.DataFrame] = field(default_factory=list)
+
+    def n(self) -> int:
+        return sum(len(a) for a in self.x)
+
+
+def _histograms(y: NDArray[np.uint8]) -> NDArray[np.int64]:
+    """``(n, 256)`` pixel counts of each label value per chip (one bincount for all chips)."""
+    n = len(y)
+    flat = y.reshape(n, -1).astype(np.int64) + (np.arange(n, dtype=np.int64) * 256)[:, None]
+    return np.bincount(flat.ravel(), minlength=n * 256).reshape(n, 256)
+
+
+def tile_labels(
+    tile: CubeTile, source: LabelSource, labels: LabelSpec, nodata: NDArray[np.bool_]
+) -> NDArray[np.uint8]:
+    """Class indices ``(time, y, x)`` of one cube tile from ``source``, ignored under nodata.
+
+    Args:
+        tile: the open cube tile.
+        source: where labels come from.
+        labels: class schema.
+        nodata: ``(time, y, x)`` input nodata (any band == 0).
+
+    Raises:
+        InputError: the source labels no pixel of the tile that has input data.
+        InternalError: the source returned the wrong shape, dtype or class indices.
+    """
+    ctx = TileLabelContext(tile.grid, tile.item_ids, labels, tile.variable)
+    y = np.asarray(source.label_tile(ctx))
+    expected = (len(tile.item_ids), tile.grid.height, tile.grid.width)
+    if y.shape != expected or y.dtype != np.uint8:
+        raise InternalError(
+            f"label source {source.describe()} returned {y.dtype}{y.shape} for tile "
+            f"'{tile.grid.tile}', expected uint8{expected}."
+        )
+    y = np.where(nodata, np.uint8(labels.ignore_index), y)  # no label where the input is empty
+    bad = (y != labels.ignore_index) & (y >= len(labels.classes))
+    if bad.any():
+        raise InternalError(
+            f"label source {source.describe()} produced class indices out of range."
+        )
+    if not (y != labels.ignore_index).any():
+        raise InputError(
+            f"{source.describe()} label no pixel of tile '{tile.grid.tile}' that has input data: "
+            "the labels lie outside the area or only on nodata; check their extent and CRS, or "
+            "the tiles named in the chip spec."
+        )
+    return y
+
+
+def _cut_tile(
+    tile: CubeTile,
+    sample: TileSample,
+    cube_x: NDArray[np.uint16],
+    cube_y: NDArray[np.uint8],
+    size: int,
+    labels: LabelSpec,
+    parts: dict[str, _SplitParts],
+) -> None:
+    """Gather the sampled windows of one tile into ``parts``, split by split."""
+    for code, name in enumerate(SPLITS):
+        sel = np.flatnonzero(sample.split == code)
+        if sel.size == 0:
+            continue
+        t, r, c = sample.t[sel], sample.r[sel], sample.c[sel]
+        x = gather_windows(cube_x, t, r, c, size)
+        y = gather_windows(cube_y, t, r, c, size)
+        hist = _histograms(y)
+        part = parts[name]
+        part.x.append(x)
+        part.y.append(y)
+        part.origin.append(np.stack([t, r, c], axis=1).astype(np.int32))
+        part.index.append(
+            chip_index_frame(
+                name,
+                tile.grid,
+                tile.item_ids,
+                tile.times,
+                t,
+                r,
+                c,
+                size,
+                {
+                    "nodata_fraction": sample.nodata_fraction[sel],
+                    "labelled_fraction": sample.labelled_fraction[sel],
+                    "cloud_fraction": sample.cloud_fraction[sel],
+                },
+                hist,
+                labels.classes,
+                labels.ignore_index,
+            )
+        )
+
+
+def _band_stats(x: NDArray[np.uint16]) -> tuple[list[float], list[float]]:
+    """Per-band mean / std (floored at 1 DN) over pixels where every band is valid."""
+    valid = (x != 0).all(axis=1)
+    mean: list[float] = []
+    std: list[float] = []
+    for b in range(x.shape[1]):
+        values = x[:, b][valid].astype(np.float64)
+        mean.append(float(values.mean()))
+        std.append(float(max(values.std(), 1.0)))
+    return mean, std
+
+
+def _create(
+    group: zarr.Group, name: str, data: NDArray[Any], chunk_chips: int, shard_chips: int | None
+) -> None:
+    """One array written in one call: ``chunk_chips`` chips per chunk, optionally sharded."""
+    n = data.shape[0]
+    inner = (chunk_chips, *data.shape[1:])
+    shards = None
+    if shard_chips is not None and n > chunk_chips:
+        shards = (min(shard_chips, -(-n // chunk_chips) * chunk_chips), *data.shape[1:])
+    arr = group.create_array(
+        name,
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=inner,
+        shards=shards,
+        compressors=_CODEC,
+        fill_value=0,
+    )
+    if n:
+        arr[...] = data
+
+
+@transient_storage_errors("chipping")
+def build_chips(
+    cube_path: Path | str,
+    out: Path | str,
+    spec: ChipSpec,
+    labels: LabelSpec,
+    bands: Sequence[str],
+    label_var: str = "scl",
+    *,
+    sampling: SamplingSpec | None = None,
+    label_source: LabelSource | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    chunk_chips: int = CHUNK_CHIPS,
+    shard_chips: int | None = None,
+) -> ChipsInfo:
+    """Cut chips from the train and test tiles of a cube and write ``chips.zarr`` + its index.
+
+    Args:
+        cube_path: cube store (ADR 0001), local path or ``s3://`` URI.
+        out: chip store to write (replaced atomically), local path or URI.
+        spec: chip size, stride, quality thresholds, train/test tiles, val fraction.
+        labels: class schema (names, ignore index) and the SCL grouping.
+        bands: cube variables stacked as the chip's channels, in order.
+        label_var: cube variable holding class codes (used when ``label_source`` is None).
+        sampling: sampler and split method (default: grid, split by tile).
+        label_source: where labels come from (default: ``CubeClassMap(label_var)``).
+        storage_options: fsspec options for remote cube / store.
+        chunk_chips: chips per Zarr chunk.
+        shard_chips: chips per Zarr shard (a multiple of ``chunk_chips``; None: no sharding,
+            one object per chunk).
+
+    Returns:
+        Counts per split, rejections by reason, band statistics, class pixel counts.
+
+    Raises:
+        InputError: a tile named in the spec is missing, the labels miss a tile, or no
+            train/test chip survives.
+    """
+    sampling = sampling or SamplingSpec.model_validate({})
+    source: LabelSource = label_source or CubeClassMap(label_var)
+    if chunk_chips < 1 or (shard_chips is not None and shard_chips % chunk_chips):
+        raise InputError(
+            f"shard_chips ({shard_chips}) must be a multiple of chunk_chips ({chunk_chips})."
+        )
+    cube = str(cube_path)
+    available = list_cube_tiles(cube, storage_options)
+    for tile in (*spec.train_tiles, *spec.test_tiles):
+        if tile not in available:
+            raise InputError(
+                f"tile '{tile}' named in chips.train_tiles/test_tiles is not in the cube "
+                f"(which has {available}); fix the chip spec or the search."
+            )
+    # test tiles first: where tiles overlap, the held-out tile keeps the shared ground
+    order = [*sorted(set(spec.test_tiles)), *sorted(set(spec.train_tiles) - set(spec.test_tiles))]
+    tiles = {t: open_cube_tile(cube, t, storage_options) for t in order}
+    blocks = None
+    if sampling.split == "block":
+        shapes = {t: (tiles[t].grid.height, tiles[t].grid.width) for t in order}
+        blocks = assign_blocks(
+            shapes, sampling.block_size, spec.val_fraction, sampling.test_fraction, sampling.seed
+        )
+    parts = {s: _SplitParts() for s in SPLITS}
+    rejected: dict[str, int] = {}
+    for i, name in enumerate(order):
+        cube_tile = tiles[name]
+        missing = [b for b in bands if b not in cube_tile.variables]
+        if missing:
+            raise InputError(
+                f"cube tile '{name}' lacks variable(s) {missing}; re-run ingest with them."
+            )
+        covered = exclude_covered(cube_tile.grid, [tiles[o].grid for o in order[:i]])
+        region = split_regions(
+            name, cube_tile.grid.height, cube_tile.grid.width, spec, sampling, blocks, covered
+        )
+        cube_x = np.stack([cube_tile.variable(b) for b in bands], axis=1)  # (t, c, h, w)
+        nodata = (cube_x == 0).any(axis=1)
+        cube_y = tile_labels(cube_tile, source, labels, nodata)
+        cloud = None
+        if sampling.max_cloud_fraction is not None:
+            cloud = np.isin(cube_tile.variable(sampling.cloud_variable), sampling.cloud_codes)
+        sample = sample_tile(
+            cube_y,
+            nodata,
+            region,
+            spec,
+            sampling,
+            labels.ignore_index,
+            len(labels.classes),
+            temporal_mask(cube_tile.times, sampling, name),
+            cloud,
+            seed=(i,),
+        )
+        for reason, count in sample.rejected.items():
+            rejected[reason] = rejected.get(reason, 0) + count
+        _cut_tile(cube_tile, sample, cube_x, cube_y, spec.size, labels, parts)
+        cube_tile.release()
+    for name in ("train", "test"):
+        if not parts[name].n():
+            raise InputError(
+                f"no {name} chip survived the filters (rejected: {rejected}); relax "
+                "chips.max_nodata_fraction / chips.min_labelled_fraction or pick other tiles/dates."
+            )
+    return _write_store(
+        out, parts, spec, labels, bands, sampling, source, rejected, storage_options,
+        chunk_chips, shard_chips,
+    )  # fmt: skip
+
+
+def _write_store(
+    out: Path | str,
+    parts: dict[str, _SplitParts],
+    spec: ChipSpec,
+    labels: LabelSpec,
+    bands: Sequence[str],
+    sampling: SamplingSpec,
+    source: LabelSource,
+    rejected: dict[str, int],
+    storage_options: Mapping[str, Any] | None,
+    chunk_chips: int,
+    shard_chips: int | None,
+) -> ChipsInfo:
+    c, s = len(bands), spec.size
+    arrays: dict[str, tuple[NDArray[np.uint16], NDArray[np.uint8], NDArray[np.int32]]] = {}
+    frames = []
+    for code, name in enumerate(SPLITS):
+        part = parts[name]
+        n = part.n()
+        if n == 0:
+            arrays[name] = (
+                np.zeros((0, c, s, s), np.uint16),
+                np.zeros((0, s, s), np.uint8),
+                np.zeros((0, 3), np.int32),
+            )
+            continue
+        # stored in a seeded random order: any run of chunks is then a random sample
+        order = np.random.default_rng([sampling.seed, code]).permutation(n)
+        x = np.concatenate(part.x)[order]
+        y = np.concatenate(part.y)[order]
+        origin = np.concatenate(part.origin)[order]
+        frame = pd.concat(part.index, ignore_index=True).iloc[order].reset_index(drop=True)
+        frame.insert(1, "index", np.arange(n, dtype=np.int32))
+        arrays[name] = (x, y, origin)
+        frames.append(frame)
+    index = pd.concat(frames, ignore_index=True)
+    overlaps = cross_split_overlaps(index)
+    if overlaps.any():
+        raise InternalError(
+            f"{int((overlaps > 0).sum())} chip(s) share ground with chips of another split; the "
+            "split guarantee of eoforge.chips.splits is broken."
+        )
+    mean, std = _band_stats(arrays["train"][0])
+    payload = index_bytes(index)
+    index_uri = chip_index_uri(out)
+    counts: dict[str, int] = {}
+    class_counts: dict[str, dict[str, int]] = {}
+    with staged_store(out, storage_options) as staging:
+        root = open_group(staging, "w", storage_options)
+        root.attrs.update(
+            bands=list(bands),
+            classes=list(labels.classes),
+            ignore_index=labels.ignore_index,
+            chip_size=spec.size,
+            band_mean=mean,
+            band_std=std,
+            chip_store_version=STORE_VERSION,
+            chunk_chips=chunk_chips,
+            shard_chips=shard_chips,
+            index=index_uri.rsplit("/", 1)[-1],
+            index_sha256=hashlib.sha256(payload).hexdigest(),
+            sampling=sampling.model_dump(mode="json"),
+            label_source=source.describe(),
+        )
+        for name, (x, y, origin) in arrays.items():
+            group = root.create_group(name)
+            rows = index[index["split"] == name]
+            group.attrs.update(
+                tiles=sorted(set(rows["tile"])), item_ids=[str(i) for i in rows["item_id"]]
+            )
+            _create(group, "x", x, chunk_chips, shard_chips)
+            _create(group, "y", y, chunk_chips, shard_chips)
+            group.create_array("origin", data=origin, chunks=(max(len(origin), 1), 3))
+            counts[name] = len(x)
+            hist = np.bincount(y.ravel(), minlength=256)
+            class_counts[name] = {cls: int(hist[i]) for i, cls in enumerate(labels.classes)}
+        write_bytes_atomic(index_uri, payload, storage_options)
+    return ChipsInfo(
+        path=str(out) if is_remote(out) else Path(out),
+        counts=counts,
+        rejected=rejected,
+        band_mean=mean,
+        band_std=std,
+        class_counts=class_counts,
+        index_path=index_uri,
+        label_source=source.describe(),
+    )
+
+
+def read_split(
+    chips_path: Path | str, split: str, storage_options: Mapping[str, Any] | None = None
+) -> tuple[NDArray[np.uint16], NDArray[np.uint8]]:
+    """Read one split's chips (x, y) into memory.
+
+    Raises:
+        InputError: unknown split, or no chip store at ``chips_path``.
+    """
+    if split not in SPLITS:
+        raise InputError(f"split '{split}' is not one of {SPLITS}.")
+    sub = open_group(chips_path, "r", storage_options)[split]
+    assert isinstance(sub, zarr.Group)
+    x, y = sub["x"], sub["y"]
+    assert isinstance(x, zarr.Array) and isinstance(y, zarr.Array)
+    return np.asarray(x[...]), np.asarray(y[...])

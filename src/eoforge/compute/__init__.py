@@ -1,0 +1,1 @@
+"""Compute: the optional GPU path (cupy/kvikio) and dask.distributed clusters."""

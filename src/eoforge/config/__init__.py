@@ -1,0 +1,113 @@
+"""Run specifications: frozen pydantic models, loadable from YAML, that describe one pipeline run.
+
+A :class:`RunSpec` has one section per stage (:class:`StacSpec`, :class:`LabelSpec`,
+:class:`ChipSpec`, :class:`TrainSpec`, :class:`InferSpec`); stage functions take their own
+section, only the run layer (:mod:`eoforge.runs`) sees the whole spec.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from eoforge.config.base import _Spec
+from eoforge.config.labels import (
+    LabelSourceSpec,
+    LabelSpec,
+    PointLabelsSpec,
+    PolygonLabelsSpec,
+    RasterLabelsSpec,
+    SclLabelsSpec,
+)
+from eoforge.config.sections import (
+    BUNDLED_CATALOG,
+    TRAIN_PRESETS,
+    ChipSpec,
+    InferSpec,
+    SamplingSpec,
+    StacSpec,
+    TrainSpec,
+)
+from eoforge.errors import InputError
+
+__all__ = [
+    "BUNDLED_CATALOG",
+    "TRAIN_PRESETS",
+    "ChipSpec",
+    "InferSpec",
+    "LabelSourceSpec",
+    "LabelSpec",
+    "PointLabelsSpec",
+    "PolygonLabelsSpec",
+    "RasterLabelsSpec",
+    "RunSpec",
+    "SamplingSpec",
+    "SclLabelsSpec",
+    "StacSpec",
+    "TrainSpec",
+    "default_store",
+    "load_run_spec",
+]
+
+
+def default_store() -> Path:
+    """The content-addressed store of cubes, chips and models: ``$EOFORGE_STORE`` or
+    ``~/.cache/eoforge/store``."""
+    env = os.environ.get("EOFORGE_STORE")
+    return Path(env) if env else Path.home() / ".cache" / "eoforge" / "store"
+
+
+class RunSpec(_Spec):
+    """One pipeline run."""
+
+    stac: StacSpec = Field(default_factory=StacSpec)  # type: ignore[arg-type]
+    labels: LabelSpec = Field(default_factory=LabelSpec)  # type: ignore[arg-type]
+    chips: ChipSpec = Field(default_factory=ChipSpec)  # type: ignore[arg-type]
+    train: TrainSpec = Field(default_factory=TrainSpec)  # type: ignore[arg-type]
+    infer: InferSpec = Field(default_factory=InferSpec)  # type: ignore[arg-type]
+
+
+def load_run_spec(path: Path | str, overrides: dict[str, Any] | None = None) -> RunSpec:
+    """Load a :class:`RunSpec` from a YAML file.
+
+    Raises:
+        InputError: the file is missing, not YAML, or does not validate.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"config file '{p}' does not exist; pass an existing YAML file.")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"config file '{p}' is not valid YAML: {exc}; fix its syntax.") from exc
+    if not isinstance(raw, dict):
+        raise InputError(
+            f"config file '{p}' must hold a mapping at top level, got {type(raw).__name__}."
+        )
+    raw.update(overrides or {})
+    try:
+        spec = RunSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise InputError(
+            f"config file '{p}' is invalid:\n{exc}\nFix the fields named above."
+        ) from exc
+    return _absolute_label_paths(spec)
+
+
+def _absolute_label_paths(spec: RunSpec) -> RunSpec:
+    """Label file paths made absolute against the working directory, so the spec means the same
+    files wherever it is passed on to (a deployment's worker, a task in another process)."""
+    source = spec.labels.source
+    update: dict[str, str] = {}
+    for name in ("path", "mapping_file"):
+        value = getattr(source, name, None)
+        if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+            update[name] = str(Path(value).absolute())
+    if not update:
+        return spec
+    labels = spec.labels.model_copy(update={"source": source.model_copy(update=update)})
+    return spec.model_copy(update={"labels": labels})

@@ -1,0 +1,260 @@
+"""The run spec's sections other than labels: where imagery comes from (``stac``), how chips
+are cut (``chips``), training (``train``) and inference (``infer``)."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from eoforge.config.base import _Spec
+
+__all__ = [
+    "BUNDLED_CATALOG",
+    "TRAIN_PRESETS",
+    "ChipSpec",
+    "InferSpec",
+    "SamplingSpec",
+    "StacSpec",
+    "TrainSpec",
+]
+
+#: The bundled real Sentinel-2 L2A mini sample (10 items, 2 tiles, 5 dates).
+BUNDLED_CATALOG = Path(__file__).resolve().parents[3] / "examples" / "data" / "s2-l2a-mini"
+
+
+class StacSpec(_Spec):
+    """Where the imagery comes from and which items to use."""
+
+    api_url: str | None = Field(
+        None,
+        description="STAC API root URL. None serves `catalog_dir` locally with `rustac serve`.",
+    )
+    catalog_dir: Path = Field(
+        BUNDLED_CATALOG, description="Static STAC catalog to serve when `api_url` is None."
+    )
+    collection: str = Field("sentinel-2-l2a", description="Collection id to search.")
+    bbox: tuple[float, float, float, float] | None = Field(
+        None, description="Search area (lon/lat: west, south, east, north)."
+    )
+    datetime: str | None = Field(
+        "2023-08-01/2023-08-31", description="RFC 3339 datetime or interval to search."
+    )
+    max_cloud_cover: float | None = Field(
+        None, ge=0, le=100, description="Drop items with eo:cloud_cover above this (client-side)."
+    )
+    bands: tuple[str, ...] = Field(
+        ("blue", "green", "red", "nir"), description="Asset keys used as model inputs, in order."
+    )
+    label_asset: str = Field("scl", description="Asset key of the scene-classification raster.")
+    max_items: int = Field(500, gt=0, description="Upper bound on items taken from a search.")
+    max_retries: int = Field(5, ge=0, description="HTTP retries for STAC API requests.")
+    backoff_factor: float = Field(0.5, ge=0, description="Exponential backoff factor (seconds).")
+    timeout_s: float = Field(30.0, gt=0, description="Per-request timeout for the STAC API.")
+
+
+class SamplingSpec(_Spec):
+    """How chip windows are chosen and split (``chips.sampling``; used by :mod:`eoforge.chips.sampling`).
+
+    The defaults are the first chip stage's behaviour: a regular grid, split by tile.
+    """
+
+    method: Literal["grid", "random", "balanced"] = Field(
+        default="grid",
+        description="grid: every ChipSpec.stride step (overlap = size - stride); random: "
+        "uniform windows; balanced: equal numbers of chips containing each class.",
+    )
+    chips_per_tile: int = Field(
+        default=500,
+        gt=0,
+        description="random/balanced: chips drawn per tile (all slices and splits).",
+    )
+    min_class_fraction: float = Field(
+        default=0.01,
+        gt=0,
+        le=1,
+        description="balanced: share of a chip a class needs to count as present.",
+    )
+    split: Literal["tile", "block"] = Field(
+        default="tile",
+        description="tile: test tiles held out whole, eastmost val_fraction of train tiles is val; "
+        "block: all tiles cut into square blocks assigned to splits at random.",
+    )
+    block_size: int = Field(default=256, gt=0, description="block split: block edge in pixels.")
+    test_fraction: float = Field(
+        default=0.2, ge=0, lt=1, description="block split: share of blocks held out for test."
+    )
+    test_from: date | None = Field(
+        default=None,
+        description="temporal split: slices on/after this date only feed test, earlier slices "
+        "only train/val (on top of the spatial split).",
+    )
+    max_cloud_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Drop chips with more cloud than this (None: no filter).",
+    )
+    cloud_variable: str = Field(default="scl", description="Cube variable the cloud filter reads.")
+    cloud_codes: tuple[int, ...] = Field(
+        default=(8, 9, 10),
+        description="Codes of cloud_variable that count as cloud (SCL 8, 9, 10).",
+    )
+    seed: int = Field(default=0, description="Seed of random/balanced draws and block assignment.")
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SamplingSpec:
+        if self.method == "balanced" and self.chips_per_tile < 2:
+            raise ValueError("balanced sampling needs chips_per_tile >= 2")
+        return self
+
+
+class ChipSpec(_Spec):
+    """How the cube is cut into training / test chips."""
+
+    _late_fields = ("sampling",)
+
+    size: int = Field(64, gt=0, description="Chip edge length in pixels.")
+    stride: int = Field(64, gt=0, description="Step between chip origins in pixels.")
+    max_nodata_fraction: float = Field(
+        0.05, ge=0, le=1, description="Drop chips with more input nodata than this."
+    )
+    min_labelled_fraction: float = Field(
+        0.5, ge=0, le=1, description="Drop chips with fewer labelled pixels than this."
+    )
+    train_tiles: tuple[str, ...] = Field(
+        ("33TWL",), description="MGRS tiles that feed training and validation."
+    )
+    test_tiles: tuple[str, ...] = Field(
+        ("33TWM",), description="MGRS tiles held out for testing (and the scenes scored)."
+    )
+    val_fraction: float = Field(
+        0.25, ge=0, lt=1, description="Eastmost fraction of each train tile kept for validation."
+    )
+    sampling: SamplingSpec = Field(
+        default_factory=SamplingSpec,  # type: ignore[arg-type]
+        description="Where chips are cut (grid / random / class-balanced) and how they are "
+        "split (by tile or block, optionally in time); default: a grid, split by tile.",
+    )
+
+    @field_validator("train_tiles", "test_tiles")
+    @classmethod
+    def _non_empty(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one tile is required")
+        return v
+
+
+class TrainSpec(_Spec):
+    """Model training and the random-forest baseline.
+
+    The defaults are the ``quick`` preset (the demo: <= ~2 CPU-minutes on 2 cores); see
+    :data:`TRAIN_PRESETS` for ``full``. Training is reproducible (same seed, same threads ->
+    same weights) whenever ``max_epochs`` fit in ``max_seconds``; otherwise the learning-rate
+    schedule follows the wall clock and the result depends on the machine's speed.
+    """
+
+    _late_fields = ("device", "amp", "ema_decay")
+
+    seed: int = Field(0, description="Seed of torch, numpy, augmentation and the random forest.")
+    max_epochs: int = Field(30, gt=0, description="Epochs; also the length of the LR schedule.")
+    max_seconds: float = Field(
+        110.0,
+        gt=0,
+        description="Wall-clock training budget; no epoch starts that would end after it.",
+    )
+    batch_size: int = Field(16, gt=0, description="Chips per optimiser step.")
+    learning_rate: float = Field(
+        6e-3, gt=0, description="Peak AdamW learning rate (after warm-up)."
+    )
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW decoupled weight decay.")
+    warmup_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="Share of the schedule warming the LR up before the cosine decay.",
+    )
+    base_channels: int = Field(
+        16, gt=0, description="UNet width at full resolution (x2 per level)."
+    )
+    spectral_indices: bool = Field(
+        True, description="Feed the network NDVI / NDWI computed from the raw bands."
+    )
+    class_weight_power: float = Field(
+        0.25, ge=0, le=1, description="Cross-entropy class weight = train frequency ** -power."
+    )
+    dice_weight: float = Field(1.0, ge=0, description="Weight of the soft Dice loss term.")
+    patience: int = Field(
+        12, gt=0, description="Early stopping: epochs without a better validation mIoU."
+    )
+    threads: int | None = Field(None, gt=0, description="torch threads (None: all cores).")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="Where to train: auto takes a usable CUDA GPU (GPU extra installed), "
+        "else the CPU.",
+    )
+    amp: bool = Field(
+        True,
+        description="Mixed precision on CUDA (bf16, else fp16 with loss scaling); the CPU "
+        "always trains in fp32.",
+    )
+    ema_decay: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Keep an exponential moving average of the weights (and BatchNorm "
+        "statistics) with this decay per optimiser step; validate, select and save the average. "
+        "None: the raw weights.",
+    )
+    rf_n_estimators: int = Field(60, gt=0)
+    rf_max_depth: int | None = Field(18)
+    rf_train_pixels: int = Field(150_000, gt=0)
+
+
+#: Named training configurations: ``quick`` is the demo's, ``full`` the <= 10 CPU-minute one.
+TRAIN_PRESETS: dict[str, TrainSpec] = {
+    "quick": TrainSpec.model_validate({}),
+    "full": TrainSpec.model_validate(
+        {
+            "max_epochs": 80,
+            "max_seconds": 570.0,
+            "base_channels": 32,
+            "class_weight_power": 0.0,
+            "dice_weight": 0.5,
+            "ema_decay": 0.99,
+        }
+    ),
+}
+
+
+class InferSpec(_Spec):
+    """Whole-scene inference with ONNX Runtime."""
+
+    _late_fields = ("pipelined",)
+
+    window: int = Field(512, gt=0, description="Sliding window edge in pixels (multiple of 8).")
+    overlap: int = Field(64, ge=0, description="Overlap between windows in pixels.")
+    batch_size: int = Field(2, gt=0, description="Windows per ONNX Runtime call.")
+    threads: int | None = Field(None, description="ORT intra-op threads (None: all cores).")
+    pipelined: bool | None = Field(
+        None,
+        description="Run the model on one batch of windows in a worker thread while the previous "
+        "batch is blended, so a GPU is not left idle between runs (None: on when the session "
+        "runs on a GPU, off on the CPU, where both would share the same cores). The result is "
+        "the same either way.",
+    )
+    serve_baseline_onnx: bool = Field(
+        False,
+        description="Export the random forest with skl2onnx and predict it through ONNX Runtime "
+        "(the model's path) instead of scikit-learn. Slower on CPU for large forests.",
+    )
+
+    @model_validator(mode="after")
+    def _overlap_smaller_than_window(self) -> InferSpec:
+        if self.overlap >= self.window:
+            raise ValueError(
+                f"overlap ({self.overlap}) must be smaller than window ({self.window})"
+            )
+        return self

@@ -1,0 +1,1 @@
+"""Data contracts: data-contracts/*.yaml as great-expectations suites, enforced per stage."""

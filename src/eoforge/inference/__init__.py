@@ -1,0 +1,1 @@
+"""Inference: ONNX Runtime sessions, sliding windows with blending, prediction COGs + items."""

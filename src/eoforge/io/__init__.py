@@ -1,0 +1,1 @@
+"""Storage: atomic staged writes, fsspec/Zarr stores, the href policy, secret redaction."""

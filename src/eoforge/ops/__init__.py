@@ -1,0 +1,1 @@
+"""Operations: Prefect deployments and the zombie-run reaper."""

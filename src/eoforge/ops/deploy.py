@@ -1,0 +1,85 @@
+"""Apply ``deployments/prefect.yaml`` to a Prefect server: create the work pools, register deployments.
+
+Shells out to the ``prefect`` CLI (so eoforge's library never imports Prefect) with
+``EOFORGE_HOME`` set to the checkout, which the deployments' pull step uses as working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from eoforge.errors import InputError, TransientError
+
+__all__ = ["PROJECT_ROOT", "apply_deployments", "ensure_work_pool"]
+
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
+PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
+
+
+def _prefect() -> str:
+    exe = Path(sys.executable).parent / "prefect"
+    return str(exe) if exe.exists() else (shutil.which("prefect") or "prefect")
+
+
+def _run(args: Sequence[str], env: dict[str, str], what: str) -> str:
+    proc = subprocess.run(
+        [_prefect(), "--no-prompt", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr)[-2000:]
+        if "Connect" in tail or "connection" in tail.lower():
+            raise TransientError(
+                f"{what}: the Prefect API is unreachable ({tail.strip()[-300:]}); check PREFECT_API_URL."
+            )
+        raise InputError(f"{what} failed:\n{tail}")
+    return proc.stdout
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("EOFORGE_HOME", str(PROJECT_ROOT))
+    return env
+
+
+def ensure_work_pool(
+    name: str, pool_type: str = "process", base_job_template: Path | None = None
+) -> None:
+    """Create (or update) a work pool."""
+    args = ["work-pool", "create", name, "--type", pool_type, "--overwrite"]
+    if base_job_template is not None:
+        if not base_job_template.is_file():
+            raise InputError(f"base job template '{base_job_template}' does not exist.")
+        args += ["--base-job-template", str(base_job_template)]
+    _run(args, _env(), f"creating work pool '{name}'")
+
+
+def apply_deployments(
+    gpu_pool_type: str = "process",
+    prefect_file: Path = PREFECT_FILE,
+    names: Sequence[str] = (),
+) -> str:
+    """Create the ``cpu`` and ``gpu`` pools and register every deployment of ``prefect_file``.
+
+    Args:
+        gpu_pool_type: ``process`` (local) or ``kubernetes`` (uses deployments/k8s/gpu-job-template.json).
+        prefect_file: the deployments' configuration.
+        names: deploy only these deployment names (default: all).
+    """
+    if not prefect_file.is_file():
+        raise InputError(f"deployment file '{prefect_file}' does not exist.")
+    ensure_work_pool("cpu", "process")
+    template = PROJECT_ROOT / "deployments" / "k8s" / "gpu-job-template.json"
+    ensure_work_pool("gpu", gpu_pool_type, template if gpu_pool_type == "kubernetes" else None)
+    args = ["deploy", "--prefect-file", str(prefect_file)]
+    args += [a for n in names for a in ("--name", n)] if names else ["--all"]
+    return _run(args, _env(), f"deploying {prefect_file}")

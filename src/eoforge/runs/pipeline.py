@@ -1,0 +1,120 @@
+"""The pipeline's stages as plain functions over URIs (paths), each checked by its data contract.
+
+Expensive, reusable products (cube, chips, model, baseline) live in a content-addressed
+*store*: their path is their cache key, derived from what identifies the data (STAC item ids +
+``updated``, spec fingerprints), so a rerun with the same inputs finds them and skips the work,
+and a changed item or spec recomputes only what depends on it (ADR 0003). Per-run outputs
+(predictions, metrics, report, provenance) go to the run directory.
+
+The stages live in small modules, all re-exported here so the public API is one import:
+:mod:`eoforge.runs.store` (cache keys, store layout, production model), :mod:`eoforge.runs.stages_data`
+(STAC endpoint, search, ingest, chips), :mod:`eoforge.runs.stages_model` (train, baseline, infer) and
+:mod:`eoforge.runs.stages_report` (evaluate, track, report). This module keeps the run folder
+(:func:`run_context`, :func:`check_out_dir`) and :func:`run_plain`.
+
+Prefect tasks in ``tasks/`` wrap these one to one; :func:`run_plain` chains them without Prefect
+(the reference for measuring orchestration overhead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from eoforge.config import RunSpec
+from eoforge.errors import InputError
+from eoforge.runs.store import (
+    ITEMS_FILE,
+    PRODUCTION_POINTER,
+    STORE_FORMAT,
+    plan_keys,
+    production_model,
+    promote_model,
+    store_paths,
+    stored,
+)
+from eoforge.runs.stages_data import stac_endpoint, stage_chips, stage_ingest, stage_search
+from eoforge.runs.stages_model import stage_baseline, stage_infer, stage_train
+from eoforge.runs.stages_report import _TestTruth as _TestTruth
+from eoforge.runs.stages_report import stage_evaluate, stage_report, stage_track
+
+__all__ = [
+    "check_out_dir",
+    "run_context",
+    "run_plain",
+]
+
+
+@contextlib.contextmanager
+def run_context(out: Path) -> Iterator[Path]:
+    """A staging folder for one run, published as ``out`` only if the block succeeds."""
+    from eoforge.io.atomic import clean_stale_staging, staged_dir
+
+    out = Path(out).resolve()
+    check_out_dir(out)
+    clean_stale_staging(out.parent)
+    with staged_dir(out) as run_dir:
+        yield run_dir
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an output folder that holds something other than a previous eoforge run.
+
+    A previous run (it has ``provenance.json``) is replaced only when the new run succeeds.
+    """
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path '{out}' is a file; pass a folder path to --out.")
+    if out.is_dir() and any(out.iterdir()) and not (out / "provenance.json").exists():
+        raise InputError(
+            f"output folder '{out}' is not empty and is not an eoforge run; eoforge will not "
+            "overwrite it. Pass a new or empty folder to --out."
+        )
+
+
+def run_plain(
+    spec: RunSpec,
+    out: Path,
+    store: Path,
+    api_url: str | None = None,
+    on_stage: Callable[[str, float], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every stage in order without Prefect and publish the run as ``out``.
+
+    Raises:
+        InputError: bad input (e.g. a label file that is missing or does not fit the class
+            schema: checked before anything is written).
+    """
+    from eoforge.labels.sources import check_label_source
+
+    check_label_source(spec.labels, spec.stac.label_asset)
+    results: dict[str, dict[str, Any]] = {}
+    store_s = str(Path(store).resolve())
+
+    def timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        res = fn()
+        res["stage_seconds"] = time.perf_counter() - t0
+        results[name] = res
+        if on_stage:
+            on_stage(name, res["stage_seconds"])
+        return res
+
+    with stac_endpoint(spec, api_url) as url, run_context(out) as run_dir:
+        rd = str(run_dir)
+        s = timed("search", lambda: stage_search(spec, url, run_dir))
+        keys = s["keys"]
+        c = timed("ingest", lambda: stage_ingest(spec, s["items_uri"], store_s, keys["cube"]))
+        ch = timed("chips", lambda: stage_chips(spec, c["cube_uri"], store_s, keys["chips"]))
+        m = timed("train", lambda: stage_train(spec, ch["chips_uri"], store_s, keys["model"]))
+        b = timed(
+            "baseline",
+            lambda: stage_baseline(spec, ch["chips_uri"], c["cube_uri"], store_s, keys["baseline"]),
+        )
+        timed("infer", lambda: stage_infer(spec, m["model_dir"], c["cube_uri"], s["items_uri"], rd))
+        e = timed("evaluate", lambda: stage_evaluate(spec, c["cube_uri"], b["baseline_dir"], rd))
+        timed("track", lambda: stage_track(spec, rd, store_s, m, e["metrics"]))
+        results["report"] = stage_report(spec, rd, str(Path(out).resolve()), results)
+    return results

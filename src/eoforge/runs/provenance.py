@@ -1,0 +1,161 @@
+"""Provenance: what a run used and produced, enough to reproduce and audit it.
+
+Everything recorded passes through :func:`eoforge.io.redact.redact_obj` first: signed asset URLs
+lose their query strings and secret-looking environment values are masked, so a provenance
+record can be shared without leaking credentials.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from eoforge.io.redact import redact_obj, redact_url
+from eoforge.io.atomic import sha256_file, sha256_tree, write_json_atomic
+
+__all__ = [
+    "git_revision",
+    "output_records",
+    "package_versions",
+    "stac_item_records",
+    "write_provenance",
+]
+
+_PACKAGES = (
+    "eoforge",
+    "prefect",
+    "pystac",
+    "pystac-client",
+    "odc-stac",
+    "rasterio",
+    "xarray",
+    "zarr",
+    "dask",
+    "great-expectations",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "scikit-learn",
+    "numpy",
+    "rustac",
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape results, plus Python's."""
+    out: dict[str, str | None] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def git_revision(repo: Path = REPO_ROOT) -> dict[str, Any]:
+    """The git commit of the eoforge checkout and whether it had uncommitted changes."""
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+            ).stdout.strip()
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": rev, "dirty": dirty}
+
+
+def output_records(run_dir: Path, final_dir: Path | None = None) -> list[dict[str, str]]:
+    """One record (uri, sha256, kind) per output of a run directory.
+
+    Zarr stores are hashed as a whole tree; every other file on its own. URIs name the
+    final location (``final_dir``) when the run is still being written in a staging folder.
+    """
+    base = (final_dir or run_dir).resolve()
+    records: list[dict[str, str]] = []
+    for p in sorted(run_dir.iterdir()):
+        if p.name in {"provenance.json"}:
+            continue
+        if p.is_dir() and p.suffix == ".zarr":
+            records.append(
+                {"uri": (base / p.name).as_uri(), "sha256": sha256_tree(p), "kind": "zarr"}
+            )
+        elif p.is_dir():
+            for f in sorted(q for q in p.rglob("*") if q.is_file()):
+                rel = f.relative_to(run_dir)
+                records.append(
+                    {
+                        "uri": (base / rel).as_uri(),
+                        "sha256": sha256_file(f),
+                        "kind": f.suffix.lstrip("."),
+                    }
+                )
+        elif p.is_file():
+            records.append(
+                {
+                    "uri": (base / p.name).as_uri(),
+                    "sha256": sha256_file(p),
+                    "kind": p.suffix.lstrip("."),
+                }
+            )
+    return records
+
+
+def stac_item_records(
+    items: Iterable[Mapping[str, Any]], assets: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
+    """One provenance record per STAC item: id, collection, ``updated``, self and asset hrefs.
+
+    Hrefs are recorded without query strings (signed URLs carry credentials that expire anyway).
+
+    Args:
+        items: STAC items as dicts.
+        assets: asset keys to record (default: every asset).
+    """
+    records: list[dict[str, Any]] = []
+    for it in items:
+        self_href = next(
+            (str(lk["href"]) for lk in it.get("links", []) if lk.get("rel") == "self"), None
+        )
+        records.append(
+            {
+                "id": it.get("id"),
+                "collection": it.get("collection"),
+                "updated": it.get("properties", {}).get("updated"),
+                "self_href": redact_url(self_href) if self_href else None,
+                "assets": {
+                    k: redact_url(str(a.get("href", "")))
+                    for k, a in it.get("assets", {}).items()
+                    if assets is None or k in assets
+                },
+            }
+        )
+    return records
+
+
+def write_provenance(path: Path, record: Mapping[str, Any]) -> str:
+    """Write a provenance record as deterministic JSON, atomically, with every secret redacted.
+
+    Returns:
+        The sha256 of the written file.
+    """
+    plain = json.loads(json.dumps(dict(record), default=str))  # Paths etc. become strings first
+    return write_json_atomic(Path(path), redact_obj(plain))

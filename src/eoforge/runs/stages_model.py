@@ -1,0 +1,257 @@
+"""Model stages: train + ONNX export (stored), random-forest baseline (stored), scene inference."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eoforge.config import RunSpec
+from eoforge.errors import InputError
+from eoforge.runs.store import stored
+from eoforge.runs.stages_data import _load_items
+
+__all__ = [
+    "stage_baseline",
+    "stage_infer",
+    "stage_train",
+]
+
+
+def stage_train(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str, Any]:
+    """Train, export to ONNX (parity-checked on test chips) and publish the stored model ``key``."""
+    from eoforge.chips.cut import read_split
+    from eoforge.export.onnx import export_onnx
+    from eoforge.export.mlm import MODEL_ITEM_NAME, model_item
+    from eoforge.io.atomic import staged_dir, write_json_atomic
+    from eoforge.training.train import train_model
+
+    model_dir = stored(store, "model", key)
+    if not model_dir.exists():
+        with staged_dir(model_dir) as staging:
+            res = train_model(Path(chips_uri), spec.train, staging)
+            x, _ = read_split(Path(chips_uri), "test")
+            rng = np.random.default_rng(spec.train.seed)
+            sample = x[np.sort(rng.choice(len(x), size=min(8, len(x)), replace=False))]
+            exp = export_onnx(staging, staging / "model.onnx", sample)
+            write_json_atomic(
+                staging / MODEL_ITEM_NAME,
+                model_item(
+                    staging / "model.onnx",
+                    staging / "model.json",
+                    list(spec.stac.bands),
+                    list(spec.labels.classes),
+                    weights_path=staging / "model.safetensors",
+                    batch_size_suggestion=spec.infer.batch_size,
+                ),
+            )
+            write_json_atomic(
+                staging / "training.json",
+                {
+                    "best_epoch": res.best_epoch,
+                    "best_val_miou": res.best_val_miou,
+                    "epochs_run": res.epochs_run,
+                    "train_seconds": res.seconds,
+                    "device": res.device,
+                    "amp_dtype": res.amp_dtype,
+                    "chip_route": res.chip_route,
+                    "steps_per_second": res.steps_per_second,
+                    "schedule_clock_from_epoch": res.schedule_clock_from_epoch,
+                    "onnx_opset": exp.opset,
+                    "parity_max_abs_diff": exp.max_abs_diff,
+                    "parity_samples": exp.n_parity_samples,
+                    "onnx_sha256": exp.sha256,
+                    "chips_uri": chips_uri,
+                    "spec": spec.train.model_dump(mode="json"),
+                },
+            )
+        reused = False
+    else:
+        reused = True
+    summary = json.loads((model_dir / "training.json").read_text())
+    return {"model_dir": str(model_dir), "reused": reused, **summary}
+
+
+def _test_scenes(
+    spec: RunSpec, cube_uri: Path, item_ids: Sequence[str] | None = None
+) -> list[tuple[str, int, Any]]:
+    """(tile, time index, dataset) of the scenes to predict: the test tiles, or the given items."""
+    from eoforge.cube.build import list_tiles, open_tile
+
+    tiles = list(spec.chips.test_tiles) if item_ids is None else list_tiles(cube_uri)
+    scenes: list[tuple[str, int, Any]] = []
+    for tile in tiles:
+        ds = open_tile(cube_uri, tile)
+        for t in range(ds.sizes["time"]):
+            if item_ids is None or str(ds["item_id"].values[t]) in item_ids:
+                scenes.append((tile, t, ds))
+    return scenes
+
+
+def _scene_bands(ds: Any, t: int, bands: Sequence[str]) -> np.ndarray:
+    return np.stack([ds[b].isel(time=t).values for b in bands])
+
+
+def _baseline_predictor(spec: RunSpec, rf: Any, chips: Path, staging: Path) -> Callable[[Any], Any]:
+    """sklearn's per-pixel prediction, or (``infer.serve_baseline_onnx``) the forest exported with
+    skl2onnx and served through the same ONNX Runtime sliding-window path as the model."""
+    from eoforge.training import baseline
+    if not spec.infer.serve_baseline_onnx:
+        return lambda bands: baseline.predict_scene(rf, bands)
+    from eoforge.export.baseline_onnx import baseline_config, export_random_forest, per_pixel_spec
+    from eoforge.chips.cut import read_split
+    from eoforge.inference.session import open_session
+    from eoforge.inference.predict import predict_scene
+    from eoforge.export.mlm import model_item
+    from eoforge.io.atomic import write_json_atomic
+
+    bands, classes = list(spec.stac.bands), list(spec.labels.classes)
+    x, _ = read_split(chips, "test")
+    export_random_forest(rf, staging / "baseline.onnx", bands, classes, sample=x[:4])
+    write_json_atomic(
+        staging / "baseline-item.json",
+        model_item(
+            staging / "baseline.onnx",
+            baseline_config(rf, bands, classes),
+            bands,
+            classes,
+            name="eoforge-random-forest",
+        ),
+    )
+    session = open_session(staging / "baseline.onnx", spec.infer.threads)
+    pixel_spec = per_pixel_spec(spec.infer)
+    return lambda b: predict_scene(session, b, pixel_spec)
+
+
+def stage_baseline(
+    spec: RunSpec, chips_uri: str, cube_uri: str, store: str, key: str
+) -> dict[str, Any]:
+    """Fit the per-pixel random forest on the train chips and predict every test scene (stored)."""
+    from eoforge.training.baseline import train_random_forest
+    from eoforge.inference.cog import write_prediction
+    from eoforge.io.atomic import staged_dir, write_json_atomic
+
+    out = stored(store, "baseline", key)
+    reused = out.exists()
+    if not reused:
+        with staged_dir(out) as staging:
+            t0 = time.perf_counter()
+            rf = train_random_forest(Path(chips_uri), spec.train)
+            fit_s = time.perf_counter() - t0
+            predict = _baseline_predictor(spec, rf, Path(chips_uri), staging)
+            for _tile, t, ds in _test_scenes(spec, Path(cube_uri)):
+                item_id = str(ds["item_id"].values[t])
+                pred = predict(_scene_bands(ds, t, spec.stac.bands))
+                write_prediction(
+                    pred, ds.attrs["crs"], tuple(ds.attrs["transform"]), staging / f"{item_id}.tif"
+                )
+            write_json_atomic(
+                staging / "baseline.json",
+                {"fit_seconds": fit_s, "seconds": time.perf_counter() - t0, "chips_uri": chips_uri},
+            )
+    summary = json.loads((out / "baseline.json").read_text())
+    return {"baseline_dir": str(out), "reused": reused, **summary}
+
+
+def stage_infer(
+    spec: RunSpec,
+    model_dir: str,
+    cube_uri: str,
+    items_uri: str,
+    run_dir: str,
+    item_ids: Sequence[str] | None = None,
+    copy_model: bool = True,
+) -> dict[str, Any]:
+    """Predict scenes with ONNX Runtime; write a COG and a STAC item per scene into the run.
+
+    With ``copy_model`` the model (ONNX, weights, config) is copied into ``run_dir/model`` so
+    the run is self-contained; otherwise the prediction items link the model where it is.
+    ``item_ids`` limits inference to those items (default: the test tiles). Each file is
+    written atomically with deterministic bytes, so concurrent runs on the same item converge.
+    """
+    from eoforge.contracts import tables
+    from eoforge.contracts.validation import enforce
+    from eoforge.inference.session import open_session
+    from eoforge.inference.predict import predict_scene
+    from eoforge.inference.item import prediction_item
+    from eoforge.inference.cog import write_prediction
+    from eoforge.export.mlm import MODEL_ITEM_NAME, check_model_matches, model_item
+    from eoforge.stac.items import self_href
+    from eoforge.io.atomic import clean_stale_staging, staged_dir, write_json_atomic
+
+    run = Path(run_dir)
+    clean_stale_staging(run / "predictions")  # leftovers of killed runs; live writers' are kept
+    run_model = run / "model"
+    if copy_model and Path(model_dir).resolve() != run_model.resolve():
+        with staged_dir(run_model) as staging:
+            for f in sorted(Path(model_dir).iterdir()):
+                if f.is_file():
+                    shutil.copy2(f, staging / f.name)
+        model_href = "../model/model.onnx"
+    else:
+        run_model = Path(model_dir)
+        model_href = (run_model / "model.onnx").resolve().as_uri()
+    item_path = run_model / MODEL_ITEM_NAME
+    if item_path.is_file():
+        model_desc = json.loads(item_path.read_text())
+    else:  # a model stored before model items existed: describe it now
+        model_desc = model_item(
+            run_model / "model.onnx",
+            run_model / "model.json",
+            list(spec.stac.bands),
+            list(spec.labels.classes),
+            weights_path=run_model / "model.safetensors",
+        )
+        if copy_model:
+            write_json_atomic(item_path, model_desc)
+    check_model_matches(model_desc, spec.stac.bands)
+    session = open_session(run_model / "model.onnx", spec.infer.threads)
+    items = {it["id"]: it for it in _load_items(Path(items_uri))}
+    written: dict[str, dict[str, str]] = {}
+    t0 = time.perf_counter()
+    pixels = 0
+    scenes = _test_scenes(spec, Path(cube_uri), item_ids)
+    if item_ids is not None and len(scenes) < len(set(item_ids)):
+        found = {str(ds["item_id"].values[t]) for _, t, ds in scenes}
+        raise InputError(
+            f"items {sorted(set(item_ids) - found)} are not in cube '{cube_uri}'; ingest them first."
+        )
+    for _tile, t, ds in scenes:
+        item_id = str(ds["item_id"].values[t])
+        if item_id not in items:
+            raise InputError(f"cube slice '{item_id}' has no STAC item in {items_uri}.")
+        pred = predict_scene(session, _scene_bands(ds, t, spec.stac.bands), spec.infer)
+        pixels += pred.size
+        tif = run / "predictions" / f"{item_id}.tif"
+        crs, transform = ds.attrs["crs"], tuple(ds.attrs["transform"])
+        write_prediction(pred, crs, transform, tif)
+        item = prediction_item(
+            tif,
+            items[item_id],
+            spec.labels.classes,
+            model_href.replace("model.onnx", MODEL_ITEM_NAME),
+            crs,
+            transform,
+            pred.shape,
+            source_href=self_href(items[item_id]),
+            model_name=model_desc["properties"].get("mlm:name"),
+        )
+        write_json_atomic(tif.with_suffix(".json"), item)
+        written[item_id] = {"cog": str(tif), "item": str(tif.with_suffix(".json"))}
+    seconds = time.perf_counter() - t0
+    tifs = [Path(v["cog"]) for v in written.values()]
+    result = enforce(
+        "predictions", tables.predictions_table(tifs, len(spec.labels.classes))
+    )
+    return {
+        "predictions": written,
+        "model_dir": model_dir,
+        "seconds": seconds,
+        "mpx_per_s": pixels / 1e6 / max(seconds, 1e-9),
+        "contract": result.to_dict(),
+    }

@@ -1,0 +1,1 @@
+"""Training: the UNet, its training loop and runtime, the random forest baseline, metrics."""

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from eoforge.io.atomic import clean_stale_staging, sha256_tree, staged_dir, write_json_atomic
+
+
+def test_staged_dir_publishes_only_on_success(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with pytest.raises(RuntimeError), staged_dir(target) as d:
+        (d / "half.txt").write_text("x")
+        raise RuntimeError("killed")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+    with staged_dir(target) as d:
+        (d / "a.txt").write_text("a")
+    assert (target / "a.txt").read_text() == "a"
+
+
+def test_staged_dir_replaces_previous_and_keeps_it_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    with staged_dir(target) as d:
+        (d / "v").write_text("1")
+    with pytest.raises(ValueError), staged_dir(target) as d:
+        (d / "v").write_text("2")
+        raise ValueError
+    assert (target / "v").read_text() == "1"
+    with staged_dir(target) as d:
+        (d / "v").write_text("2")
+    assert (target / "v").read_text() == "2"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_json_is_deterministic_and_hash_tree_stable(tmp_path: Path) -> None:
+    h1 = write_json_atomic(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
+    h2 = write_json_atomic(tmp_path / "a.json", {"a": [1, 2], "b": 1})
+    assert h1 == h2
+    assert sha256_tree(tmp_path) == sha256_tree(tmp_path)
+
+
+def test_clean_stale_staging(tmp_path: Path) -> None:
+    (tmp_path / ".staging-out.abc").mkdir()
+    (tmp_path / "keep").mkdir()
+    removed = clean_stale_staging(tmp_path)
+    assert [p.name for p in removed] == [".staging-out.abc"]
+    assert (tmp_path / "keep").exists()
+
+
+def test_staging_of_a_live_writer_is_kept_and_of_a_dead_one_reaped(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from eoforge.io.atomic import reap_dead_staging, staging_path
+
+    target = tmp_path / "cube.zarr"
+    mine = staging_path(target)
+    mine.mkdir()
+    dead_pid = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    dead = tmp_path / mine.name.replace(f".{os.getpid()}-", f".{dead_pid}-")
+    dead.mkdir()
+    assert clean_stale_staging(tmp_path) == [dead]
+    assert mine.exists()
+    dead.mkdir()
+    assert reap_dead_staging(target) == [dead]
+    with staged_dir(target) as d:  # a new write of the target reaps dead siblings too
+        (d / "zarr.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "cube.zarr"])

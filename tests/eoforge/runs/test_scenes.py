@@ -1,0 +1,171 @@
+"""Tests of eoforge.runs.scenes in one process: planning, per-scene ingest and inference."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import rasterio
+import xarray as xr
+from onnx import TensorProto, helper, numpy_helper
+
+from eoforge.config import InferSpec
+from eoforge.cube.build import open_tile
+from eoforge.errors import InputError
+from eoforge.runs.scenes import (
+    infer_batch,
+    ingest_batch,
+    ingest_scene,
+    plan_scenes,
+    read_batch,
+    run_serial,
+    scene_store,
+)
+from eoforge.stac.items import item_tile
+
+VARIABLES = ["blue", "green", "red", "nir", "scl"]
+BANDS = ["blue", "green", "red", "nir"]
+
+
+def test_plan_writes_one_batch_file_per_task(
+    real_items: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    plan = plan_scenes(real_items, tmp_path, scenes_per_task=4)
+    assert plan.n_scenes == 10
+    assert [Path(b).name for b in plan.batches] == [
+        "batch-000000.ndjson",
+        "batch-000001.ndjson",
+        "batch-000002.ndjson",
+    ]
+    back = [it for b in plan.batches for it in read_batch(b)]
+    assert back == real_items
+    again = plan_scenes(real_items[:2], tmp_path)  # a re-plan replaces the whole plan
+    assert len(list((tmp_path / "plan").iterdir())) == len(again.batches) == 2
+
+
+@pytest.mark.parametrize(
+    ("items", "kwargs", "match"),
+    [
+        ([], {}, "no STAC items"),
+        ([{"id": "a"}, {"id": "a"}], {}, "more than once"),
+        ([{"id": "../evil"}], {}, "cannot name a file"),
+        ([{"id": "a"}], {"scenes_per_task": 0}, "scenes_per_task"),
+    ],
+)
+def test_plan_rejects_bad_input(
+    items: list[dict[str, Any]], kwargs: dict[str, Any], match: str, tmp_path: Path
+) -> None:
+    with pytest.raises(InputError, match=match):
+        plan_scenes(items, tmp_path, **kwargs)
+
+
+def test_read_batch_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        read_batch(tmp_path / "nope.ndjson")
+    bad = tmp_path / "bad.ndjson"
+    bad.write_text('{"id": "a"}\n[1, 2]\n')
+    with pytest.raises(InputError, match="line 2"):
+        read_batch(bad)
+
+
+def test_ingested_scene_equals_its_cube_slice(
+    real_items: list[dict[str, Any]], real_cube: Path, tmp_path: Path
+) -> None:
+    item = real_items[0]
+    res = ingest_scene(item, VARIABLES, tmp_path, scheduler="synchronous")
+    assert res["skipped"] is False and res["shape"] == [1, 512, 512]
+    got = xr.open_zarr(res["uri"], consolidated=False)
+    cube = open_tile(real_cube, item_tile(item))
+    t = list(cube["item_id"].values).index(item["id"])
+    for v in VARIABLES:
+        np.testing.assert_array_equal(got[v].values[0], cube[v].values[t])
+    assert got.attrs["item_ids"] == [item["id"]]
+    assert got.attrs["tile"] == item_tile(item)
+    assert got.attrs["transform"] == cube.attrs["transform"]
+
+    same = ingest_scene(item, VARIABLES, tmp_path)
+    assert same["skipped"] is True and same["shape"] == [1, 512, 512]
+    other = ingest_scene(item, ["blue"], tmp_path)  # other inputs: rewritten
+    assert other["skipped"] is False
+    assert list(xr.open_zarr(other["uri"], consolidated=False).data_vars) == ["blue"]
+    assert sorted(p.name for p in (tmp_path / "scenes").iterdir()) == [f"{item['id']}.zarr"]
+
+
+def _conv_model(path: Path, channels: int = 4, classes: int = 5) -> Path:
+    """logits = 1x1 conv(image / 1e4): a real ONNX graph, no torch needed."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(size=(classes, channels, 1, 1)).astype(np.float32)
+    inits = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(np.zeros(classes, np.float32), "b"),
+        numpy_helper.from_array(np.array(1e4, np.float32), "scale"),
+    ]
+    nodes = [
+        helper.make_node("Div", ["image", "scale"], ["x"]),
+        helper.make_node("Conv", ["x", "w", "b"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", channels, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes, "H", "W"])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+def test_infer_batch_writes_cog_and_item_per_scene(
+    real_items: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    model = _conv_model(tmp_path / "model.onnx")
+    plan = plan_scenes(real_items[:2], tmp_path, scenes_per_task=2)
+    classes = ["vegetation", "bare", "water", "cloud", "shadow"]
+    fn = functools.partial(
+        infer_batch,
+        onnx_path=model,
+        out=tmp_path,
+        bands=BANDS,
+        classes=classes,
+        spec=InferSpec(window=256, overlap=32, batch_size=4, threads=1),
+    )
+    results = run_serial(fn, plan.batches)
+    assert [r["item_id"] for r in results] == [it["id"] for it in real_items[:2]]
+    for r in results:
+        with rasterio.open(r["cog"]) as src:
+            pred = src.read(1)
+            assert src.crs.to_epsg() == 32633
+        assert pred.shape == (512, 512) and pred.dtype == np.uint8
+        assert set(np.unique(pred)) <= {*range(len(classes)), 255}
+        item = json.loads(Path(r["item"]).read_text())
+        assert item["id"] == f"{r['item_id']}-prediction"
+        assert any(lk["rel"] == "derived_from" for lk in item["links"])
+
+
+def test_infer_without_model_is_input_error(
+    real_items: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    plan = plan_scenes(real_items[:1], tmp_path)
+    with pytest.raises(InputError, match="does not exist"):
+        infer_batch(
+            plan.batches[0],
+            tmp_path / "missing.onnx",
+            tmp_path,
+            bands=BANDS,
+            classes=["a", "b"],
+            spec=InferSpec(),  # type: ignore[call-arg]
+        )
+
+
+def test_ingest_batch_runs_every_scene(real_items: list[dict[str, Any]], tmp_path: Path) -> None:
+    plan = plan_scenes(real_items[:3], tmp_path, scenes_per_task=3)
+    results = ingest_batch(plan.batches[0], ["scl"], tmp_path, scheduler="threads")
+    assert [r["item_id"] for r in results] == [it["id"] for it in real_items[:3]]
+    assert all(scene_store(tmp_path, it["id"]).is_dir() for it in real_items[:3])
