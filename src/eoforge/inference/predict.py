@@ -4,12 +4,12 @@ Sliding windows over a scene are blended into one class map (:func:`predict_scen
 memory, :func:`predict_raster` for one streamed strip by strip from a reader into a writer with
 bounded memory), written as a deterministic Cloud-Optimized GeoTIFF (:func:`write_prediction`, or
 :class:`CogWriter` while streaming) and described by a STAC item that links back to its source
-scene and model (:func:`prediction_item`), to be written with :func:`write_json_atomic`
-(re-exported from :mod:`eoforge.io.atomic`). ADR 0001 has the formats.
+scene and model (:func:`~eoforge.inference.item.prediction_item`), to be written with
+:func:`~eoforge.io.atomic.write_json_atomic`. ADR 0001 has the formats.
 
 This module is the streaming predictor; the rest lives in :mod:`eoforge.inference.session`,
 :mod:`eoforge.inference.scene_io`, :mod:`eoforge.inference.windows`, :mod:`eoforge.inference.cog` and
-:mod:`eoforge.inference.item`, all re-exported here so the public API is one import.
+:mod:`eoforge.inference.item`.
 """
 
 from __future__ import annotations

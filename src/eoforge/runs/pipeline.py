@@ -6,7 +6,7 @@ Expensive, reusable products (cube, chips, model, baseline) live in a content-ad
 and a changed item or spec recomputes only what depends on it (ADR 0003). Per-run outputs
 (predictions, metrics, report, provenance) go to the run directory.
 
-The stages live in small modules, all re-exported here so the public API is one import:
+The stages live in small modules of this wing:
 :mod:`eoforge.runs.store` (cache keys, store layout, production model), :mod:`eoforge.runs.stages_data`
 (STAC endpoint, search, ingest, chips), :mod:`eoforge.runs.stages_model` (train, baseline, infer) and
 :mod:`eoforge.runs.stages_report` (evaluate, track, report). This module keeps the run folder

@@ -9,8 +9,7 @@ retried a bounded number of times before a :class:`~eoforge.errors.TransientErro
 This module holds the search client (:func:`search_items`, :func:`search_policy`). Item-level
 helpers (:func:`item_tile`, :func:`item_epsg`, :func:`crosses_antimeridian`,
 :func:`validate_item`, :func:`self_href`) live in :mod:`eoforge.stac.items`, the local rustac
-API (:func:`prepare_served_catalog`, :class:`LocalStacServer`) in :mod:`eoforge.stac.server`;
-both are re-exported here.
+API (:func:`prepare_served_catalog`, :class:`LocalStacServer`) in :mod:`eoforge.stac.server`.
 """
 
 from __future__ import annotations

@@ -20,8 +20,7 @@ machine's speed; ``model.json`` then names the epoch (``schedule_clock_from_epoc
 
 Reading the chip store lives in :mod:`eoforge.chips.read`, the device / runtime helpers in
 :mod:`eoforge.training.runtime`, the loss, schedule and augmentation in :mod:`eoforge.training.ops`
-and the model directory format in :mod:`eoforge.training.files`; the names other code uses are
-re-exported here.
+and the model directory format in :mod:`eoforge.training.files`.
 """
 
 from __future__ import annotations
