@@ -27,6 +27,7 @@ from eoforge.config.sections import (
     BUNDLED_CATALOG,
     TRAIN_PRESETS,
     ChipSpec,
+    CubeSpec,
     InferSpec,
     SamplingSpec,
     StacSpec,
@@ -38,6 +39,7 @@ __all__ = [
     "BUNDLED_CATALOG",
     "TRAIN_PRESETS",
     "ChipSpec",
+    "CubeSpec",
     "InferSpec",
     "LabelSourceSpec",
     "LabelSpec",
@@ -64,7 +66,10 @@ def default_store() -> Path:
 class RunSpec(_Spec):
     """One pipeline run."""
 
+    _late_fields = ("cube",)
+
     stac: StacSpec = Field(default_factory=StacSpec)  # type: ignore[arg-type]
+    cube: CubeSpec = Field(default_factory=CubeSpec)  # type: ignore[arg-type]
     labels: LabelSpec = Field(default_factory=LabelSpec)  # type: ignore[arg-type]
     chips: ChipSpec = Field(default_factory=ChipSpec)  # type: ignore[arg-type]
     train: TrainSpec = Field(default_factory=TrainSpec)  # type: ignore[arg-type]

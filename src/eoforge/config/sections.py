@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import date
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -15,6 +15,7 @@ __all__ = [
     "BUNDLED_CATALOG",
     "TRAIN_PRESETS",
     "ChipSpec",
+    "CubeSpec",
     "InferSpec",
     "SamplingSpec",
     "StacSpec",
@@ -37,7 +38,15 @@ class StacSpec(_Spec):
     )
     collection: str = Field("sentinel-2-l2a", description="Collection id to search.")
     bbox: tuple[float, float, float, float] | None = Field(
-        None, description="Search area (lon/lat: west, south, east, north)."
+        None,
+        description="Area of interest (lon/lat: west, south, east, north): bounds the search "
+        "and what is loaded into the cube.",
+    )
+    aoi: dict[str, Any] | str | None = Field(
+        None,
+        description="Area of interest as a GeoJSON geometry, Feature or FeatureCollection "
+        "(lon/lat), or the path of a vector file (any CRS): items are searched by intersection "
+        "and the cube holds only its bounding box. Use either `bbox` or `aoi`.",
     )
     datetime: str | None = Field(
         "2023-08-01/2023-08-31", description="RFC 3339 datetime or interval to search."
@@ -53,6 +62,86 @@ class StacSpec(_Spec):
     max_retries: int = Field(5, ge=0, description="HTTP retries for STAC API requests.")
     backoff_factor: float = Field(0.5, ge=0, description="Exponential backoff factor (seconds).")
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout for the STAC API.")
+
+    _late_fields = ("aoi",)
+
+    @model_validator(mode="after")
+    def _one_area(self) -> StacSpec:
+        if self.bbox is not None and self.aoi is not None:
+            raise ValueError("give either `bbox` or `aoi`, not both")
+        return self
+
+
+#: Resampling methods of GDAL that odc-stac accepts.
+Resampling = Literal[
+    "nearest",
+    "bilinear",
+    "cubic",
+    "cubic_spline",
+    "lanczos",
+    "average",
+    "mode",
+    "min",
+    "max",
+    "med",
+    "q1",
+    "q3",
+]
+
+
+def _default_resampling() -> dict[str, Resampling]:
+    return {"*": "bilinear", "scl": "nearest"}
+
+
+class CubeSpec(_Spec):
+    """The cube's pixel grid, chunking and units (``cube``).
+
+    By default each MGRS tile keeps its items' own CRS and the finest native resolution of the
+    loaded bands (coarser bands are resampled onto it), bounded by the area of interest
+    (``stac.bbox`` / ``stac.aoi``) when there is one.
+    """
+
+    resolution: float | None = Field(
+        None,
+        gt=0,
+        description="Pixel size in units of the CRS (metres for UTM); None: the finest native "
+        "resolution of the loaded bands.",
+    )
+    crs: str | None = Field(
+        None,
+        description="Output CRS (e.g. 'EPSG:32633'); None: each tile's own CRS. Needs "
+        "`resolution`.",
+    )
+    resampling: dict[str, Resampling] = Field(
+        default_factory=_default_resampling,
+        description="Resampling per variable ('*': every other variable); class rasters need "
+        "nearest or mode, reflectance bilinear or average.",
+    )
+    chunk: int = Field(
+        2048,
+        ge=256,
+        le=8192,
+        description="Zarr chunk edge in pixels: what one read and one write hold in memory.",
+    )
+    harmonise: bool = Field(
+        True,
+        description="Convert bands to one scale/offset (`scale`, `offset`) using each item's "
+        "`raster:bands` scale/offset, so items of different processing baselines agree.",
+    )
+    scale: float = Field(
+        1e-4, gt=0, description="Reflectance = value * scale + offset in the cube (harmonised)."
+    )
+    offset: float = Field(
+        0.0,
+        description="Offset of the harmonised integers (default 0: reflectance x 10000, so "
+        "Sentinel-2 values of baseline 04.00+ with the offset not applied lose 1000).",
+    )
+
+    @model_validator(mode="after")
+    def _crs_needs_resolution(self) -> CubeSpec:
+        if self.crs is not None and self.resolution is None:
+            raise ValueError("cube.crs needs cube.resolution (in units of that CRS)")
+        return self
 
 
 class SamplingSpec(_Spec):

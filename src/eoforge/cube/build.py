@@ -10,7 +10,6 @@ store that lost files reads as torn, never as valid (:func:`verify_cube`).
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -26,9 +25,11 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import xarray as xr
 
+from eoforge.config import CubeSpec
 from eoforge.errors import ContractViolation, EoforgeError, InputError, TransientError
 from eoforge.io.atomic import staged_dir
 from eoforge.io.redact import redact, redact_url
+from eoforge.stac.aoi import items_meeting
 from eoforge.stac.items import item_epsg, item_tile, self_href, validate_item
 
 __all__ = [
@@ -203,24 +204,36 @@ def check_tile_items(tile: str, items: Sequence[dict[str, Any]], variables: Sequ
         )
 
 
-def load_tile(items: Sequence[dict[str, Any]], variables: Sequence[str]) -> xr.Dataset:
-    """Lazily load one tile's items with odc-stac on their native grid (dask, one chunk per slice).
+def load_tile(
+    items: Sequence[dict[str, Any]],
+    variables: Sequence[str],
+    grid: CubeSpec | None = None,
+    aoi: Any | None = None,
+    label_variables: Sequence[str] = (),
+) -> xr.Dataset:
+    """Lazily load one tile's items with odc-stac (dask, in ``grid.chunk`` px chunks).
 
+    Without ``grid`` and ``aoi`` the tile keeps its items' native grid. ``aoi`` (lon/lat
+    shapely geometry) bounds the load to the part of it the tile's items cover; ``grid`` sets
+    resolution, CRS and resampling (class rasters in ``label_variables`` nearest by default).
     Read failures raise instead of turning into nodata (``fail_on_error=True``); GDAL reads with
     :func:`gdal_options`.
     """
     import odc.stac
     import pystac
 
+    from eoforge.cube.geobox import load_parameters, tile_area
+
     _configure_gdal()
     py_items = [pystac.Item.from_dict(dict(it), preserve_dict=True) for it in items]
+    params = load_parameters(grid, variables, label_variables, tile_area(items, aoi))
     try:
         ds = odc.stac.load(
             py_items,
             bands=list(variables),
-            chunks={},
             groupby="solar_day",
             fail_on_error=True,
+            **params,
         )
     except ValueError as exc:
         raise InputError(
@@ -270,39 +283,6 @@ def _nodata_failure(tile: str, item_id: str, variable: str, nodata: Any) -> Cont
     )
 
 
-def _read_slice(var: xr.DataArray, t: int) -> np.ndarray[Any, Any]:
-    return np.asarray(var.isel(time=t).values)
-
-
-def _write_tile(ds: xr.Dataset, tile: str, staging: Path) -> None:
-    """Write one tile: metadata first, then every (variable, slice) read with retries."""
-    import zarr
-
-    encoding = {v: {"chunks": (1, *ds[v].shape[1:])} for v in ds.data_vars}
-    ds.to_zarr(
-        staging,
-        group=tile,
-        mode="w-",
-        zarr_format=3,
-        consolidated=False,
-        encoding=encoding,
-        compute=False,  # metadata and coordinates now; pixels below, slice by slice
-    )
-    ids = list(ds.attrs["item_ids"])
-    group = zarr.open_group(str(staging / tile), mode="r+")
-    for name in ds.data_vars:
-        var = ds[name]
-        target = group[str(name)]
-        assert isinstance(target, zarr.Array)
-        nodata = var.attrs.get("nodata", 0)
-        for t in range(int(ds.sizes["time"])):
-            what = f"variable '{name}' of {ids[t]} (tile {tile})"
-            values = retry_reads(functools.partial(_read_slice, var, t), what)
-            if not np.any(values != nodata):
-                raise _nodata_failure(tile, ids[t], str(name), nodata)
-            target[t] = values
-
-
 def _store_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p != root / "zarr.json")
 
@@ -323,8 +303,20 @@ def _manifest(root: Path) -> dict[str, Any]:
     }
 
 
-def write_cube(items: Sequence[dict[str, Any]], variables: Sequence[str], out: Path) -> CubeInfo:
+def write_cube(
+    items: Sequence[dict[str, Any]],
+    variables: Sequence[str],
+    out: Path,
+    grid: CubeSpec | None = None,
+    aoi: Any | None = None,
+    label_variables: Sequence[str] = (),
+) -> CubeInfo:
     """Load every tile of ``items`` and write them as groups of one Zarr v3 store, atomically.
+
+    ``grid`` (default :class:`~eoforge.config.CubeSpec`) sets resolution, CRS, resampling,
+    chunking and units; ``aoi`` (lon/lat shapely geometry) bounds each tile's pixels to the
+    part of the area its items cover. ``label_variables`` are class rasters (never harmonised
+    or interpolated unless the spec names a resampling for them).
 
     The store is published (renamed into place) only once every slice was read and checked;
     its root attribute ``eoforge_manifest`` pins its files (see :func:`verify_cube`).
@@ -336,19 +328,36 @@ def write_cube(items: Sequence[dict[str, Any]], variables: Sequence[str], out: P
     """
     import zarr
 
+    from eoforge.cube.stream import slice_items, write_tile
+
+    meeting = items_meeting(items, aoi)
+    if not meeting:
+        raise InputError(
+            f"none of the items {[str(it['id']) for it in items][:5]} meets the area of "
+            "interest; widen stac.bbox / stac.aoi or search again."
+        )
     by_tile: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for it in items:
+    for it in meeting:
         by_tile[item_tile(it)].append(it)
     for tile in sorted(by_tile):
         check_tile_items(tile, by_tile[tile], variables)
+    grid = grid or CubeSpec.model_validate({})
     tiles: dict[str, list[str]] = {}
     shapes: dict[str, tuple[int, int, int]] = {}
     with staged_dir(out) as staging, zarr.config.set({"array.write_empty_chunks": True}):
         for tile in sorted(by_tile):
-            ds = load_tile(by_tile[tile], variables)
+            ds = load_tile(by_tile[tile], variables, grid, aoi, label_variables)
             ds.attrs["tile"] = tile
             ds = ds.drop_vars("spatial_ref", errors="ignore")
-            _write_tile(ds, tile, staging)
+            write_tile(
+                ds,
+                tile,
+                staging,
+                slice_items(by_tile[tile], ds),
+                grid,
+                retry_reads,
+                _nodata_failure,
+            )
             tiles[tile] = list(ds.attrs["item_ids"])
             shapes[tile] = (int(ds.sizes["time"]), int(ds.sizes["y"]), int(ds.sizes["x"]))
         root = zarr.open_group(str(staging), mode="r+")

@@ -90,6 +90,7 @@ def stage_ingest(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[st
     from eoforge.contracts import tables
     from eoforge.contracts.validation import enforce
     from eoforge.cube.build import list_tiles, verify_cube, write_cube
+    from eoforge.stac.aoi import aoi_geometry
 
     cube = stored(store, "cube", key)
     reused = cube.exists()
@@ -99,7 +100,14 @@ def stage_ingest(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[st
         except InputError:
             reused = False  # torn or modified: rebuilt below (replaced atomically)
     if not reused:
-        write_cube(_load_items(Path(items_uri)), [*spec.stac.bands, spec.stac.label_asset], cube)
+        write_cube(
+            _load_items(Path(items_uri)),
+            [*spec.stac.bands, spec.stac.label_asset],
+            cube,
+            spec.cube,
+            aoi_geometry(spec.stac),
+            label_variables=(spec.stac.label_asset,),
+        )
     result = enforce(
         "cube", tables.cube_table(cube, label_variables=(spec.stac.label_asset,))
     )

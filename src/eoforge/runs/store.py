@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eoforge.config import RunSpec
+from eoforge.config import CubeSpec, RunSpec
 from eoforge.errors import InputError
 
 __all__ = [
@@ -49,9 +49,18 @@ def plan_keys(spec: RunSpec, items: Sequence[dict[str, Any]]) -> dict[str, str]:
         InputError: a label file named in the spec does not exist.
     """
     from eoforge.cube.build import cube_fingerprint
+    from eoforge.stac.aoi import aoi_digest
     from eoforge.labels.sources import label_digest
 
-    cube = _h(STORE_FORMAT, cube_fingerprint(items, [*spec.stac.bands, spec.stac.label_asset]))
+    # The grid and the area enter the key only when set: default specs keep their keys.
+    grid = [] if spec.cube == CubeSpec.model_validate({}) else [spec.cube.fingerprint()]
+    area = aoi_digest(spec.stac)
+    cube = _h(
+        STORE_FORMAT,
+        cube_fingerprint(items, [*spec.stac.bands, spec.stac.label_asset]),
+        *grid,
+        *([f"aoi={area}"] if area else []),
+    )
     labels = label_digest(spec.labels)
     chips = _h(
         cube,

@@ -28,6 +28,7 @@ from eoforge.config import StacSpec
 from eoforge.errors import InputError, TransientError
 from eoforge.io.hrefs import HrefPolicy, check_href, check_redirects
 from eoforge.io.redact import redact, redact_url
+from eoforge.stac.aoi import aoi_geometry, items_meeting
 from eoforge.stac.items import (
     item_tile,
     validate_item,
@@ -238,11 +239,13 @@ def search_items(
         InputError: the search returned nothing or malformed items, an item lacks a required
             band, crosses the antimeridian, or has an asset href the policy refuses.
     """
+    import shapely.geometry
     from pystac import STACError
     from pystac_client import Client
     from pystac_client.exceptions import APIError
 
     _check_search_box(spec)
+    aoi = aoi_geometry(spec)
     policy = policy or search_policy(spec, api_url)
     where = f"STAC API {redact_url(api_url)}"
     try:
@@ -250,11 +253,13 @@ def search_items(
         search = client.search(
             collections=[spec.collection],
             bbox=spec.bbox,
+            intersects=shapely.geometry.mapping(aoi) if spec.aoi is not None else None,
             datetime=spec.datetime,
             max_items=spec.max_items,
             ids=list(ids) if ids else None,
         )
-        items = [it.to_dict(transform_hrefs=False) for it in search.items()]
+        # An item that does not meet the area (a server answering by bbox only) never blocks a run.
+        items = items_meeting([it.to_dict(transform_hrefs=False) for it in search.items()], aoi)
     except InputError:
         raise
     except (APIError, requests.RequestException, OSError) as exc:
