@@ -115,6 +115,54 @@ def run(
 
 
 @app.command()
+def predict(
+    model: Annotated[
+        Path, typer.Option(help="Model folder: `model/` of a run, or a stored model.")
+    ],
+    config: Annotated[
+        Path, typer.Option(help="Run spec YAML: its `stac` (catalog, AOI, dates) and `cube`.")
+    ],
+    out: Annotated[Path, typer.Option(help="Folder to write the predictions into.")] = Path(
+        "runs/predict"
+    ),
+    api_url: Annotated[
+        str | None, typer.Option(help="STAC API URL (overrides the config).")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Store of cubes (default $EOFORGE_STORE).")
+    ] = None,
+) -> None:
+    """Apply a trained model to every item the spec's search returns, over its area of
+    interest: a COG + STAC item per item in OUT/predictions/, nothing trained.
+
+    Example: eoforge predict --model runs/demo/model --config aoi.yaml --out runs/aoi
+    """
+
+    def go() -> None:
+        from eoforge.runs.predict import run_predict
+
+        spec = load_run_spec(config)
+        store_path = (store or default_store()).resolve()
+        t0 = time.perf_counter()
+        results = run_predict(
+            spec,
+            model,
+            out,
+            store_path,
+            api_url,
+            on_stage=lambda n, s: console.print(f"  [green]✓[/] {n} ({s:.1f} s)"),
+        )
+        n = len(results["infer"]["predictions"])
+        console.print(
+            f"{n} item(s) predicted at {results['infer']['mpx_per_s']:.2f} Mpx/s; "
+            f"wall time {time.perf_counter() - t0:.1f} s"
+        )
+        print(f"predictions: {out.resolve() / 'predictions'}")
+
+    _guarded(go)
+
+
+@app.command()
 def deploy(
     gpu_pool_type: Annotated[
         str, typer.Option(help="Type of the gpu work pool: process (local) or kubernetes.")

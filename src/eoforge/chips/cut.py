@@ -11,6 +11,7 @@ extends ADR 0001 (see ADR 0002).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,6 +317,7 @@ def build_chips(
     # test tiles first: where tiles overlap, the held-out tile keeps the shared ground
     order = [*sorted(set(spec.test_tiles)), *sorted(set(spec.train_tiles) - set(spec.test_tiles))]
     tiles = {t: open_cube_tile(cube, t, storage_options) for t in order}
+    units = _band_units(tiles, bands)
     blocks = None
     if sampling.split == "block":
         shapes = {t: (tiles[t].grid.height, tiles[t].grid.width) for t in order}
@@ -365,8 +367,28 @@ def build_chips(
             )
     return _write_store(
         out, parts, spec, labels, bands, sampling, source, rejected, storage_options,
-        chunk_chips, shard_chips,
+        chunk_chips, shard_chips, units,
     )  # fmt: skip
+
+
+def _band_units(tiles: Mapping[str, CubeTile], bands: Sequence[str]) -> dict[str, Any]:
+    """The cube's units of the model bands (``units`` of each tile group); tiles must agree.
+
+    Raises:
+        InputError: two tiles of the cube store a band in different units.
+    """
+    seen: dict[str, dict[str, Any]] = {}
+    for name, tile in tiles.items():
+        raw = tile.group.attrs.get("units")
+        units: dict[str, Any] = dict(raw) if isinstance(raw, Mapping) else {}
+        seen[name] = {b: units.get(b) for b in bands if units.get(b) is not None}
+    distinct = {json.dumps(u, sort_keys=True) for u in seen.values()}
+    if len(distinct) > 1:
+        raise InputError(
+            f"the cube's tiles store the bands in different units ({seen}); re-run ingest with "
+            "one cube.scale / cube.offset for all of them."
+        )
+    return next(iter(seen.values()), {})
 
 
 def _write_store(
@@ -381,6 +403,7 @@ def _write_store(
     storage_options: Mapping[str, Any] | None,
     chunk_chips: int,
     shard_chips: int | None,
+    units: Mapping[str, Any] | None = None,
 ) -> ChipsInfo:
     c, s = len(bands), spec.size
     arrays: dict[str, tuple[NDArray[np.uint16], NDArray[np.uint8], NDArray[np.int32]]] = {}
@@ -433,6 +456,8 @@ def _write_store(
             sampling=sampling.model_dump(mode="json"),
             label_source=source.describe(),
         )
+        if units:  # harmonised bands: reflectance = value * scale + offset (eoforge.cube.units)
+            root.attrs["units"] = dict(units)
         for name, (x, y, origin) in arrays.items():
             group = root.create_group(name)
             rows = index[index["split"] == name]

@@ -176,11 +176,11 @@ def stage_infer(
     """
     from eoforge.contracts import tables
     from eoforge.contracts.validation import enforce
-    from eoforge.inference.session import open_session
-    from eoforge.inference.predict import predict_scene
-    from eoforge.inference.item import prediction_item
-    from eoforge.inference.cog import write_prediction
     from eoforge.export.mlm import MODEL_ITEM_NAME, check_model_matches, model_item
+    from eoforge.inference.item import prediction_item
+    from eoforge.inference.predict import predict_to_cog
+    from eoforge.inference.scene_io import ArrayReader
+    from eoforge.inference.session import open_session
     from eoforge.stac.items import self_href
     from eoforge.io.atomic import clean_stale_staging, staged_dir, write_json_atomic
 
@@ -221,15 +221,19 @@ def stage_infer(
         raise InputError(
             f"items {sorted(set(item_ids) - found)} are not in cube '{cube_uri}'; ingest them first."
         )
-    for _tile, t, ds in scenes:
+    trained_units = _trained_units(run_model)
+    for tile, t, ds in scenes:
         item_id = str(ds["item_id"].values[t])
         if item_id not in items:
             raise InputError(f"cube slice '{item_id}' has no STAC item in {items_uri}.")
-        pred = predict_scene(session, _scene_bands(ds, t, spec.stac.bands), spec.infer)
-        pixels += pred.size
+        _check_units(trained_units, ds.attrs.get("units") or {}, spec.stac.bands, tile)
+        # Streamed strip by strip from the cube into the COG: memory bounded by the window.
+        reader = ArrayReader([ds[b].isel(time=t) for b in spec.stac.bands])
+        _, height, width = reader.shape
+        pixels += height * width
         tif = run / "predictions" / f"{item_id}.tif"
         crs, transform = ds.attrs["crs"], tuple(ds.attrs["transform"])
-        write_prediction(pred, crs, transform, tif)
+        predict_to_cog(session, reader, spec.infer, tif, crs, transform)
         item = prediction_item(
             tif,
             items[item_id],
@@ -237,7 +241,7 @@ def stage_infer(
             model_href.replace("model.onnx", MODEL_ITEM_NAME),
             crs,
             transform,
-            pred.shape,
+            (height, width),
             source_href=self_href(items[item_id]),
             model_name=model_desc["properties"].get("mlm:name"),
         )
@@ -255,3 +259,30 @@ def stage_infer(
         "mpx_per_s": pixels / 1e6 / max(seconds, 1e-9),
         "contract": result.to_dict(),
     }
+
+
+def _trained_units(model_dir: Path) -> dict[str, Any] | None:
+    """The units the model was trained on (``input_units`` of model.json); None for a model
+    from before units were recorded."""
+    config = json.loads((Path(model_dir) / "model.json").read_text())
+    units = config.get("input_units")
+    return dict(units) if isinstance(units, dict) else None
+
+
+def _check_units(
+    trained: dict[str, Any] | None, cube: dict[str, Any], bands: Sequence[str], tile: str
+) -> None:
+    """Refuse to predict bands stored in other units than the model was trained on.
+
+    Raises:
+        InputError: a band's scale/offset differ (or only one side is harmonised).
+    """
+    if trained is None:
+        return
+    differ = {b: (trained.get(b), cube.get(b)) for b in bands if trained.get(b) != cube.get(b)}
+    if differ:
+        raise InputError(
+            f"tile '{tile}' stores bands in other units than the model was trained on "
+            f"(band: (model, cube) = {differ}); ingest with the model's cube.scale / cube.offset "
+            "and cube.harmonise, or retrain."
+        )

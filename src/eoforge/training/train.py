@@ -382,6 +382,7 @@ def train_model(
         "ignore_index": ignore_index,
         "band_mean": [float(v) for v in attrs["band_mean"]],
         "band_std": [float(v) for v in attrs["band_std"]],
+        "input_units": dict(attrs.get("units") or {}),
         "class_weights": [float(v) for v in weights],
         "chip_size": int(train.x.shape[-1]),
         "train_chips": len(train.x),
