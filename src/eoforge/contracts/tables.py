@@ -135,6 +135,45 @@ def _slice_ids(ds: Any) -> list[str]:
     return [str(t) for t in range(n_time)]
 
 
+def _streamed_slice_stats(arr: Any, t: int) -> dict[str, float]:
+    """Statistics of slice ``t`` of a (time, y, x) unsigned-integer zarr array over valid
+    (non-zero) pixels, read one chunk row at a time (memory bounded by the chunk), equal to
+    :func:`_slice_stats` of the whole slice."""
+    height, width = int(arr.shape[1]), int(arr.shape[2])
+    step = int(arr.chunks[1]) if getattr(arr, "chunks", None) else 1024
+    count, total = 0, 0
+    low: int | None = None
+    high: int | None = None
+    hist = np.zeros(1, np.int64)
+    for y in range(0, height, step):
+        rows = np.asarray(arr[t, y : y + step, :])
+        values = rows[rows != 0]
+        if not values.size:
+            continue
+        count += int(values.size)
+        total += int(values.sum(dtype=np.uint64))
+        lo, hi = int(values.min()), int(values.max())
+        low = lo if low is None else min(low, lo)
+        high = hi if high is None else max(high, hi)
+        counts = np.bincount(values.ravel())
+        if counts.size > hist.size:
+            counts[: hist.size] += hist
+            hist = counts
+        else:
+            hist[: counts.size] += counts
+    n_pixels = height * width
+    if not count:
+        nan = math.nan
+        return {"valid_fraction": 0.0, "min": nan, "max": nan, "mean": nan, "q999": nan}
+    return {
+        "valid_fraction": count / n_pixels,
+        "min": float(low if low is not None else math.nan),
+        "max": float(high if high is not None else math.nan),
+        "mean": total / count,
+        "q999": float(np.searchsorted(np.cumsum(hist), 0.999 * count)),
+    }
+
+
 def cube_table(cube_path: Path | str, label_variables: Sequence[str] = ("scl",)) -> pd.DataFrame:
     """One row per (tile, time slice, variable) of a cube store (ADR 0001 layout).
 
@@ -142,7 +181,8 @@ def cube_table(cube_path: Path | str, label_variables: Sequence[str] = ("scl",))
     variable), ``variable``, ``role`` (``label`` for ``label_variables``,
     else ``band``), ``dtype``, ``valid_fraction`` (pixels != 0), ``min``, ``max``, ``mean``,
     ``q999`` (99.9th percentile: a maximum robust to a few odd pixels) over valid pixels (NaN
-    when none), ``height``, ``width``, ``crs``. Each variable is read once.
+    when none), ``height``, ``width``, ``crs``. Unsigned-integer variables (what ingest writes)
+    are read one chunk row at a time, so memory is bounded by the chunk, not the tile.
 
     Args:
         cube_path: the ``cube.zarr`` directory.
@@ -154,6 +194,7 @@ def cube_table(cube_path: Path | str, label_variables: Sequence[str] = ("scl",))
     rows: list[dict[str, Any]] = []
     root = zarr.open_group(str(cube_path), mode="r")
     for tile in sorted(root.group_keys()):
+        group = root[tile]
         # chunks=None: plain lazily indexed numpy arrays, no dask graph for a one-shot read
         with xr.open_zarr(str(cube_path), group=tile, chunks=None, consolidated=False) as ds:
             item_ids = _slice_ids(ds)
@@ -162,18 +203,22 @@ def cube_table(cube_path: Path | str, label_variables: Sequence[str] = ("scl",))
                 var = ds[name]
                 if var.ndim != 3 or var.dims[0] != "time":
                     continue
-                arr = np.asarray(var.values)
-                for t, stats in enumerate(_slice_stats(arr)):
+                raw = group[name] if isinstance(group, zarr.Group) else None
+                if isinstance(raw, zarr.Array) and var.dtype.kind == "u":
+                    stats = [_streamed_slice_stats(raw, t) for t in range(var.shape[0])]
+                else:
+                    stats = _slice_stats(np.asarray(var.values))
+                for t, slice_stats in enumerate(stats):
                     rows.append(
                         {
                             "tile": tile,
                             "item_id": item_ids[t],
                             "variable": name,
                             "role": "label" if name in label_variables else "band",
-                            "dtype": str(arr.dtype),
-                            **stats,
-                            "height": arr.shape[1],
-                            "width": arr.shape[2],
+                            "dtype": str(var.dtype),
+                            **slice_stats,
+                            "height": int(var.shape[1]),
+                            "width": int(var.shape[2]),
                             "crs": None if crs is None else str(crs),
                         }
                     )
@@ -274,6 +319,22 @@ def chips_table(chips_path: Path | str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[columns]
 
 
+def _class_stats(src: Any, strip_rows: int = 1024) -> tuple[int, int | None]:
+    """(nodata pixel count, largest class) of band 1, read strip by strip (bounded memory)."""
+    from rasterio.windows import Window
+
+    nodata = 0
+    top: int | None = None
+    for row in range(0, src.height, strip_rows):
+        band = src.read(1, window=Window(0, row, src.width, min(strip_rows, src.height - row)))
+        is_nodata = band == _PREDICTION_NODATA
+        nodata += int(is_nodata.sum())
+        if not is_nodata.all():
+            value = int(band[~is_nodata].max())
+            top = value if top is None else max(top, value)
+    return nodata, top
+
+
 def predictions_table(prediction_tifs: Sequence[Path | str], num_classes: int) -> pd.DataFrame:
     """One row per prediction GeoTIFF (uint8 class indices, 255 = nodata).
 
@@ -293,7 +354,8 @@ def predictions_table(prediction_tifs: Sequence[Path | str], num_classes: int) -
     for tif in prediction_tifs:
         path = Path(tif)
         with rasterio.open(path) as src:
-            band = src.read(1)
+            nodata_count, max_class = _class_stats(src)
+            height, width = src.height, src.width
             overviews = len(src.overviews(1))
             # GDAL tags files written by its COG driver (ghost header + tiles + ordering).
             gdal_cog = src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT", "").upper() == "COG"
@@ -304,17 +366,17 @@ def predictions_table(prediction_tifs: Sequence[Path | str], num_classes: int) -
             one_block = src.height <= block_h and src.width <= block_w
             crs = src.crs.to_string() if src.crs else None
             dtype = src.dtypes[0]
-        classes = band[band != _PREDICTION_NODATA]
+        size = height * width
         rows.append(
             {
                 "path": str(path),
                 "item_id": path.stem,
                 "dtype": dtype,
                 "crs": crs,
-                "height": band.shape[0],
-                "width": band.shape[1],
-                "nodata_fraction": float((band == _PREDICTION_NODATA).mean()) if band.size else 1.0,
-                "max_class": float(classes.max()) if classes.size else math.nan,
+                "height": height,
+                "width": width,
+                "nodata_fraction": nodata_count / size if size else 1.0,
+                "max_class": float(max_class) if max_class is not None else math.nan,
                 "n_classes": int(num_classes),
                 "tiled": tiled,
                 "overviews": overviews,

@@ -248,6 +248,7 @@ def stage_infer(
         write_json_atomic(tif.with_suffix(".json"), item)
         written[item_id] = {"cog": str(tif), "item": str(tif.with_suffix(".json"))}
     seconds = time.perf_counter() - t0
+    del session  # its memory arena (the largest share of inference memory) goes now
     tifs = [Path(v["cog"]) for v in written.values()]
     result = enforce(
         "predictions", tables.predictions_table(tifs, len(spec.labels.classes))
