@@ -13,7 +13,14 @@ from rasterio.windows import Window
 
 from eoforge.errors import InputError
 
-__all__ = ["NODATA_CLASS", "ArrayReader", "PredictionWriter", "RasterioReader", "SceneReader"]
+__all__ = [
+    "NODATA_CLASS",
+    "ArrayReader",
+    "ChunkRowReader",
+    "PredictionWriter",
+    "RasterioReader",
+    "SceneReader",
+]
 
 #: Class value of pixels without a prediction (input nodata), in the COG and the STAC item.
 NODATA_CLASS = 255
@@ -109,6 +116,60 @@ class RasterioReader:
         """Rows ``[top, bottom)`` of the selected bands."""
         window = Window(0, top, self.dataset.width, bottom - top)
         return np.asarray(self.dataset.read(self.indexes, window=window))
+
+
+class ChunkRowReader:
+    """Reads strips of one time slice of chunked ``(time, y, x)`` arrays (a Zarr cube), each
+    chunk row decoded once.
+
+    Sliding windows overlap, so consecutive strips share rows; a reader that slices the arrays
+    directly decodes every chunk row a strip touches again for each strip (with 2048-row chunks
+    and 448-row strips, ~4.6 times). This one keeps the last ``keep`` decoded chunk rows: memory
+    is bounded by ``keep`` chunk rows x the width x the bands, never by the scene's height.
+
+    Args:
+        arrays: one ``(time, y, x)`` array per model band (e.g. ``zarr.Array``), equal shapes
+            and chunk heights.
+        t: the time slice.
+        keep: decoded chunk rows kept (2 covers a strip that spans a chunk boundary).
+    """
+
+    def __init__(self, arrays: Sequence[Any], t: int, keep: int = 2) -> None:
+        shapes = {tuple(int(d) for d in a.shape) for a in arrays}
+        if not arrays or len(shapes) != 1 or len(next(iter(shapes))) != 3:
+            raise InputError(
+                f"ChunkRowReader needs (time, y, x) arrays of one shape, got {shapes}."
+            )
+        n_time, height, width = next(iter(shapes))
+        if not 0 <= t < n_time:
+            raise InputError(f"time slice {t} is not in 0..{n_time - 1}.")
+        self.arrays, self.t, self.keep = list(arrays), t, max(1, keep)
+        self.step = int(getattr(arrays[0], "chunks", (1, 1024))[1])
+        self._shape = (len(arrays), height, width)
+        self._cache: dict[int, npt.NDArray[Any]] = {}
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(bands, height, width)."""
+        return self._shape
+
+    def _chunk_row(self, k: int) -> npt.NDArray[Any]:
+        if k not in self._cache:
+            y0 = k * self.step
+            rows = np.stack([np.asarray(a[self.t, y0 : y0 + self.step, :]) for a in self.arrays])
+            while len(self._cache) >= self.keep:
+                del self._cache[min(self._cache)]
+            self._cache[k] = rows
+        return self._cache[k]
+
+    def read_rows(self, top: int, bottom: int) -> npt.NDArray[Any]:
+        """Rows ``[top, bottom)`` of every band."""
+        first, last = top // self.step, (bottom - 1) // self.step
+        parts = []
+        for k in range(first, last + 1):
+            y0 = k * self.step
+            parts.append(self._chunk_row(k)[:, max(top - y0, 0) : min(bottom - y0, self.step)])
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 class _ArrayWriter:

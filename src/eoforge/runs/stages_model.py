@@ -174,12 +174,14 @@ def stage_infer(
     ``item_ids`` limits inference to those items (default: the test tiles). Each file is
     written atomically with deterministic bytes, so concurrent runs on the same item converge.
     """
+    import zarr
+
     from eoforge.contracts import tables
     from eoforge.contracts.validation import enforce
     from eoforge.export.mlm import MODEL_ITEM_NAME, check_model_matches, model_item
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
-    from eoforge.inference.scene_io import ArrayReader
+    from eoforge.inference.scene_io import ChunkRowReader
     from eoforge.inference.session import open_session
     from eoforge.stac.items import self_href
     from eoforge.io.atomic import clean_stale_staging, staged_dir, write_json_atomic
@@ -227,8 +229,11 @@ def stage_infer(
         if item_id not in items:
             raise InputError(f"cube slice '{item_id}' has no STAC item in {items_uri}.")
         _check_units(trained_units, ds.attrs.get("units") or {}, spec.stac.bands, tile)
-        # Streamed strip by strip from the cube into the COG: memory bounded by the window.
-        reader = ArrayReader([ds[b].isel(time=t) for b in spec.stac.bands])
+        # Streamed strip by strip from the cube into the COG, each chunk row decoded once:
+        # memory bounded by the window and the chunk, not the scene.
+        group = zarr.open_group(str(cube_uri), mode="r")[tile]
+        assert isinstance(group, zarr.Group)
+        reader = ChunkRowReader([group[b] for b in spec.stac.bands], t)
         _, height, width = reader.shape
         pixels += height * width
         tif = run / "predictions" / f"{item_id}.tif"

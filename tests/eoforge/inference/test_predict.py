@@ -633,3 +633,39 @@ def test_large_scene_streams_with_bounded_memory(
     # pipelined: a second batch buffer (input + logits, ~15 MB here) and one batch more of rows
     limit_mb = whole_mb / (7 if pipelined else 10)
     assert peak / 1e6 < limit_mb, f"peak {peak / 1e6:.0f} MB vs {whole_mb:.0f} MB whole"
+
+
+def test_chunk_row_reader_serves_every_strip_and_decodes_each_chunk_row_once(
+    tmp_path: Path,
+) -> None:
+    import zarr
+
+    from eoforge.inference.scene_io import ChunkRowReader
+
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 4000, (2, 3, 100, 37), dtype=np.uint16)  # (band, time, y, x)
+    arrays = []
+    for b in range(2):
+        arr = zarr.create_array(
+            tmp_path / f"b{b}.zarr", shape=(3, 100, 37), chunks=(1, 16, 37), dtype="uint16"
+        )
+        arr[:] = data[b]
+        arrays.append(arr)
+    decoded: list[int] = []
+
+    class Counting:
+        def __init__(self, arr: Any) -> None:
+            self.arr, self.shape, self.chunks = arr, arr.shape, arr.chunks
+
+        def __getitem__(self, key: Any) -> Any:
+            decoded.append(key[1].start)
+            return self.arr[key]
+
+    reader = ChunkRowReader([Counting(a) for a in arrays], t=1)
+    assert reader.shape == (2, 100, 37)
+    for top in range(0, 100, 7):  # overlapping strips, as the sliding window asks
+        bottom = min(top + 20, 100)
+        assert np.array_equal(reader.read_rows(top, bottom), data[:, 1, top:bottom])
+    assert sorted(decoded) == sorted(list(range(0, 100, 16)) * 2)  # each chunk row once per band
+    with pytest.raises(InputError):
+        ChunkRowReader(arrays, t=3)
