@@ -63,7 +63,13 @@ class StacSpec(_Spec):
     backoff_factor: float = Field(0.5, ge=0, description="Exponential backoff factor (seconds).")
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout for the STAC API.")
 
-    _late_fields = ("aoi",)
+    sign: Literal["planetary-computer"] | None = Field(
+        None,
+        description="Sign asset hrefs before reading them: 'planetary-computer' (SAS tokens "
+        "from PC_SDK_SAS_URL, PC_SDK_SUBSCRIPTION_KEY); None for public or credentialed assets.",
+    )
+
+    _late_fields = ("aoi", "sign")
 
     @model_validator(mode="after")
     def _one_area(self) -> StacSpec:

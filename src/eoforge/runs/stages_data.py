@@ -91,6 +91,7 @@ def stage_ingest(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[st
     from eoforge.contracts.validation import enforce
     from eoforge.cube.build import list_tiles, verify_cube, write_cube
     from eoforge.stac.aoi import aoi_geometry
+    from eoforge.stac.signing import sign_items
 
     cube = stored(store, "cube", key)
     reused = cube.exists()
@@ -101,7 +102,7 @@ def stage_ingest(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[st
             reused = False  # torn or modified: rebuilt below (replaced atomically)
     if not reused:
         write_cube(
-            _load_items(Path(items_uri)),
+            sign_items(_load_items(Path(items_uri)), spec.stac.sign, spec.stac.timeout_s),
             [*spec.stac.bands, spec.stac.label_asset],
             cube,
             spec.cube,
