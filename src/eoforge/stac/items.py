@@ -25,10 +25,12 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,254}$")
 
 
 def item_tile(item: dict[str, Any]) -> str:
-    """MGRS tile of an item (``33TWL``), from ``grid:code`` or the ``mgrs:*`` fields.
+    """Tile of an item: the MGRS tile (``33TWL``) from ``grid:code`` or the ``mgrs:*`` fields,
+    another ``grid:code`` as it is (e.g. ``WRS2-190028``), or the Landsat WRS-2 path/row from
+    ``landsat:wrs_path`` / ``landsat:wrs_row`` (``WRS2-190028``).
 
     Raises:
-        InputError: the item carries neither.
+        InputError: the item carries none of them.
     """
     props = item.get("properties", {})
     code = props.get("grid:code")
@@ -41,9 +43,15 @@ def item_tile(item: dict[str, Any]) -> str:
     )
     if zone is not None and band and square:
         return f"{int(zone):02d}{band}{square}"
+    if isinstance(code, str) and _SAFE_ID.match(code):
+        return code
+    path, row = props.get("landsat:wrs_path"), props.get("landsat:wrs_row")
+    if path is not None and row is not None:
+        return f"WRS2-{int(path):03d}{int(row):03d}"
     raise InputError(
-        f"STAC item '{item.get('id')}' has no 'grid:code' nor 'mgrs:*' properties, so its tile "
-        "is unknown; use items of a tiled collection (e.g. Sentinel-2 L2A)."
+        f"STAC item '{item.get('id')}' has no 'grid:code', 'mgrs:*' nor 'landsat:wrs_*' "
+        "properties, so its tile is unknown; use items of a tiled collection (e.g. Sentinel-2 "
+        "L2A, Landsat Collection 2)."
     )
 
 

@@ -23,7 +23,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NATIVE_ASSETS", "VARIANTS", "NativeCatalog", "write_native_catalog"]
+__all__ = [
+    "LANDSAT_ASSETS",
+    "NATIVE_ASSETS",
+    "VARIANTS",
+    "NativeCatalog",
+    "write_landsat_catalog",
+    "write_native_catalog",
+]
 
 #: Asset key -> (file in the bundled item folder, native pixel size in metres).
 NATIVE_ASSETS: dict[str, tuple[str, float]] = {
@@ -232,3 +239,135 @@ def write_native_catalog(
             )
     (out / "collection.json").write_text(json.dumps(collection, indent=1))
     return NativeCatalog(path=out, item_ids=ids, pixels=pixels)
+
+
+#: Landsat Collection 2 Level-2 asset key -> (Sentinel-2 file it is made from, file name).
+LANDSAT_ASSETS: dict[str, tuple[str, str]] = {
+    "blue": ("B02.tif", "SR_B2.TIF"),
+    "green": ("B03.tif", "SR_B3.TIF"),
+    "red": ("B04.tif", "SR_B4.TIF"),
+    "nir08": ("B08.tif", "SR_B5.TIF"),
+    "qa_pixel": ("SCL.tif", "QA_PIXEL.TIF"),
+}
+#: Collection 2 surface reflectance encoding: reflectance = value * 2.75e-5 - 0.2.
+LANDSAT_SCALE, LANDSAT_OFFSET = 2.75e-5, -0.2
+
+
+def _qa_pixel(scl: Any) -> Any:
+    """QA_PIXEL bit flags (fill 0, cloud 3, shadow 4, clear 6, water 7) from Sen2Cor SCL."""
+    qa = np.zeros(scl.shape, np.uint16)
+    qa[scl == 0] |= 1 << 0
+    qa[np.isin(scl, (8, 9, 10))] |= 1 << 3
+    qa[scl == 3] |= 1 << 4
+    qa[np.isin(scl, (4, 5, 6))] |= 1 << 6
+    qa[scl == 6] |= 1 << 7
+    return qa
+
+
+def write_landsat_catalog(
+    source: Path, out: Path, items: Sequence[str], window: tuple[int, int, int, int] | None = None
+) -> list[dict[str, Any]]:
+    """Items shaped as Landsat Collection 2 Level-2 records (``landsat-c2-l2``), made from the
+    bundled Sentinel-2 items: a second collection shape with other band names, a 30 m grid,
+    WRS-2 path/row instead of MGRS and another scale/offset (``raster:bands`` scale 2.75e-5,
+    offset -0.2). The same ground has the same reflectance, so a harmonised cube must agree
+    with the Sentinel-2 one.
+
+    Args:
+        source: a bundled Sentinel-2 catalog folder.
+        out: the folder to write (one folder per item, plus ``collection.json``).
+        items: Sentinel-2 item ids to convert.
+        window: ``(col, row, width, height)`` in 10 m pixels, as in :func:`write_native_catalog`.
+
+    Returns:
+        The written items.
+    """
+    import rasterio
+
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[dict[str, Any]] = []
+    rows: dict[str, int] = {}  # one WRS-2 row per Sentinel-2 tile: the same ground, one tile
+    links: list[dict[str, str]] = []
+    for item_id in items:
+        folder = Path(source) / item_id
+        base = json.loads((folder / f"{item_id}.json").read_text())
+        n = rows.setdefault(str(base["properties"].get("grid:code")), 28 - len(rows))
+        with rasterio.open(folder / "B04.tif") as ref:
+            crs = str(ref.crs)
+            bounds = _window_bounds(ref.transform, ref.width, ref.height, window, 10.0)
+        day = str(base["properties"]["datetime"])[:10].replace("-", "")
+        lid = f"LC08_L2SP_190{n:03d}_{day}_02_T1"
+        item_dir = out / lid
+        item_dir.mkdir(parents=True, exist_ok=True)
+        assets: dict[str, Any] = {}
+        for key, (s2_file, name) in LANDSAT_ASSETS.items():
+            data, _ = _native_pixels(folder / s2_file, bounds, 30.0)
+            if key == "qa_pixel":
+                data = _qa_pixel(data)
+                bands = [{"nodata": 1, "data_type": "uint16", "unit": "bit index"}]
+            else:
+                refl = data.astype(np.float64) / 1e4
+                dn = np.rint((refl - LANDSAT_OFFSET) / LANDSAT_SCALE)
+                data = np.where(data > 0, np.clip(dn, 1, 65535), 0).astype(np.uint16)
+                bands = [
+                    {
+                        "nodata": 0,
+                        "data_type": "uint16",
+                        "scale": LANDSAT_SCALE,
+                        "offset": LANDSAT_OFFSET,
+                        "unit": "reflectance",
+                    }
+                ]
+            _write_cog(item_dir / name, data, crs, bounds[0], bounds[3], 30.0)
+            assets[key] = {
+                "href": (item_dir / name).resolve().as_uri(),
+                "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+                "roles": ["data"] if key != "qa_pixel" else ["cloud", "cloud-shadow"],
+                "proj:shape": [int(data.shape[0]), int(data.shape[1])],
+                "proj:transform": [30.0, 0.0, bounds[0], 0.0, -30.0, bounds[3]],
+                "raster:bands": bands,
+            }
+        geometry = _footprint(bounds, crs)
+        xs = [c[0] for c in geometry["coordinates"][0]]
+        ys = [c[1] for c in geometry["coordinates"][0]]
+        record = {
+            "type": "Feature",
+            "stac_version": "1.0.0",
+            "stac_extensions": [
+                "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+                "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+            ],
+            "id": lid,
+            "collection": "landsat-c2-l2",
+            "geometry": geometry,
+            "bbox": [min(xs), min(ys), max(xs), max(ys)],
+            "properties": {
+                "datetime": base["properties"]["datetime"],
+                "platform": "landsat-8",
+                "instruments": ["oli", "tirs"],
+                "eo:cloud_cover": base["properties"].get("eo:cloud_cover"),
+                "landsat:wrs_path": "190",
+                "landsat:wrs_row": f"{n:03d}",
+                "landsat:collection_category": "T1",
+                "proj:epsg": int(crs.split(":")[1]),
+            },
+            "links": [],
+            "assets": assets,
+        }
+        (item_dir / f"{lid}.json").write_text(json.dumps(record, indent=1))
+        written.append(record)
+        links.append({"rel": "item", "href": f"./{lid}/{lid}.json", "type": "application/json"})
+    collection = {
+        "type": "Collection",
+        "stac_version": "1.0.0",
+        "id": "landsat-c2-l2",
+        "description": "Landsat Collection 2 Level-2 shaped items made from Sentinel-2 L2A.",
+        "license": "proprietary",
+        "extent": {
+            "spatial": {"bbox": [[-180.0, -90.0, 180.0, 90.0]]},
+            "temporal": {"interval": [[None, None]]},
+        },
+        "links": links,
+    }
+    (out / "collection.json").write_text(json.dumps(collection, indent=1))
+    return written

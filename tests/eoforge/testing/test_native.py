@@ -121,3 +121,29 @@ def test_memory_is_bounded_by_the_chunk(native: list[dict[str, Any]], tmp_path: 
         tracemalloc.stop()
     assert peaks[2048] > slice_bytes  # one chunk is the whole slice
     assert peaks[256] < peaks[2048] / 2, peaks
+
+
+def test_a_landsat_shaped_collection_lands_in_the_same_units(tmp_path: Path) -> None:
+    """Landsat Collection 2 L2 records (other band names, 30 m, WRS-2 path/row, scale 2.75e-5
+    offset -0.2) made from the same ground: the harmonised cube holds Sentinel-2's numbers."""
+    from eoforge.config import CubeSpec
+    from eoforge.testing.native import write_landsat_catalog
+
+    landsat = write_landsat_catalog(BUNDLED_CATALOG, tmp_path / "lc", [TWL], (0, 0, 1200, 1200))
+    assert landsat[0]["id"].startswith("LC08_L2SP_190")
+    bands = ["blue", "green", "red", "nir08"]
+    info = write_cube(landsat, [*bands, "qa_pixel"], tmp_path / "lc.zarr",
+                      CubeSpec.model_validate({}), label_variables=("qa_pixel",))  # fmt: skip
+    tile = next(iter(info.tiles))
+    assert tile.startswith("WRS2-190")
+    ds = open_tile(tmp_path / "lc.zarr", tile)
+    assert ds.attrs["transform"][0] == 30.0
+    red = ds["red"].values[0].astype(int)
+    with rasterio.open(BUNDLED_CATALOG / TWL / "B04.tif") as src:
+        s2 = src.read(1)[:100, :100].astype(int)  # the same 12 km at 120 m
+    s2_at_30m = np.repeat(np.repeat(s2, 4, axis=0), 4, axis=1)
+    valid = (s2_at_30m > 0) & (red > 0)
+    assert valid.mean() > 0.9
+    assert np.abs(red[valid] - s2_at_30m[valid]).max() <= 1  # 2.75e-5 quantisation
+    units = zarr.open_group(str(tmp_path / "lc.zarr" / tile)).attrs["units"]
+    assert units["nir08"] == {"scale": 1e-4, "offset": 0.0} and "qa_pixel" not in units
