@@ -328,6 +328,7 @@ def write_cube(
     """
     import zarr
 
+    from eoforge.cube.geobox import common_grid
     from eoforge.cube.stream import slice_items, write_tile
 
     meeting = items_meeting(items, aoi)
@@ -341,7 +342,8 @@ def write_cube(
         by_tile[item_tile(it)].append(it)
     for tile in sorted(by_tile):
         check_tile_items(tile, by_tile[tile], variables)
-    grid = grid or CubeSpec.model_validate({})
+    epsgs = [e for it in meeting if (e := item_epsg(it)) is not None]
+    grid = common_grid(grid or CubeSpec.model_validate({}), meeting, variables, epsgs, aoi)
     tiles: dict[str, list[str]] = {}
     shapes: dict[str, tuple[int, int, int]] = {}
     with staged_dir(out) as staging, zarr.config.set({"array.write_empty_chunks": True}):

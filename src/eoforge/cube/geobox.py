@@ -9,7 +9,14 @@ from typing import Any
 from eoforge.config import CubeSpec
 from eoforge.errors import InputError
 
-__all__ = ["load_parameters", "resampling_for", "tile_area"]
+__all__ = [
+    "common_grid",
+    "load_parameters",
+    "native_resolution",
+    "resampling_for",
+    "tile_area",
+    "utm_epsg",
+]
 
 
 def tile_area(items: Sequence[dict[str, Any]], aoi: Any | None) -> Any | None:
@@ -80,3 +87,63 @@ def load_parameters(
 
         kwargs["geopolygon"] = Geometry(area, "EPSG:4326")
     return kwargs
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    """EPSG code of the WGS 84 / UTM zone holding (lon, lat)."""
+    zone = min(int((lon + 180) // 6) + 1, 60)
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+def native_resolution(items: Sequence[dict[str, Any]], variables: Sequence[str]) -> float | None:
+    """The finest pixel size the items' records declare for ``variables`` (``raster:bands``
+    ``spatial_resolution``, else ``proj:transform``, else ``gsd``), or None."""
+    sizes: list[float] = []
+    for it in items:
+        for v in variables:
+            asset = it.get("assets", {}).get(v, {})
+            bands = asset.get("raster:bands") or [{}]
+            size = bands[0].get("spatial_resolution") if isinstance(bands[0], dict) else None
+            if size is None and asset.get("proj:transform"):
+                size = abs(float(asset["proj:transform"][0]))
+            if size is None:
+                size = asset.get("gsd")
+            if size is not None:
+                sizes.append(float(size))
+    return min(sizes) if sizes else None
+
+
+def common_grid(
+    grid: CubeSpec,
+    items: Sequence[dict[str, Any]],
+    variables: Sequence[str],
+    epsgs: Sequence[int],
+    aoi: Any | None,
+) -> CubeSpec:
+    """``grid``, with a CRS and resolution filled in when the tiles are in several CRSs (an
+    area across UTM zones) and the spec names none: the UTM zone of the AOI's centre (of the
+    items' footprints without an AOI) at the finest native resolution, so that every tile lies
+    on one pixel lattice."""
+    if grid.crs is not None or len(set(epsgs)) <= 1:
+        return grid
+    import shapely.geometry
+    from shapely.ops import unary_union
+
+    area = aoi
+    if area is None:
+        shapes = [shapely.geometry.shape(it["geometry"]) for it in items if it.get("geometry")]
+        area = unary_union(shapes) if shapes else None
+    if area is None:
+        raise InputError(
+            f"the items are in several CRSs ({sorted(set(epsgs))}) and have no footprints; "
+            "set cube.crs and cube.resolution."
+        )
+    centre = area.centroid
+    resolution = grid.resolution or native_resolution(items, variables)
+    if resolution is None:
+        raise InputError(
+            f"the items are in several CRSs ({sorted(set(epsgs))}) and declare no pixel size; "
+            "set cube.resolution."
+        )
+    update = {"crs": f"EPSG:{utm_epsg(centre.x, centre.y)}", "resolution": resolution}
+    return grid.model_copy(update=update)

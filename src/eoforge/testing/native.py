@@ -188,12 +188,52 @@ def _variant(record: dict[str, Any], out: Path, datetime: str, kind: str) -> dic
     return old
 
 
+def _reprojected(record: dict[str, Any], out: Path, epsg: int, tile: str) -> dict[str, Any]:
+    """A copy of ``record`` as the neighbouring UTM zone's tile would serve the same ground:
+    every asset warped (nearest) onto a grid of ``EPSG:epsg`` at its own resolution."""
+    import rasterio
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    new = copy.deepcopy(record)
+    new["id"] = f"{record['id']}_{tile}"
+    new["properties"].update({"grid:code": f"MGRS-{tile}", "proj:epsg": epsg})
+    for key in ("mgrs:utm_zone", "mgrs:latitude_band", "mgrs:grid_square"):
+        new["properties"].pop(key, None)
+    item_dir = out / new["id"]
+    item_dir.mkdir(parents=True, exist_ok=True)
+    dst_crs = f"EPSG:{epsg}"
+    for key, (name, res) in NATIVE_ASSETS.items():
+        src_path = Path(record["assets"][key]["href"].removeprefix("file://"))
+        with rasterio.open(src_path) as src:
+            transform, width, height = calculate_default_transform(
+                src.crs, dst_crs, src.width, src.height, *src.bounds, resolution=res
+            )
+            data = np.zeros((height, width), src.dtypes[0])
+            reproject(
+                rasterio.band(src, 1),
+                data,
+                dst_transform=transform,
+                dst_crs=dst_crs,
+                resampling=Resampling.nearest,
+                src_nodata=0,
+                dst_nodata=0,
+            )
+        _write_cog(item_dir / name, data, dst_crs, transform.c, transform.f, res)
+        asset = new["assets"][key]
+        asset["href"] = (item_dir / name).resolve().as_uri()
+        asset["proj:shape"] = [int(height), int(width)]
+        asset["proj:transform"] = [res, 0.0, transform.c, 0.0, -res, transform.f]
+        asset.pop("proj:epsg", None)
+    return new
+
+
 def write_native_catalog(
     source: Path,
     out: Path,
     items: Sequence[str] | None = None,
     window: tuple[int, int, int, int] | None = None,
     variants: dict[str, dict[str, str]] | None = None,
+    neighbours: dict[str, tuple[int, str]] | None = None,
 ) -> NativeCatalog:
     """Write a static catalog of native-resolution items from a bundled catalog.
 
@@ -208,6 +248,8 @@ def write_native_catalog(
         variants: item id -> {variant: datetime}: also write that item as another processing
             baseline serves it (:data:`VARIANTS`: ``PB0301`` before the BOA offset, ``RAW``
             with the offset not applied), at that datetime.
+        neighbours: item id -> (EPSG, tile): also write that item as the neighbouring UTM
+            zone's tile ``tile`` would serve the same ground (warped onto ``EPSG``).
 
     Returns:
         The catalog folder, the ids written and the 10 m pixels per band.
@@ -226,6 +268,8 @@ def write_native_catalog(
         records = [record]
         for kind, when in (variants or {}).get(folder.name, {}).items():
             records.append(_variant(record, out, when, kind))
+        if neighbours and folder.name in neighbours:
+            records.append(_reprojected(record, out, *neighbours[folder.name]))
         for rec in records:
             (out / rec["id"]).mkdir(exist_ok=True)
             (out / rec["id"] / f"{rec['id']}.json").write_text(json.dumps(rec, indent=1))

@@ -47,3 +47,28 @@ def test_load_parameters() -> None:
 def test_crs_needs_resolution() -> None:
     with pytest.raises(ValueError, match=r"needs cube\.resolution"):
         CubeSpec.model_validate({"crs": "EPSG:32633"})
+
+
+def test_common_grid_only_when_tiles_differ_in_crs() -> None:
+    from eoforge.cube.geobox import common_grid, native_resolution, utm_epsg
+
+    assert utm_epsg(15.4, 45.5) == 32633 and utm_epsg(18.1, 45.5) == 32634
+    assert utm_epsg(-70.0, -33.0) == 32719
+    items = [
+        {
+            "geometry": shapely.geometry.mapping(shapely.geometry.box(17.5, 45, 18.5, 46)),
+            "assets": {
+                "red": {"raster:bands": [{"spatial_resolution": 10}]},
+                "scl": {"proj:transform": [20, 0, 0, 0, -20, 0]},
+            },
+        }
+    ]
+    assert native_resolution(items, ["red", "scl"]) == 10
+    assert native_resolution(items, ["scl"]) == 20
+    grid = CubeSpec.model_validate({})
+    assert common_grid(grid, items, ["red"], [32633, 32633], None) is grid
+    aoi = shapely.geometry.box(17.9, 45.2, 18.3, 45.8)  # its centre is in zone 34
+    mixed = common_grid(grid, items, ["red", "scl"], [32633, 32634], aoi)
+    assert (mixed.crs, mixed.resolution) == ("EPSG:32634", 10)
+    chosen = CubeSpec.model_validate({"crs": "EPSG:3035", "resolution": 20})
+    assert common_grid(chosen, items, ["red"], [32633, 32634], aoi) is chosen

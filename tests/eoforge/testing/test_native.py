@@ -147,3 +147,38 @@ def test_a_landsat_shaped_collection_lands_in_the_same_units(tmp_path: Path) -> 
     assert np.abs(red[valid] - s2_at_30m[valid]).max() <= 1  # 2.75e-5 quantisation
     units = zarr.open_group(str(tmp_path / "lc.zarr" / tile)).attrs["units"]
     assert units["nir08"] == {"scale": 1e-4, "offset": 0.0} and "qa_pixel" not in units
+
+
+def test_tiles_in_two_utm_zones_share_one_grid(tmp_path: Path) -> None:
+    """The same ground served by a tile of the neighbouring UTM zone (EPSG:32634): with no
+    cube.crs, both tiles land on the UTM zone of the AOI's centre, on one pixel lattice."""
+    from eoforge.cube.geobox import utm_epsg
+
+    neighbours = {TWL: (32634, "34TBR")}
+    cat = write_native_catalog(
+        BUNDLED_CATALOG, tmp_path / "n", [TWL], (0, 0, 600, 600), neighbours=neighbours
+    )
+    items = [json.loads((cat.path / i / f"{i}.json").read_text()) for i in cat.item_ids]
+    assert items[1]["properties"]["proj:epsg"] == 32634
+    aoi = aoi_geometry(StacSpec(bbox=_aoi_box(items[0], 0.2, 0.8)))
+    assert utm_epsg(aoi.centroid.x, aoi.centroid.y) == 32633
+    grid = CubeSpec.model_validate({"resampling": {"*": "nearest"}})  # no new values
+    info = write_cube(items, ["red", "scl"], tmp_path / "c.zarr", grid, aoi, ("scl",))
+    assert sorted(info.tiles) == ["33TWL", "34TBR"]
+    grids = [open_tile(tmp_path / "c.zarr", t) for t in ("33TWL", "34TBR")]
+    for ds in grids:
+        a, _, c, _, e, f = ds.attrs["transform"]
+        assert ds.attrs["crs"] == "EPSG:32633" and (a, e) == (10.0, -10.0)
+        assert c % 10 == 0 and f % 10 == 0  # one lattice
+    # the same ground, warped there and back with nearest neighbour: mostly the same numbers
+    dx = int((grids[1].attrs["transform"][2] - grids[0].attrs["transform"][2]) / 10)
+    dy = int((grids[0].attrs["transform"][5] - grids[1].attrs["transform"][5]) / 10)
+    a_red = grids[0]["red"].values[0]
+    b_red = grids[1]["red"].values[0]
+    h = min(a_red.shape[0] - max(dy, 0), b_red.shape[0] - max(-dy, 0))
+    w = min(a_red.shape[1] - max(dx, 0), b_red.shape[1] - max(-dx, 0))
+    a_win = a_red[max(dy, 0) : max(dy, 0) + h, max(dx, 0) : max(dx, 0) + w]
+    b_win = b_red[max(-dy, 0) : max(-dy, 0) + h, max(-dx, 0) : max(-dx, 0) + w]
+    both = (a_win > 0) & (b_win > 0)
+    assert both.mean() > 0.5
+    assert (a_win[both] == b_win[both]).mean() > 0.9
