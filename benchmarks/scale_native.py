@@ -20,7 +20,8 @@ fresh subprocess (peak resident memory from ``getrusage`` of that child):
    window rate of the same model in ONNX Runtime on the product's windows (512 px, batch 2)
    (``ratios.whole_tile_vs_window_rate``; 64 px overlap alone costs (512/448)^2 = 1.31x).
 
-The catalog (~1 GB) is written once into ``--work`` and reused. ~10-15 minutes on 2 cores.
+The catalog (~1 GB) is written once into ``--work`` and reused; every run uses a fresh store
+(nothing is served from a cache) and removes it afterwards. ~10 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -157,8 +160,8 @@ def _spec(path: Path, cat: Path, bbox: Any, **extra: Any) -> Path:
     return path
 
 
-def _cli(args: list[str], work: Path) -> tuple[float, float, str]:
-    env = {"EOFORGE_STORE": str(work / "store"), "MLFLOW_TRACKING_URI": "", "PYTHONUNBUFFERED": "1"}
+def _cli(args: list[str], store: Path) -> tuple[float, float, str]:
+    env = {"EOFORGE_STORE": str(store), "MLFLOW_TRACKING_URI": "", "PYTHONUNBUFFERED": "1"}
     code = (
         "import json\n"
         "from eoforge.cli import app\n"
@@ -204,23 +207,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     odc = [s for s, _ in ingest["runs"]["odc_stac"]]
     aoi_px = _aoi_pixels()
 
-    run_dir = work / "aoi-run"
-    spec = _spec(work / "aoi.yaml", cat, AOI)
+    # a fresh store and run folders per benchmark run: nothing is served from a cache
+    fresh = Path(tempfile.mkdtemp(dir=work, prefix="run-"))
+    store = fresh / "store"
+    run_dir = fresh / "aoi-run"
+    spec = _spec(fresh / "aoi.yaml", cat, AOI)
     pipe_s, pipe_peak, _ = _cli(
-        ["run", "--plain", "--config", str(spec), "--out", str(run_dir)], work
+        ["run", "--plain", "--config", str(spec), "--out", str(run_dir)], store
     )
     print(f"AOI pipeline: {pipe_s:.0f} s, peak {pipe_peak:.0f} MB", flush=True)
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
-    tile_spec = _spec(work / "tile.yaml", cat, None, datetime="2023-08-15/2023-08-15")
+    tile_spec = _spec(fresh / "tile.yaml", cat, None, datetime="2023-08-15/2023-08-15")
     tile_spec_data = yaml.safe_load(tile_spec.read_text())
     tile_spec_data["stac"]["max_items"] = 1
     tile_spec.write_text(yaml.safe_dump(tile_spec_data))
-    pred_dir = work / "tile-predict"
+    pred_dir = fresh / "tile-predict"
     pred_s, pred_peak, _ = _cli(
         ["predict", "--model", str(run_dir / "model"), "--config", str(tile_spec),
          "--out", str(pred_dir)],
-        work,
+        store,
     )  # fmt: skip
     prov = json.loads((pred_dir / "provenance.json").read_text())
     infer_s = prov["stage_seconds"]["infer"]
@@ -231,6 +237,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tile_px = src.width * src.height
     whole_tile_rate = tile_px / 1e6 / infer_s
     window_rate = _window_rate(run_dir / "model", 5)
+    shutil.rmtree(fresh)  # created above by this run
     print(f"whole tile predict: {whole_tile_rate:.2f} Mpx/s, window {window_rate:.2f}", flush=True)
     return {
         "benchmark": "scale_native",
