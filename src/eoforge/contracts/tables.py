@@ -146,21 +146,24 @@ def _streamed_slice_stats(arr: Any, t: int) -> dict[str, float]:
     high: int | None = None
     hist = np.zeros(1, np.int64)
     for y in range(0, height, step):
-        rows = np.asarray(arr[t, y : y + step, :])
-        values = rows[rows != 0]
-        if not values.size:
-            continue
-        count += int(values.size)
-        total += int(values.sum(dtype=np.uint64))
-        lo, hi = int(values.min()), int(values.max())
-        low = lo if low is None else min(low, lo)
-        high = hi if high is None else max(high, hi)
-        counts = np.bincount(values.ravel())
-        if counts.size > hist.size:
-            counts[: hist.size] += hist
-            hist = counts
-        else:
-            hist[: counts.size] += counts
+        chunk_row = np.asarray(arr[t, y : y + step, :])
+        # bincount and sum widen to 8 bytes a value: work on a few rows at a time
+        for sub in range(0, chunk_row.shape[0], 256):
+            rows = chunk_row[sub : sub + 256]
+            values = rows[rows != 0]
+            if not values.size:
+                continue
+            count += int(values.size)
+            total += int(values.sum(dtype=np.uint64))
+            lo, hi = int(values.min()), int(values.max())
+            low = lo if low is None else min(low, lo)
+            high = hi if high is None else max(high, hi)
+            counts = np.bincount(values)
+            if counts.size > hist.size:
+                counts[: hist.size] += hist
+                hist = counts
+            else:
+                hist[: counts.size] += counts
     n_pixels = height * width
     if not count:
         nan = math.nan

@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from eoforge.errors import InputError
-from eoforge.io.redact import redact
 from eoforge.io.atomic import staged_file
+from eoforge.io.redact import redact
 
 __all__ = [
     "CLASS_COLOURS",

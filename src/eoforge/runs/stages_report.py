@@ -11,9 +11,9 @@ from numpy.typing import NDArray
 
 from eoforge.config import RunSpec
 from eoforge.errors import InternalError
-from eoforge.runs.store import ITEMS_FILE
 from eoforge.runs.stages_data import _load_items
 from eoforge.runs.stages_model import _scene_bands, _test_scenes
+from eoforge.runs.store import ITEMS_FILE
 
 __all__ = [
     "stage_evaluate",
@@ -72,9 +72,14 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
     ``metrics.json`` and quicklooks."""
     import rasterio
 
-    from eoforge.training.metrics import confusion_matrix, metrics_from_confusion
-    from eoforge.runs.report import class_map_png, confusion_png, learning_curves_png, true_colour_png
     from eoforge.io.atomic import write_json_atomic
+    from eoforge.runs.report import (
+        class_map_png,
+        confusion_png,
+        learning_curves_png,
+        true_colour_png,
+    )
+    from eoforge.training.metrics import confusion_matrix, metrics_from_confusion
 
     run = Path(run_dir)
     k = len(spec.labels.classes)
@@ -200,6 +205,8 @@ def stage_report(
     orchestration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.html`` and then ``provenance.json`` (which hashes every other output)."""
+    from eoforge.io.atomic import sha256_tree, write_json_atomic
+    from eoforge.io.redact import redact_obj
     from eoforge.runs.provenance import (
         git_revision,
         output_records,
@@ -207,9 +214,7 @@ def stage_report(
         stac_item_records,
         write_provenance,
     )
-    from eoforge.io.redact import redact_obj
     from eoforge.runs.report import write_report
-    from eoforge.io.atomic import sha256_tree, write_json_atomic
 
     run, final = Path(run_dir), Path(final_dir)
     metrics = results["evaluate"]["metrics"]

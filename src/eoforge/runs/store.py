@@ -49,8 +49,8 @@ def plan_keys(spec: RunSpec, items: Sequence[dict[str, Any]]) -> dict[str, str]:
         InputError: a label file named in the spec does not exist.
     """
     from eoforge.cube.build import cube_fingerprint
-    from eoforge.stac.aoi import aoi_digest
     from eoforge.labels.sources import label_digest
+    from eoforge.stac.aoi import aoi_digest
 
     # The grid and the area enter the key only when set: default specs keep their keys.
     grid = [] if spec.cube == CubeSpec.model_validate({}) else [spec.cube.fingerprint()]
