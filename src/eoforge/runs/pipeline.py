@@ -26,16 +26,6 @@ from typing import Any
 
 from eoforge.config import RunSpec
 from eoforge.errors import InputError
-from eoforge.runs.store import (
-    ITEMS_FILE,
-    PRODUCTION_POINTER,
-    STORE_FORMAT,
-    plan_keys,
-    production_model,
-    promote_model,
-    store_paths,
-    stored,
-)
 from eoforge.runs.stages_data import stac_endpoint, stage_chips, stage_ingest, stage_search
 from eoforge.runs.stages_model import stage_baseline, stage_infer, stage_train
 from eoforge.runs.stages_report import _TestTruth as _TestTruth

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from eoforge.io.redact import redact_obj, redact_url
 from eoforge.io.atomic import sha256_file, sha256_tree, write_json_atomic
+from eoforge.io.redact import redact_obj, redact_url
 
 __all__ = [
     "git_revision",

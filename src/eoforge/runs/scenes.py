@@ -29,17 +29,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from eoforge.config import InferSpec
-from eoforge.cube.build import cube_fingerprint, retry_reads
 from eoforge.compute.cluster import (
     DEFAULT_CHUNKS,
     compute_error,
     load_tile_chunked,
     zarr_chunk_encoding,
 )
+from eoforge.config import InferSpec
+from eoforge.cube.build import cube_fingerprint, retry_reads
 from eoforge.errors import EoforgeError, InputError
-from eoforge.stac.items import item_tile
 from eoforge.io.atomic import staged_dir
+from eoforge.stac.items import item_tile
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -290,10 +290,10 @@ def infer_scene(
     """
     import dask
 
-    from eoforge.inference.predict import predict_scene
-    from eoforge.inference.item import prediction_item
-    from eoforge.io.atomic import write_json_atomic
     from eoforge.inference.cog import write_prediction
+    from eoforge.inference.item import prediction_item
+    from eoforge.inference.predict import predict_scene
+    from eoforge.io.atomic import write_json_atomic
 
     t0 = time.perf_counter()
     item_id = _check_id(item)

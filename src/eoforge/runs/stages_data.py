@@ -66,14 +66,12 @@ def stage_search(
     ``items.json`` and plan the cache keys."""
     from eoforge.contracts import tables
     from eoforge.contracts.validation import enforce
+    from eoforge.io.atomic import write_json_atomic
     from eoforge.labels.sources import label_file_records
     from eoforge.stac.search import search_items
-    from eoforge.io.atomic import write_json_atomic
 
     items = search_items(spec.stac, api_url, ids)
-    result = enforce(
-        "items", tables.items_table(items, [*spec.stac.bands, spec.stac.label_asset])
-    )
+    result = enforce("items", tables.items_table(items, [*spec.stac.bands, spec.stac.label_asset]))
     items_uri = Path(run_dir) / ITEMS_FILE
     write_json_atomic(items_uri, {"type": "FeatureCollection", "features": items})
     return {
@@ -100,9 +98,7 @@ def stage_ingest(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[st
             reused = False  # torn or modified: rebuilt below (replaced atomically)
     if not reused:
         write_cube(_load_items(Path(items_uri)), [*spec.stac.bands, spec.stac.label_asset], cube)
-    result = enforce(
-        "cube", tables.cube_table(cube, label_variables=(spec.stac.label_asset,))
-    )
+    result = enforce("cube", tables.cube_table(cube, label_variables=(spec.stac.label_asset,)))
     return {
         "cube_uri": str(cube),
         "tiles": list_tiles(cube),
@@ -113,10 +109,10 @@ def stage_ingest(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[st
 
 def stage_chips(spec: RunSpec, cube_uri: str, store: str, key: str) -> dict[str, Any]:
     """Cut the stored chips ``key`` from the cube (unless they exist); check the chips contract."""
+    from eoforge.chips.cut import build_chips
+    from eoforge.chips.index import enforce_chip_index
     from eoforge.contracts import tables
     from eoforge.contracts.validation import enforce
-    from eoforge.chips.index import enforce_chip_index
-    from eoforge.chips.cut import build_chips
     from eoforge.labels.sources import label_source
 
     chips = stored(store, "chips", key)

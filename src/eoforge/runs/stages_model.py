@@ -13,8 +13,8 @@ import numpy as np
 
 from eoforge.config import RunSpec
 from eoforge.errors import InputError
-from eoforge.runs.store import stored
 from eoforge.runs.stages_data import _load_items
+from eoforge.runs.store import stored
 
 __all__ = [
     "stage_baseline",
@@ -26,8 +26,8 @@ __all__ = [
 def stage_train(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str, Any]:
     """Train, export to ONNX (parity-checked on test chips) and publish the stored model ``key``."""
     from eoforge.chips.cut import read_split
-    from eoforge.export.onnx import export_onnx
     from eoforge.export.mlm import MODEL_ITEM_NAME, model_item
+    from eoforge.export.onnx import export_onnx
     from eoforge.io.atomic import staged_dir, write_json_atomic
     from eoforge.training.train import train_model
 
@@ -101,13 +101,14 @@ def _baseline_predictor(spec: RunSpec, rf: Any, chips: Path, staging: Path) -> C
     """sklearn's per-pixel prediction, or (``infer.serve_baseline_onnx``) the forest exported with
     skl2onnx and served through the same ONNX Runtime sliding-window path as the model."""
     from eoforge.training import baseline
+
     if not spec.infer.serve_baseline_onnx:
         return lambda bands: baseline.predict_scene(rf, bands)
-    from eoforge.export.baseline_onnx import baseline_config, export_random_forest, per_pixel_spec
     from eoforge.chips.cut import read_split
-    from eoforge.inference.session import open_session
-    from eoforge.inference.predict import predict_scene
+    from eoforge.export.baseline_onnx import baseline_config, export_random_forest, per_pixel_spec
     from eoforge.export.mlm import model_item
+    from eoforge.inference.predict import predict_scene
+    from eoforge.inference.session import open_session
     from eoforge.io.atomic import write_json_atomic
 
     bands, classes = list(spec.stac.bands), list(spec.labels.classes)
@@ -132,9 +133,9 @@ def stage_baseline(
     spec: RunSpec, chips_uri: str, cube_uri: str, store: str, key: str
 ) -> dict[str, Any]:
     """Fit the per-pixel random forest on the train chips and predict every test scene (stored)."""
-    from eoforge.training.baseline import train_random_forest
     from eoforge.inference.cog import write_prediction
     from eoforge.io.atomic import staged_dir, write_json_atomic
+    from eoforge.training.baseline import train_random_forest
 
     out = stored(store, "baseline", key)
     reused = out.exists()
@@ -176,13 +177,13 @@ def stage_infer(
     """
     from eoforge.contracts import tables
     from eoforge.contracts.validation import enforce
-    from eoforge.inference.session import open_session
-    from eoforge.inference.predict import predict_scene
-    from eoforge.inference.item import prediction_item
-    from eoforge.inference.cog import write_prediction
     from eoforge.export.mlm import MODEL_ITEM_NAME, check_model_matches, model_item
-    from eoforge.stac.items import self_href
+    from eoforge.inference.cog import write_prediction
+    from eoforge.inference.item import prediction_item
+    from eoforge.inference.predict import predict_scene
+    from eoforge.inference.session import open_session
     from eoforge.io.atomic import clean_stale_staging, staged_dir, write_json_atomic
+    from eoforge.stac.items import self_href
 
     run = Path(run_dir)
     clean_stale_staging(run / "predictions")  # leftovers of killed runs; live writers' are kept
@@ -245,9 +246,7 @@ def stage_infer(
         written[item_id] = {"cog": str(tif), "item": str(tif.with_suffix(".json"))}
     seconds = time.perf_counter() - t0
     tifs = [Path(v["cog"]) for v in written.values()]
-    result = enforce(
-        "predictions", tables.predictions_table(tifs, len(spec.labels.classes))
-    )
+    result = enforce("predictions", tables.predictions_table(tifs, len(spec.labels.classes)))
     return {
         "predictions": written,
         "model_dir": model_dir,

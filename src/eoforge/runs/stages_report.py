@@ -11,9 +11,9 @@ from numpy.typing import NDArray
 
 from eoforge.config import RunSpec
 from eoforge.errors import InternalError
-from eoforge.runs.store import ITEMS_FILE
 from eoforge.runs.stages_data import _load_items
 from eoforge.runs.stages_model import _scene_bands, _test_scenes
+from eoforge.runs.store import ITEMS_FILE
 
 __all__ = [
     "stage_evaluate",
@@ -72,9 +72,14 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
     ``metrics.json`` and quicklooks."""
     import rasterio
 
-    from eoforge.training.metrics import confusion_matrix, metrics_from_confusion
-    from eoforge.runs.report import class_map_png, confusion_png, learning_curves_png, true_colour_png
     from eoforge.io.atomic import write_json_atomic
+    from eoforge.runs.report import (
+        class_map_png,
+        confusion_png,
+        learning_curves_png,
+        true_colour_png,
+    )
+    from eoforge.training.metrics import confusion_matrix, metrics_from_confusion
 
     run = Path(run_dir)
     k = len(spec.labels.classes)
@@ -200,6 +205,8 @@ def stage_report(
     orchestration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``report.html`` and then ``provenance.json`` (which hashes every other output)."""
+    from eoforge.io.atomic import sha256_tree, write_json_atomic
+    from eoforge.io.redact import redact_obj
     from eoforge.runs.provenance import (
         git_revision,
         output_records,
@@ -207,49 +214,11 @@ def stage_report(
         stac_item_records,
         write_provenance,
     )
-    from eoforge.io.redact import redact_obj
-    from eoforge.runs.report import write_report
-    from eoforge.io.atomic import sha256_tree, write_json_atomic
+    from eoforge.runs.report_page import write_run_report
 
     run, final = Path(run_dir), Path(final_dir)
     metrics = results["evaluate"]["metrics"]
-    tables: dict[str, list[dict[str, Any]]] = {
-        "Stage timings (s)": [
-            {
-                "stage": k,
-                "seconds": round(float(v.get("stage_seconds", 0.0)), 2),
-                "reused from store": bool(v.get("reused", False)),
-            }
-            for k, v in results.items()
-        ],
-        "Chips": [{"split": k, "chips": v} for k, v in results["chips"]["counts"].items()],
-        "ONNX export": [
-            {
-                "opset": results["train"].get("onnx_opset"),
-                "parity max |diff|": results["train"].get("parity_max_abs_diff"),
-            }
-        ],
-    }
-    links = {
-        "provenance.json": "provenance.json",
-        "metrics.json": "metrics.json",
-        "model (ONNX)": "model/model.onnx",
-    }
-    for item_id in sorted(results.get("infer", {}).get("predictions", {})):
-        links[f"prediction {item_id}"] = f"predictions/{item_id}.tif"
-    write_report(
-        run / "report.html",
-        "eoforge run report",
-        metrics,
-        [(c, Path(p)) for c, p in results["evaluate"]["images"]],
-        tables,
-        links,
-    )
     items = _load_items(run / ITEMS_FILE)
-    # every stage has read the items: keep them without signed-URL query strings / secrets
-    write_json_atomic(
-        run / ITEMS_FILE, redact_obj({"type": "FeatureCollection", "features": items})
-    )
     stored = {
         name: {
             "uri": Path(results[stage][field]).resolve().as_uri(),
@@ -285,6 +254,7 @@ def stage_report(
         "reused_from_store": {
             k: bool(v.get("reused")) for k, v in results.items() if "reused" in v
         },
+        "chip_counts": results.get("chips", {}).get("counts", {}),
         "metrics": {
             k: metrics[k]
             for k in ("miou", "pixel_accuracy", "baseline_miou", "baseline_pixel_accuracy")
@@ -292,8 +262,17 @@ def stage_report(
         "training": {k: v for k, v in results["train"].items() if k not in {"spec"}},
         "tracking": {k: v for k, v in results.get("track", {}).items() if k != "stage_seconds"},
         "stored_inputs": stored,
-        "outputs": output_records(run, final),
     }
+    # the report shows what provenance records (so `eoforge report` can rebuild it from the
+    # folder), and provenance then hashes the report with every other output
+    write_run_report(
+        run, metrics, redact_obj(json.loads(json.dumps(provenance, default=str))), items
+    )
+    # every stage has read the items: keep them without signed-URL query strings / secrets
+    write_json_atomic(
+        run / ITEMS_FILE, redact_obj({"type": "FeatureCollection", "features": items})
+    )
+    provenance["outputs"] = output_records(run, final)
     write_provenance(run / "provenance.json", provenance)
     return {
         "report_uri": str(final / "report.html"),
