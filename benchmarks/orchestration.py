@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+    from eoforge.orchestration.flows.pipeline import pipeline_flow
     from eoforge.runs.pipeline import run_plain
-    from flows.pipeline import pipeline_flow
 
     spec = _spec(args.epochs)
     overhead = _task_overhead(50)  # also starts Prefect's ephemeral server before timing

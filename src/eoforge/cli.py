@@ -34,7 +34,7 @@ def _run_pipeline(
     store_path = (store or default_store()).resolve()
     console.print(f"[bold]store[/] {store_path}")
     if orchestrate:
-        from flows.pipeline import pipeline_flow
+        from eoforge.orchestration.flows.pipeline import pipeline_flow
 
         return pipeline_flow(spec, str(out), str(store_path), api_url)
     return run_plain(

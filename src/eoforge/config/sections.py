@@ -4,15 +4,17 @@ are cut (``chips``), training (``train``) and inference (``infer``)."""
 from __future__ import annotations
 
 from datetime import date
+from importlib.resources import files
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 
 from eoforge.config.base import _Spec
 
 __all__ = [
     "BUNDLED_CATALOG",
+    "BUNDLED_CATALOG_NAME",
     "TRAIN_PRESETS",
     "ChipSpec",
     "InferSpec",
@@ -21,8 +23,12 @@ __all__ = [
     "TrainSpec",
 ]
 
-#: The bundled real Sentinel-2 L2A mini sample (10 items, 2 tiles, 5 dates).
-BUNDLED_CATALOG = Path(__file__).resolve().parents[3] / "examples" / "data" / "s2-l2a-mini"
+#: The bundled real Sentinel-2 L2A mini sample (10 items, 2 tiles, 5 dates), package data of
+#: ``eoforge.stac`` (so a wheel installed anywhere carries it).
+BUNDLED_CATALOG = Path(str(files("eoforge"))) / "stac" / "sample" / "s2-l2a-mini"
+#: How a spec names the bundled sample: the same on every install (no absolute install path in
+#: the Prefect UI form, provenance or cache keys).
+BUNDLED_CATALOG_NAME = "bundled:s2-l2a-mini"
 
 
 class StacSpec(_Spec):
@@ -33,7 +39,9 @@ class StacSpec(_Spec):
         description="STAC API root URL. None serves `catalog_dir` locally with `rustac serve`.",
     )
     catalog_dir: Path = Field(
-        BUNDLED_CATALOG, description="Static STAC catalog to serve when `api_url` is None."
+        BUNDLED_CATALOG,
+        description="Static STAC catalog folder to serve when `api_url` is None; "
+        f"`{BUNDLED_CATALOG_NAME}` is the sample shipped with eoforge.",
     )
     collection: str = Field("sentinel-2-l2a", description="Collection id to search.")
     bbox: tuple[float, float, float, float] | None = Field(
@@ -53,6 +61,15 @@ class StacSpec(_Spec):
     max_retries: int = Field(5, ge=0, description="HTTP retries for STAC API requests.")
     backoff_factor: float = Field(0.5, ge=0, description="Exponential backoff factor (seconds).")
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout for the STAC API.")
+
+    @field_validator("catalog_dir", mode="before")
+    @classmethod
+    def _bundled_catalog(cls, value: Any) -> Any:
+        return BUNDLED_CATALOG if str(value) == BUNDLED_CATALOG_NAME else value
+
+    @field_serializer("catalog_dir")
+    def _catalog_name(self, value: Path) -> str:
+        return BUNDLED_CATALOG_NAME if Path(value) == BUNDLED_CATALOG else str(value)
 
 
 class SamplingSpec(_Spec):

@@ -9,7 +9,6 @@ import pytest
 from PIL import Image
 
 from eoforge.errors import InputError
-from eoforge.training.metrics import metrics_from_confusion
 from eoforge.runs.report import (
     class_map_png,
     confusion_png,
@@ -17,6 +16,7 @@ from eoforge.runs.report import (
     true_colour_png,
 )
 from eoforge.runs.report_page import write_report
+from eoforge.training.metrics import metrics_from_confusion
 
 NAMES = ["vegetation", "bare", "water", "cloud", "shadow"]
 

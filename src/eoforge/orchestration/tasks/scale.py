@@ -16,9 +16,9 @@ from prefect.tasks import exponential_backoff
 
 from eoforge.compute.cluster import DaskSpec
 from eoforge.config import InferSpec, StacSpec
+from eoforge.orchestration.tasks.stages import retry_unless_final
 from eoforge.runs import scenes
 from eoforge.stac.search import search_items
-from tasks.stages import retry_unless_final
 
 _RETRY = {
     "retries": 3,

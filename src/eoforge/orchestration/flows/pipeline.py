@@ -14,11 +14,8 @@ from eoforge.config import RunSpec, default_store
 from eoforge.errors import TransientError
 from eoforge.labels.sources import check_label_source
 from eoforge.ops.zombies import RunLock
-from eoforge.runs.pipeline import run_context
-from eoforge.runs.stages_data import stac_endpoint
-from eoforge.runs.store import promote_model, stored
-from tasks.publish import lineage_inputs, publish_artifacts, record_lineage
-from tasks.stages import (
+from eoforge.orchestration.tasks.publish import lineage_inputs, publish_artifacts, record_lineage
+from eoforge.orchestration.tasks.stages import (
     baseline_task,
     chips_task,
     evaluate_task,
@@ -30,6 +27,9 @@ from tasks.stages import (
     track_task,
     train_task,
 )
+from eoforge.runs.pipeline import run_context
+from eoforge.runs.stages_data import stac_endpoint
+from eoforge.runs.store import promote_model, stored
 
 
 @task(name="promote-model", persist_result=False)
