@@ -18,6 +18,7 @@ from eoforge.runs.store import ITEMS_FILE
 __all__ = [
     "stage_evaluate",
     "stage_report",
+    "stage_summary",
     "stage_track",
 ]
 
@@ -278,3 +279,60 @@ def stage_report(
         "report_uri": str(final / "report.html"),
         "provenance_uri": str(final / "provenance.json"),
     }
+
+
+def stage_summary(
+    spec: RunSpec,
+    run_dir: str,
+    final_dir: str,
+    results: dict[str, dict[str, Any]],
+    orchestration: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``provenance.json`` for a run of selected stages (no report: it needs the
+    evaluation): the stages run, their products, timings and contracts."""
+    from eoforge.io.redact import redact_obj
+    from eoforge.runs.provenance import (
+        git_revision,
+        output_records,
+        package_versions,
+        write_provenance,
+    )
+
+    run, final = Path(run_dir), Path(final_dir)
+    def published(uri: str) -> str:  # a file of the run folder, where it will be
+        p = Path(uri)
+        return str(final / p.relative_to(run)) if p.is_relative_to(run) else uri
+
+    products = {
+        name: published(results[stage][field])
+        for name, stage, field in (
+            ("items", "search", "items_uri"),
+            ("cube", "ingest", "cube_uri"),
+            ("chips", "chips", "chips_uri"),
+            ("model", "train", "model_dir"),
+            ("baseline", "baseline", "baseline_dir"),
+        )
+        if stage in results
+    }
+    record = {
+        "eoforge_run": final.name,
+        "stages": list(results),
+        "parameters": spec.model_dump(mode="json"),
+        "spec_fingerprint": spec.fingerprint(),
+        "cache_keys": results.get("search", {}).get("keys"),
+        "products": products,
+        "packages": package_versions(),
+        "git": git_revision(),
+        "orchestration": orchestration or {"engine": "plain-python"},
+        "contracts": {
+            r["contract"]["stage"]: r["contract"] for r in results.values() if "contract" in r
+        },
+        "stage_seconds": {k: v.get("stage_seconds") for k, v in results.items()},
+        "reused_from_store": {
+            k: bool(v.get("reused")) for k, v in results.items() if "reused" in v
+        },
+        "chip_counts": results.get("chips", {}).get("counts", {}),
+        "outputs": output_records(run, final),
+    }
+    write_provenance(run / "provenance.json", redact_obj(record))
+    return {"provenance_uri": str(final / "provenance.json"), "products": products}

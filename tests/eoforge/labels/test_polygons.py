@@ -26,7 +26,11 @@ from eoforge.labels.polygons import (
 )
 
 SHIPPED = (
-    Path(__file__).resolve().parents[3] / "examples" / "data" / "labels" / "s2-l2a-mini-water-cloud.parquet"
+    Path(__file__).resolve().parents[3]
+    / "examples"
+    / "data"
+    / "labels"
+    / "s2-l2a-mini-water-cloud.parquet"
 )
 SCHEMA = LabelSpec(classes=("other", "water", "cloud"), scl_groups={})
 BANDS = ("blue", "green", "red", "nir")

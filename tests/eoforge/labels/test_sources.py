@@ -18,7 +18,6 @@ import zarr
 from affine import Affine
 
 from eoforge.config import (
-    BUNDLED_CATALOG,
     ChipSpec,
     LabelSpec,
     PolygonLabelsSpec,
@@ -35,7 +34,11 @@ from eoforge.labels.sources import check_label_source, label_digest, label_sourc
 from eoforge.runs.store import plan_keys
 
 SHIPPED = (
-    Path(__file__).resolve().parents[3] / "examples" / "data" / "labels" / "s2-l2a-mini-water-cloud.parquet"
+    Path(__file__).resolve().parents[3]
+    / "examples"
+    / "data"
+    / "labels"
+    / "s2-l2a-mini-water-cloud.parquet"
 )
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "configs" / "polygons.yaml"
 WATER_CLOUD = {"classes": ["other", "water", "cloud"]}
