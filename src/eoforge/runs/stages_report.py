@@ -299,6 +299,7 @@ def stage_summary(
     )
 
     run, final = Path(run_dir), Path(final_dir)
+
     def published(uri: str) -> str:  # a file of the run folder, where it will be
         p = Path(uri)
         return str(final / p.relative_to(run)) if p.is_relative_to(run) else uri
