@@ -70,6 +70,8 @@ def _stage_progress() -> Iterator[None]:
     live: dict[str, Progress] = {}
 
     def show(name: str, seconds: float | None) -> None:
+        if seconds is None and not console.is_terminal:
+            return  # a log file gets the ✓ lines only
         if seconds is None:
             if name == "train":
                 console.print("  [bold]train[/] (progress bar below)")
@@ -142,7 +144,10 @@ def _guarded(fn: Any) -> None:
     try:
         fn()
     except EoforgeError as exc:
-        console.print(f"[bold red]error ({type(exc).__name__}):[/] {redact(str(exc))}")
+        # soft wrap: paths and names in the message stay whole (copyable, greppable)
+        console.print(
+            f"[bold red]error ({type(exc).__name__}):[/] {redact(str(exc))}", soft_wrap=True
+        )
         raise typer.Exit(exit_code_for(exc)) from None
 
 
@@ -300,7 +305,7 @@ def watch(
 
         def said(poll: int, landed: list[str], seconds: float) -> None:
             what = ", ".join(landed) if landed else "nothing new"
-            console.print(f"poll {poll}: {what} ({seconds:.1f} s)")
+            console.print(f"poll {poll}: {what} ({seconds:.1f} s)", soft_wrap=True)
 
         with _stage_progress():
             watch_loop(

@@ -42,6 +42,8 @@ class StacSpec(_Spec):
         BUNDLED_CATALOG,
         description="Static STAC catalog folder to serve when `api_url` is None; "
         f"`{BUNDLED_CATALOG_NAME}` is the sample shipped with eoforge.",
+        # forms built from the JSON schema (the Prefect UI) show the name, not the install path
+        json_schema_extra={"default": BUNDLED_CATALOG_NAME},
     )
     collection: str = Field("sentinel-2-l2a", description="Collection id to search.")
     bbox: tuple[float, float, float, float] | None = Field(

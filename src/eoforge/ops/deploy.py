@@ -2,9 +2,11 @@
 pools, register deployments.
 
 Shells out to the ``prefect`` CLI (so eoforge's library never imports Prefect) with
-``EOFORGE_HOME`` set to the installed ``eoforge`` package folder (a checkout's ``src/eoforge``
-or a wheel's ``site-packages/eoforge``): the deployments' entrypoints are relative to it and
-their pull step uses it as working directory.
+``EOFORGE_HOME`` set to the folder the ``eoforge`` package is installed in (a checkout's ``src``
+or a wheel's ``site-packages``): the deployments' entrypoints (``eoforge/orchestration/flows/
+*.py``) are relative to it and their pull step uses it as working directory. (Not the package
+folder itself: Prefect puts the working directory on ``sys.path``, where ``eoforge/io``,
+``eoforge/config`` ... would shadow top-level modules.)
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ __all__ = [
 
 #: The installed eoforge package (package data included), wherever it was installed.
 PACKAGE_DIR = Path(str(files("eoforge")))
+#: The folder holding the package: the deployments' working directory (EOFORGE_HOME).
+INSTALL_ROOT = PACKAGE_DIR.parent
 #: Deployment configuration shipped as package data.
 DEPLOYMENTS_DIR = PACKAGE_DIR / "orchestration" / "deployments"
 PREFECT_FILE = DEPLOYMENTS_DIR / "prefect.yaml"
@@ -42,7 +46,7 @@ def _prefect() -> str:
 def _run(args: Sequence[str], env: dict[str, str], what: str) -> str:
     proc = subprocess.run(
         [_prefect(), "--no-prompt", *args],
-        cwd=PACKAGE_DIR,
+        cwd=INSTALL_ROOT,
         env=env,
         capture_output=True,
         text=True,
@@ -60,7 +64,7 @@ def _run(args: Sequence[str], env: dict[str, str], what: str) -> str:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("EOFORGE_HOME", str(PACKAGE_DIR))
+    env.setdefault("EOFORGE_HOME", str(INSTALL_ROOT))
     return env
 
 

@@ -104,10 +104,18 @@ def _row(label: str, values: Sequence[Any], bold_best: bool) -> str:
     return f"<tr><td>{_esc(label)}</td>{cells}</tr>"
 
 
-def _comparison_table(systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    classes: list[str] = []
+def _classes(systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Class names in the schema's order (``classes``; metrics.json sorts its keys)."""
+    ordered: dict[str, None] = {}
     for m in systems.values():
-        classes += [c for c in m.get("per_class_iou", {}) if c not in classes]
+        scored = m.get("per_class_iou", {})
+        ordered.update(dict.fromkeys(str(c) for c in m.get("classes") or [] if c in scored))
+        ordered.update(dict.fromkeys(str(c) for c in scored))
+    return list(ordered)
+
+
+def _comparison_table(systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    classes = _classes(systems)
     rows: list[tuple[str, list[Any]]] = [
         ("mIoU", [m.get("miou") for m in systems.values()]),
         ("pixel accuracy", [m.get("pixel_accuracy") for m in systems.values()]),
@@ -134,9 +142,7 @@ _PER_CLASS = (
 def _per_class_table(systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """One row per class; each score once per system, side by side; support (labelled test
     pixels) once, as every system is scored on the same pixels."""
-    classes: list[str] = []
-    for m in systems.values():
-        classes += [c for c in m.get("per_class_iou", {}) if c not in classes]
+    classes = _classes(systems)
     if not classes:
         return []
     names = list(systems)
