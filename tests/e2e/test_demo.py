@@ -93,10 +93,13 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "report.html").read_text() == first
 
-    # `eoforge watch`: the local event loop predicts every landed item with the promoted model
+    # `eoforge watch`: the local event loop predicts every landed item (with the run's model:
+    # a short training may lose to the random forest and not be promoted to production)
     proc = _run(
         [
             "watch",
+            "--model-dir",
+            prov["training"]["model_dir"],
             "--polls",
             "1",
             "--emit-existing",
@@ -115,6 +118,8 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     proc = _run(
         [
             "watch",
+            "--model-dir",
+            prov["training"]["model_dir"],
             "--polls",
             "1",
             "--out",

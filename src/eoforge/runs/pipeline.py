@@ -26,6 +26,7 @@ from typing import Any
 
 from eoforge.config import RunSpec
 from eoforge.errors import InputError
+from eoforge.runs.progress import STAGES
 from eoforge.runs.stages_data import stac_endpoint, stage_chips, stage_ingest, stage_search
 from eoforge.runs.stages_model import stage_baseline, stage_infer, stage_train
 from eoforge.runs.stages_report import _TestTruth as _TestTruth
@@ -66,8 +67,6 @@ def check_out_dir(out: Path) -> None:
         )
 
 
-#: The pipeline's stages in order.
-STAGES = ("search", "ingest", "chips", "train", "baseline", "infer", "evaluate", "track", "report")
 #: The stages each stage needs the results of.
 _NEEDS: dict[str, tuple[str, ...]] = {
     "search": (),

@@ -11,7 +11,10 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 
-__all__ = ["StageListener", "listening", "stage"]
+__all__ = ["STAGES", "StageListener", "listening", "stage"]
+
+#: The pipeline's stages in order.
+STAGES = ("search", "ingest", "chips", "train", "baseline", "infer", "evaluate", "track", "report")
 
 #: Called with (stage name, seconds): seconds is None when the stage starts.
 StageListener = Callable[[str, float | None], None]

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from eoforge.errors import InputError
 from eoforge.io.atomic import staged_file
 from eoforge.io.redact import redact
+from eoforge.runs.progress import STAGES
 
 __all__ = [
     "QUICKLOOKS",
@@ -298,8 +299,19 @@ def _inputs(record: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> li
     return [*out, "<details><summary>items</summary>", *_table(rows), "</details>"]
 
 
+_CONTRACT_ORDER = ("items", "cube", "chips", "chip_index", "predictions")
+_SPLIT_ORDER = ("train", "val", "test")
+
+
+def _ordered(mapping: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]:
+    """``mapping`` with the keys of ``order`` first, in that order (provenance.json and
+    metrics.json sort their keys)."""
+    first = {k: mapping[k] for k in order if k in mapping}
+    return {**first, **{k: v for k, v in mapping.items() if k not in first}}
+
+
 def _timings(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    seconds = record.get("stage_seconds", {})
+    seconds = _ordered(record.get("stage_seconds", {}), STAGES)
     reused = record.get("reused_from_store", {})
     rows = [
         {"stage": k, "seconds": round(float(v or 0.0), 2), "reused from store": reused.get(k)}
@@ -321,7 +333,7 @@ def _contracts(record: Mapping[str, Any]) -> list[dict[str, Any]]:
             "failures": len(c.get("failures") or []),
             "seconds": c.get("seconds"),
         }
-        for name, c in record.get("contracts", {}).items()
+        for name, c in _ordered(record.get("contracts", {}), _CONTRACT_ORDER).items()
     ]
 
 
@@ -423,7 +435,12 @@ def write_run_report(
             ]
         ),
         "<h2>Chips</h2>",
-        *_table([{"split": k, "chips": v} for k, v in record.get("chip_counts", {}).items()]),
+        *_table(
+            [
+                {"split": k, "chips": v}
+                for k, v in _ordered(record.get("chip_counts", {}), _SPLIT_ORDER).items()
+            ]
+        ),
     ]
     links = {
         "provenance.json": "provenance.json",

@@ -109,9 +109,10 @@ def test_run_report_shows_both_systems_inputs_timings_contracts(tmp_path: Path) 
 def test_rebuild_report_from_the_run_folder(tmp_path: Path) -> None:
     report = demo_like_run(tmp_path / "run")
     first = report.read_text()
-    # as written by a run: keys sorted (classes no longer in the schema's order)
-    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    (tmp_path / "run" / "metrics.json").write_text(json.dumps(metrics, sort_keys=True))
+    # as a run writes them: keys sorted (classes, stages, contracts, splits out of order)
+    for name in ("metrics.json", "provenance.json"):
+        data = json.loads((tmp_path / "run" / name).read_text())
+        (tmp_path / "run" / name).write_text(json.dumps(data, sort_keys=True))
     report.unlink()
     assert rebuild_report(tmp_path / "run").read_text() == first
     with pytest.raises(InputError, match="not a finished eoforge run folder"):
