@@ -19,8 +19,8 @@ demo: setup
 	$(VENV)/bin/eoforge demo --out runs/demo
 
 lint: setup
-	$(VENV)/bin/ruff check src tasks flows tests benchmarks
-	$(VENV)/bin/ruff format --check src tasks flows tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: setup

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+
+_STATS = {"min": min, "median": statistics.median, "max": max}
 
 
 def _spec(epochs: int) -> Any:
@@ -68,10 +71,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+    from eoforge.orchestration.flows.pipeline import pipeline_flow
     from eoforge.runs.pipeline import run_plain
-    from flows.pipeline import pipeline_flow
 
     spec = _spec(args.epochs)
+    load_before = os.getloadavg()
     overhead = _task_overhead(50)  # also starts Prefect's ephemeral server before timing
     times: dict[str, list[float]] = {"plain": [], "prefect": []}
     with tempfile.TemporaryDirectory(prefix="eoforge-bench-") as td:
@@ -91,10 +95,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 times[variant].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
-        "ratios": {"prefect_over_plain": med["prefect"] / med["plain"]},
-        "seconds": {"median_plain": med["plain"], "median_prefect": med["prefect"], "runs": times},
+        "ratios": {
+            "prefect_over_plain": med["prefect"] / med["plain"],
+            # each round runs plain then Prefect back to back: the ratio per round is less
+            # exposed to load that changes between rounds
+            "per_round": [p / q for p, q in zip(times["prefect"], times["plain"], strict=True)],
+        },
+        "seconds": {
+            **{f"{s}_{k}": f(v) for k, v in times.items() for s, f in _STATS.items()},
+            "runs": times,
+        },
         "per_task_overhead_ms": overhead["per_task_ms"],
         "config": {"repeats": args.repeats, "epochs": args.epochs, "cpus": os.cpu_count()},
+        # other processes share the cores: the 1/5/15-minute load averages before and after
+        "load_average": {"before": load_before, "after": os.getloadavg()},
+        "command": "python -m benchmarks.orchestration " + " ".join(argv or sys.argv[1:]),
     }
     table = Table(title="eoforge pipeline: Prefect vs plain Python (same process, fresh stores)")
     for col in ("variant", "median s", "runs (s)"):
@@ -104,6 +119,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     table.add_row("ratio", f"{result['ratios']['prefect_over_plain']:.3f}", "prefect / plain")
     table.add_row(
         "per-task overhead", f"{overhead['per_task_ms']:.1f} ms", "empty task, thread runner"
+    )
+    table.add_row(
+        "load average",
+        " ".join(f"{x:.1f}" for x in result["load_average"]["after"]),
+        "1/5/15 min, after",
     )
     Console().print(table)
     if args.json:

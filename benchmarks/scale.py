@@ -101,7 +101,7 @@ def bench_fanout(size: int, n_scenes: int, batch: int, repeats: int, work: Path)
     from prefect.testing.utilities import prefect_test_harness
     from prefect_dask.task_runners import DaskTaskRunner
 
-    from flows.scale import run_scale_ingest
+    from eoforge.orchestration.flows.scale import run_scale_ingest
 
     @task(name="noop")
     def noop_task(x: int) -> int:

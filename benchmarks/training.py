@@ -1,7 +1,7 @@
 """Training benchmark: the training step rate on this machine's devices, and the chip read rate
 from Zarr into the training device.
 
-    python -m benchmarks.training --json OUT [--catalog examples/data/s2-l2a-mini]
+    python -m benchmarks.training --json OUT [--catalog src/eoforge/stac/sample/s2-l2a-mini]
         [--epochs 2] [--base-channels 32] [--batch 16] [--repeats 5] [--preset full]
 
 Measured side by side in one process run on the real chips of ``--catalog`` (cube written with

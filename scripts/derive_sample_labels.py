@@ -24,7 +24,13 @@ import rasterio
 from eoforge.config import BUNDLED_CATALOG
 from eoforge.labels.polygons import class_polygons
 
-OUT = BUNDLED_CATALOG.parent / "labels" / "s2-l2a-mini-water-cloud.parquet"
+OUT = (
+    Path(__file__).resolve().parents[1]
+    / "examples"
+    / "data"
+    / "labels"
+    / "s2-l2a-mini-water-cloud.parquet"
+)
 # SCL code -> class of the derived set; everything else gets no polygon
 GROUPS = {6: "water", 8: "cloud", 9: "cloud", 10: "cloud"}
 

@@ -17,7 +17,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = {
-    kind: ROOT / "deployments" / "k8s" / f"{kind}-job-template.json" for kind in ("cpu", "gpu")
+    kind: ROOT
+    / "src"
+    / "eoforge"
+    / "orchestration"
+    / "deployments"
+    / "k8s"
+    / f"{kind}-job-template.json"
+    for kind in ("cpu", "gpu")
 }
 
 

@@ -1,9 +1,16 @@
-"""The ``eoforge`` command line: ``demo``, ``run``."""
+"""eoforge: STAC imagery -> Zarr cube -> chips -> PyTorch -> ONNX -> inference, with Prefect.
+
+Start with `eoforge demo` (the whole chain on the bundled Sentinel-2 sample, a few minutes on a
+laptop CPU), open the report it prints, then `eoforge run --config my.yaml` for your own area.
+Every command has --help. Runs go through Prefect (a temporary local server) unless --plain.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,32 +28,108 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 # no local variables in tracebacks: they may hold credentials or signed URLs
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_show_locals=False
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode="markdown",
 )
 console = Console(stderr=True)
 
 
-def _run_pipeline(
-    spec: RunSpec, out: Path, api_url: str | None, orchestrate: bool, store: Path | None
-) -> dict[str, Any]:
-    from eoforge.runs.pipeline import run_plain
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
 
+        print(f"eoforge {version('eoforge')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """eoforge command line."""
+
+
+@contextlib.contextmanager
+def _stage_progress() -> Iterator[None]:
+    """Show each stage while it runs (a spinner with the elapsed time) and a line when it ends.
+
+    Training draws its own bar (epochs, loss, mIoU), so no spinner runs beside it.
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from eoforge.runs.progress import listening
+
+    live: dict[str, Progress] = {}
+
+    def show(name: str, seconds: float | None) -> None:
+        if seconds is None and not console.is_terminal:
+            return  # a log file gets the ✓ lines only
+        if seconds is None:
+            if name == "train":
+                console.print("  [bold]train[/] (progress bar below)")
+                return
+            bar = Progress(
+                SpinnerColumn(),
+                TextColumn("[bold]{task.description}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=True,
+            )
+            bar.add_task(name, total=None)
+            bar.start()
+            live[name] = bar
+            return
+        bar_ = live.pop(name, None)
+        if bar_ is not None:
+            bar_.stop()
+        console.print(f"  [green]✓[/] {name} ({seconds:.1f} s)")
+
+    try:
+        with listening(show):
+            yield
+    finally:
+        for bar in live.values():
+            bar.stop()
+
+
+def _run_pipeline(
+    spec: RunSpec,
+    out: Path,
+    api_url: str | None,
+    orchestrate: bool,
+    store: Path | None,
+    stages: list[str] | None = None,
+) -> dict[str, Any]:
+    from eoforge.runs.pipeline import plan_stages, run_plain
+
+    plan = plan_stages(stages)  # an unknown stage fails here, before anything starts
     store_path = (store or default_store()).resolve()
     console.print(f"[bold]store[/] {store_path}")
-    if orchestrate:
-        from flows.pipeline import pipeline_flow
+    if stages is not None:
+        console.print(f"[bold]stages[/] {', '.join(plan)}")
+    with _stage_progress():
+        if orchestrate:
+            from eoforge.orchestration.flows.pipeline import pipeline_flow
 
-        return pipeline_flow(spec, str(out), str(store_path), api_url)
-    return run_plain(
-        spec,
-        out,
-        store_path,
-        api_url,
-        on_stage=lambda n, s: console.print(f"  [green]✓[/] {n} ({s:.1f} s)"),
-    )
+            return pipeline_flow(spec, str(out), str(store_path), api_url, stages=stages)
+        return run_plain(spec, out, store_path, api_url, stages=stages)
 
 
 def _summarise(results: dict[str, Any], out: Path, seconds: float) -> None:
+    if "summary" in results:  # selected stages: no evaluation, no report
+        for name, uri in results["summary"]["products"].items():
+            console.print(f"[bold]{name:<9}[/] {uri}")
+        console.print(f"all data contracts passed; wall time {seconds:.1f} s")
+        print(f"run: {out.resolve()} (provenance.json)")
+        return
     m = results["evaluate"]["metrics"]
     console.print(
         f"[bold]model[/]     mIoU {m['miou']:.3f}  pixel accuracy {m['pixel_accuracy']:.3f}\n"
@@ -61,7 +144,10 @@ def _guarded(fn: Any) -> None:
     try:
         fn()
     except EoforgeError as exc:
-        console.print(f"[bold red]error ({type(exc).__name__}):[/] {redact(str(exc))}")
+        # soft wrap: paths and names in the message stay whole (copyable, greppable)
+        console.print(
+            f"[bold red]error ({type(exc).__name__}):[/] {redact(str(exc))}", soft_wrap=True
+        )
         raise typer.Exit(exit_code_for(exc)) from None
 
 
@@ -76,7 +162,17 @@ def demo(
         Path | None, typer.Option(help="Store of cubes/chips/models (default $EOFORGE_STORE).")
     ] = None,
 ) -> None:
-    """The whole chain on the bundled Sentinel-2 sample, through a local STAC API."""
+    """The whole chain on the bundled Sentinel-2 sample, through a local STAC API.
+
+    Searches the 10 bundled items, builds a Zarr cube, cuts chips, trains a small U-Net (and a
+    random-forest baseline), exports it to ONNX, predicts every scene and writes a report that
+    compares both models. Products are cached in the store: a second run reuses them.
+
+    **Examples**
+
+      eoforge demo                              # through Prefect, output in runs/demo
+      eoforge demo --plain --train-seconds 30   # plain Python, quicker training
+    """
 
     def go() -> None:
         spec = RunSpec()
@@ -91,10 +187,25 @@ def demo(
     _guarded(go)
 
 
+def _stage_list(value: str | None) -> list[str] | None:
+    return None if value is None else [s for s in value.split(",") if s.strip()]
+
+
 @app.command()
 def run(
-    config: Annotated[Path, typer.Option(help="Run spec YAML (see examples/configs/).")],
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Run spec YAML (see examples/configs/); default: the demo's spec."),
+    ] = None,
     out: Annotated[Path, typer.Option(help="Run folder to write.")] = Path("runs/latest"),
+    stages: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated stages to run (search, ingest, chips, train, baseline, infer, "
+            "evaluate, track, report); the stages they need run too, stored products are "
+            "reused. Default: all."
+        ),
+    ] = None,
     api_url: Annotated[
         str | None, typer.Option(help="STAC API URL (overrides the config).")
     ] = None,
@@ -103,13 +214,112 @@ def run(
         Path | None, typer.Option(help="Store of cubes/chips/models (default $EOFORGE_STORE).")
     ] = None,
 ) -> None:
-    """Run the pipeline described by a YAML run spec."""
+    """Run the pipeline (or some of its stages) described by a YAML run spec.
+
+    The run folder gets the predictions, metrics.json, report.html and provenance.json; it is
+    published only when every stage and data contract passed. With --stages, only those stages
+    (and what they need) run and the folder holds provenance.json with their products.
+
+    **Examples**
+
+      eoforge run --config examples/configs/polygons.yaml --out runs/polygons
+      eoforge run --stages ingest,chips --plain     # cube and chips only
+    """
 
     def go() -> None:
-        spec = load_run_spec(config)
+        spec = load_run_spec(config) if config is not None else RunSpec()
         t0 = time.perf_counter()
-        results = _run_pipeline(spec, out, api_url, not plain, store)
+        results = _run_pipeline(spec, out, api_url, not plain, store, _stage_list(stages))
         _summarise(results, out, time.perf_counter() - t0)
+
+    _guarded(go)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A finished run folder (the --out of demo or run).")
+    ],
+) -> None:
+    """Rebuild report.html of a finished run from its folder (metrics, provenance, items).
+
+    Useful after upgrading eoforge, or for a run folder someone mailed you. The pictures are
+    referenced relative to the page, so the folder can be moved or zipped.
+
+    **Example**
+
+      eoforge report runs/demo
+    """
+
+    def go() -> None:
+        from eoforge.runs.report_page import rebuild_report
+
+        print(f"report: {rebuild_report(run_dir).resolve()}")
+
+    _guarded(go)
+
+
+@app.command()
+def watch(
+    config: Annotated[
+        Path | None, typer.Option(help="Run spec YAML (default: the demo's spec).")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder the predictions accumulate in.")] = Path(
+        "runs/watch"
+    ),
+    interval: Annotated[float, typer.Option(help="Seconds between polls.", min=0.0)] = 60.0,
+    polls: Annotated[
+        int, typer.Option(help="Stop after this many polls (0: until Ctrl-C).", min=0)
+    ] = 0,
+    emit_existing: Annotated[
+        bool,
+        typer.Option(help="On the first poll, treat every item found as landed (replay)."),
+    ] = False,
+    model_dir: Annotated[
+        Path | None, typer.Option(help="Model folder (default: the store's production model).")
+    ] = None,
+    api_url: Annotated[
+        str | None, typer.Option(help="STAC API URL (overrides the config).")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Store of cubes/models (default $EOFORGE_STORE).")
+    ] = None,
+) -> None:
+    """Watch the STAC search for new or re-published items and predict each one, locally.
+
+    The same loop as the deployed watch -> infer deployments, without Prefect or deploying:
+    poll the search, keep a cursor in the store (so a restart does not replay), and run
+    inference with the production model for each landed item. A new watcher starts from
+    "now" unless --emit-existing.
+
+    **Examples**
+
+      eoforge watch --interval 30                     # until Ctrl-C
+      eoforge watch --polls 1 --emit-existing         # predict every item found, once
+    """
+
+    def go() -> None:
+        from eoforge.runs.watch_local import watch_loop
+
+        spec = load_run_spec(config) if config is not None else RunSpec()
+
+        def said(poll: int, landed: list[str], seconds: float) -> None:
+            what = ", ".join(landed) if landed else "nothing new"
+            console.print(f"poll {poll}: {what} ({seconds:.1f} s)", soft_wrap=True)
+
+        with _stage_progress():
+            watch_loop(
+                spec,
+                out,
+                (store or default_store()).resolve(),
+                api_url=api_url,
+                interval_s=interval,
+                polls=polls or None,
+                emit_existing=emit_existing,
+                model_dir=model_dir,
+                on_poll=said,
+            )
+        print(f"predictions: {out.resolve() / 'predictions'}")
 
     _guarded(go)
 
@@ -135,7 +345,12 @@ def predict(
     """Apply a trained model to every item the spec's search returns, over its area of
     interest: a COG + STAC item per item in OUT/predictions/, nothing trained.
 
-    Example: eoforge predict --model runs/demo/model --config aoi.yaml --out runs/aoi
+    The model's bands and classes are used; the spec's `stac` says where and when, `cube` on
+    which grid. A cube in other units than the model was trained on is refused.
+
+    **Example**
+
+      eoforge predict --model runs/demo/model --config aoi.yaml --out runs/aoi
     """
 
     def go() -> None:
@@ -144,18 +359,13 @@ def predict(
         spec = load_run_spec(config)
         store_path = (store or default_store()).resolve()
         t0 = time.perf_counter()
-        results = run_predict(
-            spec,
-            model,
-            out,
-            store_path,
-            api_url,
-            on_stage=lambda n, s: console.print(f"  [green]✓[/] {n} ({s:.1f} s)"),
-        )
+        with _stage_progress():
+            results = run_predict(spec, model, out, store_path, api_url)
         n = len(results["infer"]["predictions"])
         console.print(
             f"{n} item(s) predicted at {results['infer']['mpx_per_s']:.2f} Mpx/s; "
-            f"wall time {time.perf_counter() - t0:.1f} s"
+            f"wall time {time.perf_counter() - t0:.1f} s",
+            soft_wrap=True,
         )
         print(f"predictions: {out.resolve() / 'predictions'}")
 

@@ -58,7 +58,7 @@ class ContractViolation(EoforgeError):
             )
         lines.append(
             f"  The data reaching the '{stage}' stage is not what the contract in "
-            f"data-contracts/{stage}.yaml allows; fix the input or the upstream stage."
+            f"eoforge/contracts/definitions/{stage}.yaml allows; fix the input or the upstream stage."
         )
         super().__init__("\n".join(lines))
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import rasterio
 
+from eoforge.testing.browser import browser_missing, check_page
+
 EOFORGE = [sys.executable, "-m", "eoforge.cli"]
 
 
@@ -74,8 +76,79 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert str((out / "predictions" / f"{tifs[0].stem}.tif").resolve()) in uris
     assert all(len(o["sha256"]) == 64 for o in prov["outputs"])
     html = (out / "report.html").read_text()
-    assert "quicklooks/confusion_model.png" in html and "<img" in html
+    assert "<img src='quicklooks/confusion_model.png'" in html
+    assert "random forest" in html and "precision" in html
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".staging")]
+    # the demo's report in a real browser: every picture loads, no console error
+    # (tests/eoforge/runs/test_report_page.py skips loudly without a browser)
+    assert browser_missing() is None or os.environ.get("EOFORGE_REQUIRE_BROWSER") != "1"
+    if browser_missing() is None:
+        seen = check_page(out / "report.html")
+        assert seen.problems == [] and seen.images == 8, seen.problems
+
+    # `eoforge report` rebuilds the page from the folder alone, from another working directory
+    first = (out / "report.html").read_text()
+    (out / "report.html").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = _run(["report", str(out)], cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "report.html").read_text() == first
+
+    # `eoforge watch`: the local event loop predicts every landed item (with the run's model:
+    # a short training may lose to the random forest and not be promoted to production)
+    proc = _run(
+        [
+            "watch",
+            "--model-dir",
+            prov["training"]["model_dir"],
+            "--polls",
+            "1",
+            "--emit-existing",
+            "--out",
+            str(tmp_path / "watch"),
+            "--store",
+            str(tmp_path / "store"),
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    polled = next(ln for ln in proc.stderr.splitlines() if ln.startswith("poll 1: "))
+    assert all(t.stem in polled for t in tifs) and polled.count("_L2A") == 10
+    assert len(list((tmp_path / "watch" / "predictions").glob("*.tif"))) == 10
+    # the cursor remembers them: a second poll finds nothing new
+    proc = _run(
+        [
+            "watch",
+            "--model-dir",
+            prov["training"]["model_dir"],
+            "--polls",
+            "1",
+            "--out",
+            str(tmp_path / "watch"),
+            "--store",
+            str(tmp_path / "store"),
+        ],
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0 and "poll 1: nothing new" in proc.stderr, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_run_selected_stages(tmp_path: Path) -> None:
+    out = tmp_path / "stages"
+    proc = _run(["run", "--stages", "ingest,chips", "--plain", "--out", str(out)], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stages search, ingest, chips" in proc.stderr
+    for name in ("search", "ingest", "chips"):
+        assert f"✓ {name}" in proc.stderr
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["stages"] == ["search", "ingest", "chips"]
+    assert set(prov["products"]) == {"items", "cube", "chips"}
+    assert Path(prov["products"]["chips"]).is_dir()
+    assert prov["products"]["items"] == str(out.resolve() / "items.json")
+    assert not (out / "report.html").exists() and not (tmp_path / "store" / "models").exists()
 
 
 def _config(tmp_path: Path, body: str) -> Path:

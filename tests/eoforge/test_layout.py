@@ -21,6 +21,7 @@ WINGS = {
     "io",
     "labels",
     "ops",
+    "orchestration",
     "runs",
     "stac",
     "testing",

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from eoforge.config import BUNDLED_CATALOG
+
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 PARAMS = {
@@ -30,6 +32,10 @@ def test_deployments_have_ui_forms_pools_and_schedule(deployed: Any) -> None:
     assert {"spec", "out", "store", "api_url", "train_deployment"} <= set(schema["properties"])
     stac = schema["definitions"]["StacSpec"]["properties"]
     assert stac["collection"]["default"] == "sentinel-2-l2a" and stac["collection"]["description"]
+    # the form's default names the bundled sample, not the install's absolute path
+    spec_default = schema["properties"]["spec"]["default"]
+    assert spec_default["stac"]["catalog_dir"] == "bundled:s2-l2a-mini"
+    assert str(BUNDLED_CATALOG) not in json.dumps(schema)
     assert dep["work_pool_name"] == "cpu"
     train = deployed.request("GET", "/deployments/name/eoforge-train/train")
     assert train["work_pool_name"] == "gpu"

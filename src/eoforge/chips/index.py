@@ -3,7 +3,7 @@
 It lives next to the chip store (``chips.zarr`` -> ``chips-index.parquet``), is written before
 the store is published, and the store's root attribute ``index_sha256`` pins the exact index
 bytes, so a stale index from a killed run is detected. The data contract
-``data-contracts/chip_index.yaml`` checks it (:func:`enforce_chip_index`), including the split
+``contracts/definitions/chip_index.yaml`` checks it (:func:`enforce_chip_index`), including the split
 guarantee: no chip overlaps, in space, a chip of another split.
 """
 
@@ -219,7 +219,7 @@ def enforce_chip_index(
     storage_options: Mapping[str, Any] | None = None,
     contracts_dir: Path | str | None = None,
 ) -> ContractResult:
-    """Check a chip store's index against ``data-contracts/chip_index.yaml``.
+    """Check a chip store's index against ``contracts/definitions/chip_index.yaml``.
 
     Args:
         chips_uri: the chip store.

@@ -4,15 +4,17 @@ are cut (``chips``), training (``train``) and inference (``infer``)."""
 from __future__ import annotations
 
 from datetime import date
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_serializer, field_validator, model_validator
 
 from eoforge.config.base import _Spec
 
 __all__ = [
     "BUNDLED_CATALOG",
+    "BUNDLED_CATALOG_NAME",
     "TRAIN_PRESETS",
     "ChipSpec",
     "CubeSpec",
@@ -22,8 +24,12 @@ __all__ = [
     "TrainSpec",
 ]
 
-#: The bundled real Sentinel-2 L2A mini sample (10 items, 2 tiles, 5 dates).
-BUNDLED_CATALOG = Path(__file__).resolve().parents[3] / "examples" / "data" / "s2-l2a-mini"
+#: The bundled real Sentinel-2 L2A mini sample (10 items, 2 tiles, 5 dates), package data of
+#: ``eoforge.stac`` (so a wheel installed anywhere carries it).
+BUNDLED_CATALOG = Path(str(files("eoforge"))) / "stac" / "sample" / "s2-l2a-mini"
+#: How a spec names the bundled sample: the same on every install (no absolute install path in
+#: the Prefect UI form, provenance or cache keys).
+BUNDLED_CATALOG_NAME = "bundled:s2-l2a-mini"
 
 
 class StacSpec(_Spec):
@@ -34,7 +40,11 @@ class StacSpec(_Spec):
         description="STAC API root URL. None serves `catalog_dir` locally with `rustac serve`.",
     )
     catalog_dir: Path = Field(
-        BUNDLED_CATALOG, description="Static STAC catalog to serve when `api_url` is None."
+        BUNDLED_CATALOG,
+        description="Static STAC catalog folder to serve when `api_url` is None; "
+        f"`{BUNDLED_CATALOG_NAME}` is the sample shipped with eoforge.",
+        # forms built from the JSON schema (the Prefect UI) show the name, not the install path
+        json_schema_extra={"default": BUNDLED_CATALOG_NAME},
     )
     collection: str = Field("sentinel-2-l2a", description="Collection id to search.")
     bbox: tuple[float, float, float, float] | None = Field(
@@ -76,6 +86,15 @@ class StacSpec(_Spec):
         if self.bbox is not None and self.aoi is not None:
             raise ValueError("give either `bbox` or `aoi`, not both")
         return self
+
+    @field_validator("catalog_dir", mode="before")
+    @classmethod
+    def _bundled_catalog(cls, value: Any) -> Any:
+        return BUNDLED_CATALOG if str(value) == BUNDLED_CATALOG_NAME else value
+
+    @field_serializer("catalog_dir")
+    def _catalog_name(self, value: Path) -> str:
+        return BUNDLED_CATALOG_NAME if Path(value) == BUNDLED_CATALOG else str(value)
 
 
 #: Resampling methods of GDAL that odc-stac accepts.

@@ -1,1 +1,1 @@
-"""Data contracts: data-contracts/*.yaml as great-expectations suites, enforced per stage."""
+"""Data contracts: contracts/definitions/*.yaml as great-expectations suites, enforced per stage."""

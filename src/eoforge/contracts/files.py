@@ -1,4 +1,4 @@
-"""Contract files: parse and check ``data-contracts/<stage>.yaml`` into :class:`Contract` objects.
+"""Contract files: parse and check ``contracts/definitions/<stage>.yaml`` into :class:`Contract` objects.
 
 Contract file format (one YAML file per stage)::
 
@@ -28,6 +28,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,8 +49,8 @@ __all__ = [
     "resolve_contracts_dir",
 ]
 
-#: The contracts shipped with eoforge (``<repo>/data-contracts``).
-DEFAULT_CONTRACTS_DIR = Path(__file__).resolve().parents[3] / "data-contracts"
+#: The contracts shipped with eoforge, package data (``eoforge/contracts/definitions/``).
+DEFAULT_CONTRACTS_DIR = Path(str(files("eoforge"))) / "contracts" / "definitions"
 #: Stage boundaries that have a contract.
 STAGES = ("items", "cube", "chips", "predictions")
 

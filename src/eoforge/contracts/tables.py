@@ -2,7 +2,7 @@
 
 One row per STAC item (:func:`items_table`), cube slice (:func:`cube_table`), chip
 (:func:`chips_table`) or prediction COG (:func:`predictions_table`); the columns are what the
-``data-contracts/<stage>.yaml`` expectations check (see :mod:`eoforge.contracts.validation`).
+``contracts/definitions/<stage>.yaml`` expectations check (see :mod:`eoforge.contracts.validation`).
 """
 
 from __future__ import annotations

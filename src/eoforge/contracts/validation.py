@@ -3,7 +3,7 @@
 Each stage's output is first summarised as a small pandas table (one row per STAC item, per
 cube slice, per chip or per prediction COG: see the ``*_table`` builders in
 :mod:`eoforge.contracts.tables`), then checked against the contract
-``data-contracts/<stage>.yaml`` (format and loading: :mod:`eoforge.contracts.files`) with
+``contracts/definitions/<stage>.yaml`` (format and loading: :mod:`eoforge.contracts.files`) with
 great-expectations (GX Core 1.x, ephemeral context, cached per process). :func:`enforce` raises
 :class:`~eoforge.errors.ContractViolation` with a readable report;
 :meth:`ContractResult.to_dict` goes into provenance.json. This module is the public entry:

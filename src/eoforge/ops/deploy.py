@@ -1,7 +1,12 @@
-"""Apply ``deployments/prefect.yaml`` to a Prefect server: create the work pools, register deployments.
+"""Apply ``eoforge/orchestration/deployments/prefect.yaml`` to a Prefect server: create the work
+pools, register deployments.
 
 Shells out to the ``prefect`` CLI (so eoforge's library never imports Prefect) with
-``EOFORGE_HOME`` set to the checkout, which the deployments' pull step uses as working directory.
+``EOFORGE_HOME`` set to the folder the ``eoforge`` package is installed in (a checkout's ``src``
+or a wheel's ``site-packages``): the deployments' entrypoints (``eoforge/orchestration/flows/
+*.py``) are relative to it and their pull step uses it as working directory. (Not the package
+folder itself: Prefect puts the working directory on ``sys.path``, where ``eoforge/io``,
+``eoforge/config`` ... would shadow top-level modules.)
 """
 
 from __future__ import annotations
@@ -11,14 +16,26 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
+from importlib.resources import files
 from pathlib import Path
 
 from eoforge.errors import InputError, TransientError
 
-__all__ = ["PROJECT_ROOT", "apply_deployments", "ensure_work_pool"]
+__all__ = [
+    "DEPLOYMENTS_DIR",
+    "PACKAGE_DIR",
+    "PREFECT_FILE",
+    "apply_deployments",
+    "ensure_work_pool",
+]
 
-PROJECT_ROOT = Path(__file__).resolve().parents[3]
-PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
+#: The installed eoforge package (package data included), wherever it was installed.
+PACKAGE_DIR = Path(str(files("eoforge")))
+#: The folder holding the package: the deployments' working directory (EOFORGE_HOME).
+INSTALL_ROOT = PACKAGE_DIR.parent
+#: Deployment configuration shipped as package data.
+DEPLOYMENTS_DIR = PACKAGE_DIR / "orchestration" / "deployments"
+PREFECT_FILE = DEPLOYMENTS_DIR / "prefect.yaml"
 
 
 def _prefect() -> str:
@@ -29,7 +46,7 @@ def _prefect() -> str:
 def _run(args: Sequence[str], env: dict[str, str], what: str) -> str:
     proc = subprocess.run(
         [_prefect(), "--no-prompt", *args],
-        cwd=PROJECT_ROOT,
+        cwd=INSTALL_ROOT,
         env=env,
         capture_output=True,
         text=True,
@@ -47,7 +64,7 @@ def _run(args: Sequence[str], env: dict[str, str], what: str) -> str:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env.setdefault("EOFORGE_HOME", str(PROJECT_ROOT))
+    env.setdefault("EOFORGE_HOME", str(INSTALL_ROOT))
     return env
 
 
@@ -71,14 +88,14 @@ def apply_deployments(
     """Create the ``cpu`` and ``gpu`` pools and register every deployment of ``prefect_file``.
 
     Args:
-        gpu_pool_type: ``process`` (local) or ``kubernetes`` (uses deployments/k8s/gpu-job-template.json).
+        gpu_pool_type: ``process`` (local) or ``kubernetes`` (uses the shipped deployments/k8s/gpu-job-template.json).
         prefect_file: the deployments' configuration.
         names: deploy only these deployment names (default: all).
     """
     if not prefect_file.is_file():
         raise InputError(f"deployment file '{prefect_file}' does not exist.")
     ensure_work_pool("cpu", "process")
-    template = PROJECT_ROOT / "deployments" / "k8s" / "gpu-job-template.json"
+    template = DEPLOYMENTS_DIR / "k8s" / "gpu-job-template.json"
     ensure_work_pool("gpu", gpu_pool_type, template if gpu_pool_type == "kubernetes" else None)
     args = ["deploy", "--prefect-file", str(prefect_file)]
     args += [a for n in names for a in ("--name", n)] if names else ["--all"]

@@ -20,19 +20,22 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from eoforge.config import RunSpec
 from eoforge.errors import InputError
+from eoforge.runs.progress import STAGES
 from eoforge.runs.stages_data import stac_endpoint, stage_chips, stage_ingest, stage_search
 from eoforge.runs.stages_model import stage_baseline, stage_infer, stage_train
 from eoforge.runs.stages_report import _TestTruth as _TestTruth
-from eoforge.runs.stages_report import stage_evaluate, stage_report, stage_track
+from eoforge.runs.stages_report import stage_evaluate, stage_report, stage_summary, stage_track
 
 __all__ = [
+    "STAGES",
     "check_out_dir",
+    "plan_stages",
     "run_context",
     "run_plain",
 ]
@@ -64,28 +67,83 @@ def check_out_dir(out: Path) -> None:
         )
 
 
+#: The stages each stage needs the results of.
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "search": (),
+    "ingest": ("search",),
+    "chips": ("ingest",),
+    "train": ("chips",),
+    "baseline": ("chips",),
+    "infer": ("train",),
+    "evaluate": ("infer", "baseline"),
+    "track": ("evaluate",),
+    "report": ("evaluate",),
+}
+
+
+def plan_stages(requested: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The stages to run, in order, for ``requested`` (None: all): each requested stage and
+    every stage it needs. Stored products (cube, chips, model, baseline) that already exist are
+    reused, so a needed stage that ran before costs little.
+
+    Raises:
+        InputError: an unknown stage name.
+    """
+    if requested is None:
+        return STAGES
+    wanted = [s.strip() for s in requested if s.strip()]
+    unknown = [s for s in wanted if s not in _NEEDS]
+    if unknown or not wanted:
+        raise InputError(
+            f"unknown stage(s) {unknown or wanted}; choose from {', '.join(STAGES)} "
+            "(e.g. --stages ingest,chips)."
+        )
+    plan: set[str] = set()
+    todo = list(wanted)
+    while todo:
+        name = todo.pop()
+        if name not in plan:
+            plan.add(name)
+            todo += _NEEDS[name]
+    return tuple(s for s in STAGES if s in plan)
+
+
 def run_plain(
     spec: RunSpec,
     out: Path,
     store: Path,
     api_url: str | None = None,
     on_stage: Callable[[str, float], None] | None = None,
+    stages: Iterable[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run every stage in order without Prefect and publish the run as ``out``.
+    """Run the stages in order without Prefect and publish the run as ``out``.
+
+    Args:
+        spec: the run spec.
+        out: run folder, published when every stage passed.
+        store: the store of cubes, chips, models and baselines.
+        api_url: STAC API (None: ``spec.stac.api_url`` or the local catalog).
+        on_stage: called with (stage, seconds) after each stage.
+        stages: run only these stages and the ones they need (None: all, with the report).
 
     Raises:
         InputError: bad input (e.g. a label file that is missing or does not fit the class
-            schema: checked before anything is written).
+            schema: checked before anything is written), or an unknown stage.
     """
     from eoforge.labels.sources import check_label_source
+    from eoforge.runs.progress import stage
 
+    plan = plan_stages(stages)
     check_label_source(spec.labels, spec.stac.label_asset)
     results: dict[str, dict[str, Any]] = {}
     store_s = str(Path(store).resolve())
 
     def timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if name not in plan:
+            return {}
         t0 = time.perf_counter()
-        res = fn()
+        with stage(name):
+            res = fn()
         res["stage_seconds"] = time.perf_counter() - t0
         results[name] = res
         if on_stage:
@@ -93,9 +151,9 @@ def run_plain(
         return res
 
     with stac_endpoint(spec, api_url) as url, run_context(out) as run_dir:
-        rd = str(run_dir)
+        rd, final = str(run_dir), str(Path(out).resolve())
         s = timed("search", lambda: stage_search(spec, url, run_dir))
-        keys = s["keys"]
+        keys = s.get("keys", {})
         c = timed("ingest", lambda: stage_ingest(spec, s["items_uri"], store_s, keys["cube"]))
         ch = timed("chips", lambda: stage_chips(spec, c["cube_uri"], store_s, keys["chips"]))
         m = timed("train", lambda: stage_train(spec, ch["chips_uri"], store_s, keys["model"]))
@@ -106,5 +164,9 @@ def run_plain(
         timed("infer", lambda: stage_infer(spec, m["model_dir"], c["cube_uri"], s["items_uri"], rd))
         e = timed("evaluate", lambda: stage_evaluate(spec, c["cube_uri"], b["baseline_dir"], rd))
         timed("track", lambda: stage_track(spec, rd, store_s, m, e["metrics"]))
-        results["report"] = stage_report(spec, rd, str(Path(out).resolve()), results)
+        if "report" in plan:
+            with stage("report"):
+                results["report"] = stage_report(spec, rd, final, results)
+        else:
+            results["summary"] = stage_summary(spec, rd, final, results)
     return results

@@ -52,7 +52,6 @@ def run_predict(
     out: Path,
     store: Path,
     api_url: str | None = None,
-    on_stage: Callable[[str, float], None] | None = None,
 ) -> dict[str, Any]:
     """Predict every item the spec's search returns (over its AOI) with the model in
     ``model_dir``; publish the predictions as the run folder ``out``.
@@ -65,6 +64,7 @@ def run_predict(
     """
     from eoforge.cube.build import list_tiles, open_tile
     from eoforge.runs.pipeline import run_context
+    from eoforge.runs.progress import stage
     from eoforge.runs.provenance import (
         git_revision,
         output_records,
@@ -81,11 +81,10 @@ def run_predict(
 
     def timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         t0 = time.perf_counter()
-        res = fn()
+        with stage(name):
+            res = fn()
         res["stage_seconds"] = time.perf_counter() - t0
         results[name] = res
-        if on_stage:
-            on_stage(name, res["stage_seconds"])
         return res
 
     with stac_endpoint(spec, api_url) as url, run_context(out) as run_dir:

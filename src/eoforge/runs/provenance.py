@@ -12,6 +12,7 @@ import json
 import platform
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,16 @@ _PACKAGES = (
     "rustac",
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+
+def _checkout() -> Path | None:
+    """The git checkout eoforge runs from (``src/eoforge`` in a repository), None for an
+    installed wheel (whose site-packages may sit inside some other repository)."""
+    root = Path(str(files("eoforge"))).parents[1]
+    return root if (root / "pyproject.toml").is_file() and (root / ".git").exists() else None
+
+
+#: The eoforge checkout (None when eoforge is installed from a wheel).
+REPO_ROOT = _checkout()
 
 
 def package_versions() -> dict[str, str | None]:
@@ -59,8 +69,11 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def git_revision(repo: Path = REPO_ROOT) -> dict[str, Any]:
-    """The git commit of the eoforge checkout and whether it had uncommitted changes."""
+def git_revision(repo: Path | None = REPO_ROOT) -> dict[str, Any]:
+    """The git commit of the eoforge checkout and whether it had uncommitted changes (both None
+    for an installed wheel: its version is in ``packages``)."""
+    if repo is None:
+        return {"commit": None, "dirty": None}
     try:
         rev = subprocess.run(
             ["git", "-C", str(repo), "rev-parse", "HEAD"],

@@ -1,17 +1,14 @@
 """Quicklook PNGs and the HTML report of a run.
 
 Every figure is written atomically with fixed settings and no software/time metadata, so the
-same inputs give the same bytes. The report references the PNGs by relative path.
+same inputs give the same bytes. The page itself is :mod:`eoforge.runs.report_page`.
 """
 
 from __future__ import annotations
 
-import html
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import matplotlib
 
@@ -26,15 +23,14 @@ from matplotlib.patches import Patch
 
 from eoforge.errors import InputError
 from eoforge.io.atomic import staged_file
-from eoforge.io.redact import redact
 
 __all__ = [
     "CLASS_COLOURS",
     "class_map_png",
     "confusion_png",
+    "footprints_png",
     "learning_curves_png",
     "true_colour_png",
-    "write_report",
 ]
 
 #: Colour of each known class name; other names take matplotlib's tab10 colours in order.
@@ -293,158 +289,50 @@ def learning_curves_png(history: Sequence[Mapping[str, Any]], out_png: Path) -> 
     return _save(fig, Path(out_png))
 
 
-# --------------------------------------------------------------------------- HTML
-
-_CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.7em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-thead th { background: #f0f0f0; }
-td.best { font-weight: bold; }
-figure { display: inline-block; margin: 0.5em; vertical-align: top; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: 0.9em; color: #555; }
-"""
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
-    return str(value)
-
-
-def _esc(value: Any) -> str:
-    return html.escape(_fmt(value), quote=True)
-
-
-def _systems(metrics: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """``{"model": {...}, "baseline": {...}}``; a single metrics dict counts as the model."""
-    if "miou" in metrics:
-        return {"model": metrics}
-    return {str(k): v for k, v in metrics.items() if isinstance(v, Mapping)}
-
-
-def _comparison_table(systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    classes: list[str] = []
-    for m in systems.values():
-        classes += [c for c in m.get("per_class_iou", {}) if c not in classes]
-    rows: list[tuple[str, list[Any]]] = [
-        ("mIoU", [m.get("miou") for m in systems.values()]),
-        ("pixel accuracy", [m.get("pixel_accuracy") for m in systems.values()]),
-    ]
-    rows += [
-        (f"IoU {c}", [m.get("per_class_iou", {}).get(c) for m in systems.values()]) for c in classes
-    ]
-    out = ["<table class='metrics'><thead><tr><th>metric</th>"]
-    out += [f"<th>{_esc(name)}</th>" for name in systems]
-    out.append("</tr></thead><tbody>")
-    for label, values in rows:
-        numbers = [v for v in values if isinstance(v, int | float)]
-        best = max(numbers) if len(systems) > 1 and numbers else None
-        out.append(f"<tr><td>{_esc(label)}</td>")
-        out += [
-            f"<td{' class=best' if v is not None and v == best else ''}>{_esc(v)}</td>"
-            for v in values
-        ]
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return out
-
-
-def _per_class_table(name: str, m: Mapping[str, Any]) -> list[str]:
-    keys = ("per_class_iou", "per_class_precision", "per_class_recall", "per_class_f1", "support")
-    classes = list(m.get("per_class_iou", {}))
-    if not classes:
-        return []
-    out = [f"<h3>{_esc(name)}: per class</h3><table><thead><tr><th>class</th>"]
-    out += [f"<th>{_esc(k.removeprefix('per_class_'))}</th>" for k in keys]
-    out.append("</tr></thead><tbody>")
-    for c in classes:
-        out.append(f"<tr><td>{_esc(c)}</td>")
-        out += [f"<td>{_esc(m.get(k, {}).get(c))}</td>" for k in keys]
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return out
-
-
-def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    columns: list[str] = []
-    for row in rows:
-        columns += [str(k) for k in row if str(k) not in columns]
-    out = ["<table><thead><tr>", *(f"<th>{_esc(c)}</th>" for c in columns), "</tr></thead><tbody>"]
-    for row in rows:
-        out.append("<tr>")
-        out += [f"<td>{_esc(row.get(c))}</td>" for c in columns]
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return out
-
-
-def _relative(path: Path, start: Path) -> str:
-    rel = Path(os.path.relpath(Path(path).resolve(), start.resolve())).as_posix()
-    return html.escape(quote(rel, safe="/"), quote=True)
-
-
-def write_report(
-    out_html: Path,
-    title: str,
-    metrics: Mapping[str, Any],
-    images: Sequence[tuple[str, Path]],
-    tables: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
-    links: Mapping[str, str] | None = None,
+def footprints_png(
+    footprints: Sequence[tuple[str, Sequence[Sequence[float]]]],
+    out_png: Path,
+    bbox: Sequence[float] | None = None,
 ) -> Path:
-    """Write the run report: metrics side by side, figures, extra tables and links.
+    """Write a small map of the items' footprints (lon/lat) and the search box, if any.
 
     Args:
-        out_html: destination (``DIR/report.html``); images are referenced relative to it.
-        title: page title.
-        metrics: ``{system name: metrics dict}`` (e.g. ``{"model": ..., "baseline": ...}``), each
-            from :func:`eoforge.training.metrics.metrics_from_confusion`; a single metrics dict is taken
-            as the model's. mIoU, pixel accuracy and per-class IoU are shown side by side (best in
-            bold), then a per-class table per system.
-        images: (caption, PNG path) in display order.
-        tables: extra tables, ``{heading: rows}``; columns are the union of the rows' keys.
-        links: ``{label: href}`` (e.g. provenance.json, model, predictions), hrefs as given.
+        footprints: (label, exterior ring as (lon, lat) pairs) per item; equal rings are drawn
+            once, labelled with the number of items sharing them.
+        out_png: destination.
+        bbox: the search box (west, south, east, north), drawn dashed.
 
     Returns:
-        ``out_html``.
+        ``out_png``.
+
+    Raises:
+        InputError: no footprint and no box to draw.
     """
-    out = Path(out_html)
-    systems = _systems(metrics)
-    parts = [
-        "<!DOCTYPE html>",
-        "<html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-    ]
-    if links:
-        parts.append("<h2>Outputs</h2><ul class='links'>")
-        parts += [
-            f"<li><a href='{html.escape(href, quote=True)}'>{html.escape(label)}</a></li>"
-            for label, href in links.items()
-        ]
-        parts.append("</ul>")
-    if systems:
-        parts.append("<h2>Metrics</h2>")
-        parts += _comparison_table(systems)
-        for name, m in systems.items():
-            parts += _per_class_table(name, m)
-    if images:
-        parts.append("<h2>Figures</h2>")
-        for caption, png in images:
-            parts.append(
-                f"<figure><img src='{_relative(png, out.parent)}' alt='{html.escape(caption, quote=True)}'>"
-                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-            )
-    for heading, rows in (tables or {}).items():
-        parts.append(f"<h2>{html.escape(heading)}</h2>")
-        parts += _table(rows) if rows else ["<p>(none)</p>"]
-    parts.append("</body></html>\n")
-    with staged_file(out) as tmp:  # no signed URL or credential ever reaches a report
-        tmp.write_text(redact("\n".join(parts)), encoding="utf-8")
-    return out
+    if not footprints and bbox is None:
+        raise InputError(f"area map '{out_png}': no item footprint and no search box to draw.")
+    rings: dict[tuple[tuple[float, float], ...], list[str]] = {}
+    for label, ring in footprints:
+        key = tuple((round(float(x), 6), round(float(y), 6)) for x, y, *_ in ring)
+        rings.setdefault(key, []).append(label)
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    tab10 = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]
+    for n, (ring_key, labels) in enumerate(sorted(rings.items(), key=lambda kv: kv[1][0])):
+        xy = np.array(ring_key, np.float64)
+        colour = tab10[n % len(tab10)]
+        ax.fill(xy[:, 0], xy[:, 1], alpha=0.25, color=colour)
+        ax.plot(xy[:, 0], xy[:, 1], color=colour, lw=1.2)
+        label = labels[0] if len(labels) == 1 else f"{len(labels)} items"
+        ax.annotate(
+            label, xy[:, :2].mean(axis=0), ha="center", va="center", fontsize=8, color="#222"
+        )
+    if bbox is not None:
+        w, s, e, n_ = (float(v) for v in bbox[:4])
+        ax.plot([w, e, e, w, w], [s, s, n_, n_, s], "k--", lw=1, label="search box")
+        ax.legend(loc="lower right", fontsize=8, frameon=False)
+    ax.set_xlabel("longitude (°)")
+    ax.set_ylabel("latitude (°)")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.grid(alpha=0.3)
+    ax.set_title("area of interest")
+    fig.tight_layout()
+    return _save(fig, Path(out_png))

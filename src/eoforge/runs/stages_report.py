@@ -18,6 +18,7 @@ from eoforge.runs.store import ITEMS_FILE
 __all__ = [
     "stage_evaluate",
     "stage_report",
+    "stage_summary",
     "stage_track",
 ]
 
@@ -214,47 +215,11 @@ def stage_report(
         stac_item_records,
         write_provenance,
     )
-    from eoforge.runs.report import write_report
+    from eoforge.runs.report_page import write_run_report
 
     run, final = Path(run_dir), Path(final_dir)
     metrics = results["evaluate"]["metrics"]
-    tables: dict[str, list[dict[str, Any]]] = {
-        "Stage timings (s)": [
-            {
-                "stage": k,
-                "seconds": round(float(v.get("stage_seconds", 0.0)), 2),
-                "reused from store": bool(v.get("reused", False)),
-            }
-            for k, v in results.items()
-        ],
-        "Chips": [{"split": k, "chips": v} for k, v in results["chips"]["counts"].items()],
-        "ONNX export": [
-            {
-                "opset": results["train"].get("onnx_opset"),
-                "parity max |diff|": results["train"].get("parity_max_abs_diff"),
-            }
-        ],
-    }
-    links = {
-        "provenance.json": "provenance.json",
-        "metrics.json": "metrics.json",
-        "model (ONNX)": "model/model.onnx",
-    }
-    for item_id in sorted(results.get("infer", {}).get("predictions", {})):
-        links[f"prediction {item_id}"] = f"predictions/{item_id}.tif"
-    write_report(
-        run / "report.html",
-        "eoforge run report",
-        metrics,
-        [(c, Path(p)) for c, p in results["evaluate"]["images"]],
-        tables,
-        links,
-    )
     items = _load_items(run / ITEMS_FILE)
-    # every stage has read the items: keep them without signed-URL query strings / secrets
-    write_json_atomic(
-        run / ITEMS_FILE, redact_obj({"type": "FeatureCollection", "features": items})
-    )
     stored = {
         name: {
             "uri": Path(results[stage][field]).resolve().as_uri(),
@@ -290,6 +255,7 @@ def stage_report(
         "reused_from_store": {
             k: bool(v.get("reused")) for k, v in results.items() if "reused" in v
         },
+        "chip_counts": results.get("chips", {}).get("counts", {}),
         "metrics": {
             k: metrics[k]
             for k in ("miou", "pixel_accuracy", "baseline_miou", "baseline_pixel_accuracy")
@@ -297,10 +263,77 @@ def stage_report(
         "training": {k: v for k, v in results["train"].items() if k not in {"spec"}},
         "tracking": {k: v for k, v in results.get("track", {}).items() if k != "stage_seconds"},
         "stored_inputs": stored,
-        "outputs": output_records(run, final),
     }
+    # the report shows what provenance records (so `eoforge report` can rebuild it from the
+    # folder), and provenance then hashes the report with every other output
+    write_run_report(
+        run, metrics, redact_obj(json.loads(json.dumps(provenance, default=str))), items
+    )
+    # every stage has read the items: keep them without signed-URL query strings / secrets
+    write_json_atomic(
+        run / ITEMS_FILE, redact_obj({"type": "FeatureCollection", "features": items})
+    )
+    provenance["outputs"] = output_records(run, final)
     write_provenance(run / "provenance.json", provenance)
     return {
         "report_uri": str(final / "report.html"),
         "provenance_uri": str(final / "provenance.json"),
     }
+
+
+def stage_summary(
+    spec: RunSpec,
+    run_dir: str,
+    final_dir: str,
+    results: dict[str, dict[str, Any]],
+    orchestration: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``provenance.json`` for a run of selected stages (no report: it needs the
+    evaluation): the stages run, their products, timings and contracts."""
+    from eoforge.io.redact import redact_obj
+    from eoforge.runs.provenance import (
+        git_revision,
+        output_records,
+        package_versions,
+        write_provenance,
+    )
+
+    run, final = Path(run_dir), Path(final_dir)
+
+    def published(uri: str) -> str:  # a file of the run folder, where it will be
+        p = Path(uri)
+        return str(final / p.relative_to(run)) if p.is_relative_to(run) else uri
+
+    products = {
+        name: published(results[stage][field])
+        for name, stage, field in (
+            ("items", "search", "items_uri"),
+            ("cube", "ingest", "cube_uri"),
+            ("chips", "chips", "chips_uri"),
+            ("model", "train", "model_dir"),
+            ("baseline", "baseline", "baseline_dir"),
+        )
+        if stage in results
+    }
+    record = {
+        "eoforge_run": final.name,
+        "stages": list(results),
+        "parameters": spec.model_dump(mode="json"),
+        "spec_fingerprint": spec.fingerprint(),
+        "cache_keys": results.get("search", {}).get("keys"),
+        "products": products,
+        "packages": package_versions(),
+        "git": git_revision(),
+        "orchestration": orchestration or {"engine": "plain-python"},
+        "contracts": {
+            r["contract"]["stage"]: r["contract"] for r in results.values() if "contract" in r
+        },
+        "stage_seconds": {k: v.get("stage_seconds") for k, v in results.items()},
+        "reused_from_store": {
+            k: bool(v.get("reused")) for k, v in results.items() if "reused" in v
+        },
+        "chip_counts": results.get("chips", {}).get("counts", {}),
+        "outputs": output_records(run, final),
+    }
+    write_provenance(run / "provenance.json", redact_obj(record))
+    return {"provenance_uri": str(final / "provenance.json"), "products": products}

@@ -238,7 +238,7 @@ def write_native_catalog(
     """Write a static catalog of native-resolution items from a bundled catalog.
 
     Args:
-        source: a bundled catalog folder (``examples/data/s2-l2a-mini`` or
+        source: a bundled catalog folder (``src/eoforge/stac/sample/s2-l2a-mini`` (:data:`eoforge.config.BUNDLED_CATALOG`) or
             ``../shared/data/s2-l2a-sample``), each item folder with ``original.json``.
         out: the folder to write (``collection.json`` + one folder per item).
         items: the item ids to write (default: all).

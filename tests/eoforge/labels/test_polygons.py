@@ -25,7 +25,13 @@ from eoforge.labels.polygons import (
     read_label_file,
 )
 
-SHIPPED = BUNDLED_CATALOG.parent / "labels" / "s2-l2a-mini-water-cloud.parquet"
+SHIPPED = (
+    Path(__file__).resolve().parents[3]
+    / "examples"
+    / "data"
+    / "labels"
+    / "s2-l2a-mini-water-cloud.parquet"
+)
 SCHEMA = LabelSpec(classes=("other", "water", "cloud"), scl_groups={})
 BANDS = ("blue", "green", "red", "nir")
 # a small UTM grid: 20 x 30 pixels of 10 m

@@ -18,7 +18,6 @@ import zarr
 from affine import Affine
 
 from eoforge.config import (
-    BUNDLED_CATALOG,
     ChipSpec,
     LabelSpec,
     PolygonLabelsSpec,
@@ -34,7 +33,13 @@ from eoforge.labels.polygons import PolygonLabels
 from eoforge.labels.sources import check_label_source, label_digest, label_source
 from eoforge.runs.store import plan_keys
 
-SHIPPED = BUNDLED_CATALOG.parent / "labels" / "s2-l2a-mini-water-cloud.parquet"
+SHIPPED = (
+    Path(__file__).resolve().parents[3]
+    / "examples"
+    / "data"
+    / "labels"
+    / "s2-l2a-mini-water-cloud.parquet"
+)
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "configs" / "polygons.yaml"
 WATER_CLOUD = {"classes": ["other", "water", "cloud"]}
 #: A tiny training spec: the run takes seconds on 2 cores.
@@ -326,7 +331,7 @@ def test_prefect_form_offers_every_label_source() -> None:
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate
 
-    from flows.pipeline import pipeline_flow
+    from eoforge.orchestration.flows.pipeline import pipeline_flow
 
     schema = parameter_schema(pipeline_flow.fn).model_dump()
     source = schema["definitions"]["LabelSpec"]["properties"]["source"]

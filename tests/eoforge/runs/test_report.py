@@ -14,8 +14,8 @@ from eoforge.runs.report import (
     confusion_png,
     learning_curves_png,
     true_colour_png,
-    write_report,
 )
+from eoforge.runs.report_page import write_report
 from eoforge.training.metrics import metrics_from_confusion
 
 NAMES = ["vegetation", "bare", "water", "cloud", "shadow"]
@@ -99,7 +99,7 @@ def test_write_report(tmp_path: Path) -> None:
     assert "infer&lt;x&gt;" in text and "<x>" not in text
     assert f"{model['miou']:.3f}" in text and f"{baseline['miou']:.3f}" in text
     assert f"{model['pixel_accuracy']:.3f}" in text  # 0.850
-    assert "<td class=best>0.850</td>" in text and "<th>baseline</th>" in text
+    assert "<td class=best>0.850</td>" in text and "<th>random forest</th>" in text
     assert "href='provenance.json'" in text and "href='model/model.onnx'" in text
     # a single metrics dict is the model's
     text = write_report(tmp_path / "r2.html", "t", model, []).read_text()

@@ -16,9 +16,9 @@ from prefect.tasks import exponential_backoff
 
 from eoforge.compute.cluster import DaskSpec
 from eoforge.config import InferSpec, StacSpec
+from eoforge.orchestration.tasks.stages import retry_unless_final
 from eoforge.runs import scenes
 from eoforge.stac.search import search_items
-from tasks.stages import retry_unless_final
 
 _RETRY = {
     "retries": 3,
@@ -28,7 +28,7 @@ _RETRY = {
 }
 
 
-@task(name="plan-scenes", tags=["stac", "network"], cache_policy=NO_CACHE, **_RETRY)  # type: ignore[call-overload]
+@task(name="plan-scenes", cache_policy=NO_CACHE, **_RETRY)  # type: ignore[call-overload]
 def plan_scenes_task(stac: StacSpec, api_url: str, out: str, scenes_per_task: int) -> list[str]:
     """Search the STAC API and write one batch file per task; return the batch URIs."""
     items = search_items(stac, api_url)
@@ -37,7 +37,7 @@ def plan_scenes_task(stac: StacSpec, api_url: str, out: str, scenes_per_task: in
 
 # Scene tasks skip already-written scenes themselves (fingerprint check), so Prefect's input
 # cache is off: it would only hash inputs and could hide a deleted output.
-@task(name="ingest-scenes", tags=["cube", "storage"], cache_policy=NO_CACHE, **_RETRY)  # type: ignore[call-overload]
+@task(name="ingest-scenes", cache_policy=NO_CACHE, **_RETRY)  # type: ignore[call-overload]
 def ingest_scenes_task(
     batch_uri: str, variables: list[str], out: str, dask: DaskSpec
 ) -> list[dict[str, Any]]:
@@ -48,7 +48,7 @@ def ingest_scenes_task(
 
 
 @task(  # type: ignore[call-overload]
-    name="infer-scenes", tags=["infer", "storage", "gpu-capable"], cache_policy=NO_CACHE, **_RETRY
+    name="infer-scenes", cache_policy=NO_CACHE, **_RETRY
 )
 def infer_scenes_task(
     batch_uri: str,

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 
 from eoforge.config import RunSpec
-from tasks.stages import chips_task, run_cached, train_task
+from eoforge.orchestration.tasks.stages import chips_task, run_cached, train_task
 
 
 @flow(name="eoforge-train", log_prints=True)

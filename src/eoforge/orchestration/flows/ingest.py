@@ -8,9 +8,9 @@ from typing import Any
 from prefect import flow
 
 from eoforge.config import RunSpec, default_store
+from eoforge.orchestration.tasks.stages import ingest_task, run_cached, search_task
 from eoforge.runs.pipeline import run_context
 from eoforge.runs.stages_data import stac_endpoint
-from tasks.stages import ingest_task, run_cached, search_task
 
 
 @flow(name="eoforge-ingest", log_prints=True)

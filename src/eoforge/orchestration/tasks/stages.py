@@ -6,6 +6,10 @@
   product's store key (from STAC item ids + ``updated`` and spec fingerprints, see
   ``eoforge.runs.store.plan_keys``) plus the task's source, and only while the stored product
   still exists. Results are small JSON summaries of URIs, never pickles.
+- No task tags: Prefect checks tag concurrency limits on the server for every tagged task run
+  whose tag set it has not seen in the last 5 s (its no-limits cache lives that long), and that
+  call took 0.1-2.4 s on a loaded 2-core machine (about 7 s of a demo run); eoforge sets no tag
+  limits. Limit work with work-pool / deployment concurrency instead; the task names say the stage.
 """
 
 from __future__ import annotations
@@ -122,36 +126,36 @@ def _tagged(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-@task(name="search", tags=["stac", "network"], persist_result=False, **_RETRIES)
+@task(name="search", persist_result=False, **_RETRIES)
 def search_task(
     spec: RunSpec, api_url: str, run_dir: str, ids: list[str] | None = None
 ) -> dict[str, Any]:
     return _tagged(stage_search(spec, api_url, Path(run_dir), ids))
 
 
-@task(name="ingest", tags=["cube", "storage"], **_RETRIES, **_cached("cube"))
+@task(name="ingest", **_RETRIES, **_cached("cube"))
 def ingest_task(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[str, Any]:
     return _tagged(stage_ingest(spec, items_uri, store, key))
 
 
-@task(name="chips", tags=["chips", "storage"], **_RETRIES, **_cached("chips"))
+@task(name="chips", **_RETRIES, **_cached("chips"))
 def chips_task(spec: RunSpec, cube_uri: str, store: str, key: str) -> dict[str, Any]:
     return _tagged(stage_chips(spec, cube_uri, store, key))
 
 
-@task(name="train-export", tags=["train", "gpu-capable"], **_cached("model"))
+@task(name="train-export", **_cached("model"))
 def train_task(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str, Any]:
     return _tagged(stage_train(spec, chips_uri, store, key))
 
 
-@task(name="baseline", tags=["train"], **_cached("baseline"))
+@task(name="baseline", **_cached("baseline"))
 def baseline_task(
     spec: RunSpec, chips_uri: str, cube_uri: str, store: str, key: str
 ) -> dict[str, Any]:
     return _tagged(stage_baseline(spec, chips_uri, cube_uri, store, key))
 
 
-@task(name="infer", tags=["infer", "storage", "gpu-capable"], persist_result=False, **_RETRIES)
+@task(name="infer", persist_result=False, **_RETRIES)
 def infer_task(
     spec: RunSpec,
     model_dir: str,
@@ -164,19 +168,19 @@ def infer_task(
     return _tagged(stage_infer(spec, model_dir, cube_uri, items_uri, run_dir, item_ids, copy_model))
 
 
-@task(name="evaluate", tags=["evaluate"], persist_result=False)
+@task(name="evaluate", persist_result=False)
 def evaluate_task(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str) -> dict[str, Any]:
     return _tagged(stage_evaluate(spec, cube_uri, baseline_dir, run_dir))
 
 
-@task(name="track", tags=["tracking"], persist_result=False, **_RETRIES)
+@task(name="track", persist_result=False, **_RETRIES)
 def track_task(
     spec: RunSpec, run_dir: str, store: str, train: dict[str, Any], metrics: dict[str, Any]
 ) -> dict[str, Any]:
     return _tagged(stage_track(spec, run_dir, store, train, metrics))
 
 
-@task(name="report", tags=["report"], persist_result=False)
+@task(name="report", persist_result=False)
 def report_task(
     spec: RunSpec,
     run_dir: str,

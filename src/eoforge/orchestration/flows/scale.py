@@ -17,7 +17,11 @@ from prefect_dask.task_runners import DaskTaskRunner
 
 from eoforge.compute.cluster import DaskSpec
 from eoforge.config import InferSpec, StacSpec
-from tasks.scale import infer_scenes_task, ingest_scenes_task, plan_scenes_task
+from eoforge.orchestration.tasks.scale import (
+    infer_scenes_task,
+    ingest_scenes_task,
+    plan_scenes_task,
+)
 
 
 def task_runner_for(spec: DaskSpec) -> DaskTaskRunner:

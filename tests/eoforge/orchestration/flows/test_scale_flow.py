@@ -14,10 +14,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from eoforge.compute.cluster import DaskSpec, dask_client
 from eoforge.config import InferSpec, StacSpec
+from eoforge.orchestration.flows.scale import run_scale_infer, run_scale_ingest, task_runner_for
 from eoforge.runs.scenes import scene_store
 from eoforge.stac.server import LocalStacServer
 from eoforge.stac.synthetic import write_synthetic_catalog
-from flows.scale import run_scale_infer, run_scale_ingest, task_runner_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

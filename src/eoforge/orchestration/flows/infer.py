@@ -11,10 +11,10 @@ from prefect.runtime import deployment, flow_run
 
 from eoforge.config import RunSpec, default_store
 from eoforge.io.atomic import sha256_file
+from eoforge.orchestration.tasks.stages import infer_task, ingest_task, run_cached, search_task
 from eoforge.runs.provenance import git_revision, package_versions, write_provenance
 from eoforge.runs.stages_data import stac_endpoint
 from eoforge.runs.store import production_model
-from tasks.stages import infer_task, ingest_task, run_cached, search_task
 
 
 @flow(name="eoforge-infer", log_prints=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +15,8 @@ from eoforge.config import RunSpec, default_store
 from eoforge.errors import TransientError
 from eoforge.labels.sources import check_label_source
 from eoforge.ops.zombies import RunLock
-from eoforge.runs.pipeline import run_context
-from eoforge.runs.stages_data import stac_endpoint
-from eoforge.runs.store import promote_model, stored
-from tasks.publish import lineage_inputs, publish_artifacts, record_lineage
-from tasks.stages import (
+from eoforge.orchestration.tasks.publish import lineage_inputs, publish_artifacts, record_lineage
+from eoforge.orchestration.tasks.stages import (
     baseline_task,
     chips_task,
     evaluate_task,
@@ -30,6 +28,11 @@ from tasks.stages import (
     track_task,
     train_task,
 )
+from eoforge.runs.pipeline import plan_stages, run_context
+from eoforge.runs.progress import stage
+from eoforge.runs.stages_data import stac_endpoint
+from eoforge.runs.stages_report import stage_summary
+from eoforge.runs.store import promote_model, stored
 
 
 @task(name="promote-model", persist_result=False)
@@ -74,6 +77,7 @@ def pipeline_flow(
     store: str | None = None,
     api_url: str | None = None,
     train_deployment: str | None = None,
+    stages: list[str] | None = None,
 ) -> dict[str, Any]:
     """Search -> ingest -> chips -> train + export -> baseline -> infer -> evaluate -> report.
 
@@ -84,7 +88,10 @@ def pipeline_flow(
         api_url: STAC API; None uses spec.stac.api_url or serves spec.stac.catalog_dir locally.
         train_deployment: run training as this deployment (e.g. on the gpu work pool)
             instead of in this flow run.
+        stages: run only these stages and the ones they need (e.g. ["ingest", "chips"]);
+            None runs them all. Without the report stage the run folder holds provenance.json.
     """
+    plan = plan_stages(stages)
     check_label_source(
         spec.labels, spec.stac.label_asset
     )  # bad label files stop the run before anything is written
@@ -92,7 +99,12 @@ def pipeline_flow(
     final = str(Path(out).resolve())
     results: dict[str, dict[str, Any]] = {}
 
-    def timed(name: str, value: dict[str, Any], t0: float) -> dict[str, Any]:
+    def run(name: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if name not in plan:
+            return {}
+        t0 = time.perf_counter()
+        with stage(name):
+            value = call()
         value["stage_seconds"] = time.perf_counter() - t0
         results[name] = value
         return value
@@ -103,91 +115,42 @@ def pipeline_flow(
         run_context(Path(out)) as run_path,
     ):
         rd = str(run_path)
-        t = time.perf_counter()
-        s = timed("search", search_task(spec, url, rd), t)
-        keys = s["keys"]
-        t = time.perf_counter()
-        c = timed(
-            "ingest",
-            run_cached(
-                ingest_task,
-                store_s,
-                "cube",
-                keys["cube"],
-                spec,
-                s["items_uri"],
-                store_s,
-                keys["cube"],
-            ),
-            t,
-        )
-        t = time.perf_counter()
-        ch = timed(
-            "chips",
-            run_cached(
-                chips_task,
-                store_s,
-                "chips",
-                keys["chips"],
-                spec,
-                c["cube_uri"],
-                store_s,
-                keys["chips"],
-            ),
-            t,
-        )
-        t = time.perf_counter()
+        s = run("search", lambda: search_task(spec, url, rd))
+        keys = s.get("keys", {})
+
+        def cached(task_: Any, kind: str, *args: Any) -> Callable[[], dict[str, Any]]:
+            return lambda: run_cached(task_, store_s, kind, keys[kind], *args, store_s, keys[kind])
+
+        c = run("ingest", cached(ingest_task, "cube", spec, s.get("items_uri")))
+        ch = run("chips", cached(chips_task, "chips", spec, c.get("cube_uri")))
         if train_deployment:
-            m = timed(
-                "train", _train_on_pool(train_deployment, spec, c["cube_uri"], store_s, keys), t
+            m = run(
+                "train",
+                lambda: _train_on_pool(train_deployment, spec, c["cube_uri"], store_s, keys),
             )
         else:
-            m = timed(
-                "train",
-                run_cached(
-                    train_task,
-                    store_s,
-                    "model",
-                    keys["model"],
-                    spec,
-                    ch["chips_uri"],
-                    store_s,
-                    keys["model"],
-                ),
-                t,
-            )
-        t = time.perf_counter()
-        b = timed(
+            m = run("train", cached(train_task, "model", spec, ch.get("chips_uri")))
+        b = run(
             "baseline",
-            run_cached(
-                baseline_task,
-                store_s,
-                "baseline",
-                keys["baseline"],
-                spec,
-                ch["chips_uri"],
-                c["cube_uri"],
-                store_s,
-                keys["baseline"],
-            ),
-            t,
+            cached(baseline_task, "baseline", spec, ch.get("chips_uri"), c.get("cube_uri")),
         )
-        t = time.perf_counter()
-        timed("infer", infer_task(spec, m["model_dir"], c["cube_uri"], s["items_uri"], rd), t)
-        t = time.perf_counter()
-        e = timed("evaluate", evaluate_task(spec, c["cube_uri"], b["baseline_dir"], rd), t)
-        t = time.perf_counter()
-        timed("track", track_task(spec, rd, store_s, m, e["metrics"]), t)
-        orchestration = {
+        run("infer", lambda: infer_task(spec, m["model_dir"], c["cube_uri"], s["items_uri"], rd))
+        e = run("evaluate", lambda: evaluate_task(spec, c["cube_uri"], b["baseline_dir"], rd))
+        run("track", lambda: track_task(spec, rd, store_s, m, e["metrics"]))
+        orchestration: dict[str, Any] = {
             "engine": "prefect",
             "flow_run_id": str(flow_run.id),
             "flow_run_name": flow_run.name,
             "deployment_id": deployment.id,
             "task_run_ids": {k: v.get("task_run_id") for k, v in results.items()},
             "train_flow_run_id": m.get("flow_run_id"),
-            "promotion": promote_task(store_s, m["model_dir"], e["metrics"], final),
         }
-        results["report"] = report_task(spec, rd, final, results, orchestration)
+        if "report" not in plan:
+            results["summary"] = stage_summary(spec, rd, final, results, orchestration)
+            return results
+        orchestration["promotion"] = promote_task(store_s, m["model_dir"], e["metrics"], final)
+        with stage("report"):
+            results["report"] = report_task(spec, rd, final, results, orchestration)
         lineage = lineage_inputs(results, spec.stac.collection)
     # published: artifacts and lineage point at the final run folder
     lineage["predictions"] = [
