@@ -14,7 +14,7 @@ from eoforge.config import RunSpec, default_store
 from eoforge.errors import TransientError
 from eoforge.labels.sources import check_label_source
 from eoforge.ops.zombies import RunLock
-from eoforge.runs.pipeline import run_context
+from eoforge.runs.pipeline import check_run_places, run_context
 from eoforge.runs.stages_data import stac_endpoint
 from eoforge.runs.store import promote_model, stored
 from tasks.publish import lineage_inputs, publish_artifacts, record_lineage
@@ -85,10 +85,11 @@ def pipeline_flow(
         train_deployment: run training as this deployment (e.g. on the gpu work pool)
             instead of in this flow run.
     """
+    store_s = str(Path(store or default_store()).resolve())
+    check_run_places(Path(out), store_s)  # a read-only, full or foreign place stops it here
     check_label_source(
         spec.labels, spec.stac.label_asset
     )  # bad label files stop the run before anything is written
-    store_s = str(Path(store or default_store()).resolve())
     final = str(Path(out).resolve())
     results: dict[str, dict[str, Any]] = {}
 

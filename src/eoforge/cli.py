@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from eoforge.config import RunSpec, default_store, load_run_spec
+from eoforge.config import RunSpec, check_api_url, default_store, load_run_spec
 from eoforge.errors import EoforgeError, InputError, exit_code_for
 from eoforge.io.redact import install_log_redaction, redact
 
@@ -29,10 +29,11 @@ console = Console(stderr=True)
 def _run_pipeline(
     spec: RunSpec, out: Path, api_url: str | None, orchestrate: bool, store: Path | None
 ) -> dict[str, Any]:
-    from eoforge.runs.pipeline import run_plain
+    from eoforge.runs.pipeline import check_run_places, run_plain
 
     store_path = (store or default_store()).resolve()
     console.print(f"[bold]store[/] {store_path}")
+    check_run_places(out, store_path)  # before Prefect starts: a bad place fails in a second
     if orchestrate:
         from flows.pipeline import pipeline_flow
 
@@ -57,12 +58,22 @@ def _summarise(results: dict[str, Any], out: Path, seconds: float) -> None:
     print(f"report: {out.resolve() / 'report.html'}")
 
 
+def _fail(exc: EoforgeError) -> typer.Exit:
+    console.print(f"[bold red]error ({type(exc).__name__}):[/] {redact(str(exc))}", soft_wrap=True)
+    return typer.Exit(exit_code_for(exc))
+
+
 def _guarded(fn: Any) -> None:
+    from eoforge.io.writable import is_environment_error, os_error_as_eoforge
+
     try:
         fn()
     except EoforgeError as exc:
-        console.print(f"[bold red]error ({type(exc).__name__}):[/] {redact(str(exc))}")
-        raise typer.Exit(exit_code_for(exc)) from None
+        raise _fail(exc) from None
+    except OSError as exc:
+        if not is_environment_error(exc):
+            raise
+        raise _fail(os_error_as_eoforge(exc, "the run folder (--out) or the store (--store)")) from None
 
 
 @app.command()
@@ -107,6 +118,11 @@ def run(
 
     def go() -> None:
         spec = load_run_spec(config)
+        if api_url is not None:
+            try:
+                check_api_url(api_url, "--api-url")
+            except ValueError as exc:
+                raise InputError(f"{exc}.") from None
         t0 = time.perf_counter()
         results = _run_pipeline(spec, out, api_url, not plain, store)
         _summarise(results, out, time.perf_counter() - t0)

@@ -3,9 +3,11 @@ are cut (``chips``), training (``train``) and inference (``infer``)."""
 
 from __future__ import annotations
 
-from datetime import date
+import re
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -23,6 +25,116 @@ __all__ = [
 
 #: The bundled real Sentinel-2 L2A mini sample (10 items, 2 tiles, 5 dates).
 BUNDLED_CATALOG = Path(__file__).resolve().parents[3] / "examples" / "data" / "s2-l2a-mini"
+
+
+#: One end of a STAC datetime: a year, a month, a day or a full RFC 3339 timestamp (what
+#: pystac-client accepts).
+_DATETIME = re.compile(
+    r"^(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
+    r"(?P<time>[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[-+]\d{2}:\d{2})?)?)?)?$"
+)
+
+
+def _datetime_end(text: str, field: str, whole: str) -> tuple[datetime, datetime]:
+    """The first instant one end of a STAC datetime stands for, and the instant after it
+    (equal for a full timestamp)."""
+    m = _DATETIME.match(text)
+    if m is None:
+        raise ValueError(
+            f"{field} '{whole}': '{text}' is not an RFC 3339 date or datetime; write e.g. "
+            "'2023-08-01', '2023-08', '2023-08-01T10:00:00Z', or an interval "
+            "'2023-08-01/2023-08-31' (open ends as '..')"
+        )
+    try:
+        if m["time"]:
+            moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=timezone.utc)
+            return moment, moment
+        year, month, day = int(m["year"]), int(m["month"] or 1), int(m["day"] or 1)
+        first = datetime(year, month, day, tzinfo=timezone.utc)
+    except ValueError as exc:
+        raise ValueError(f"{field} '{whole}': '{text}' is not a real date or time ({exc})") from exc
+    if m["day"]:
+        end = first + timedelta(days=1)
+    elif m["month"]:
+        end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=timezone.utc)
+    else:
+        end = datetime(year + 1, 1, 1, tzinfo=timezone.utc)
+    return first, end
+
+
+def check_stac_datetime(value: str, field: str = "stac.datetime") -> str:
+    """Refuse a STAC datetime (or interval) that the search would fail on.
+
+    Raises:
+        ValueError: the text is not an RFC 3339 date/datetime or ``start/end`` interval, or the
+            interval ends before it starts.
+    """
+    parts = value.split("/")
+    if len(parts) > 2 or not value.strip():
+        raise ValueError(
+            f"{field} '{value}' is not a datetime or a 'start/end' interval; write e.g. "
+            "'2023-08-01/2023-08-31'"
+        )
+    if len(parts) == 1:
+        _datetime_end(parts[0], field, value)
+        return value
+    ends = [None if p in ("", "..") else _datetime_end(p, field, value) for p in parts]
+    if ends[0] is None and ends[1] is None:
+        raise ValueError(f"{field} '{value}' is open at both ends; give a start or an end")
+    if ends[0] is not None and ends[1] is not None and ends[0][0] > ends[1][1]:
+        raise ValueError(
+            f"{field} '{value}' ends before it starts; write 'start/end' with start first"
+        )
+    return value
+
+
+def check_api_url(url: str, field: str = "stac.api_url") -> str:
+    """Refuse a STAC API URL that is not an absolute http(s) URL.
+
+    Raises:
+        ValueError: no scheme (``example.com/stac``), another scheme, or no host.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        hint = f" (did you mean 'https://{url}'?)" if "://" not in url else ""
+        raise ValueError(
+            f"{field} '{url}' is not an http(s) URL of a STAC API{hint}; write it with its "
+            "scheme and host, e.g. 'https://earth-search.aws.element84.com/v1'"
+        )
+    return url
+
+
+def check_bbox(bbox: tuple[float, float, float, float], field: str = "stac.bbox") -> None:
+    """Refuse a search box that is not west, south, east, north in lon/lat degrees.
+
+    Raises:
+        ValueError: a coordinate out of range, south above north, west/east swapped, or a box
+            across the antimeridian (which eoforge cannot build one cube over).
+    """
+    west, south, east, north = bbox
+    shown = list(bbox)
+    if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= 90 and -90 <= north <= 90):
+        raise ValueError(
+            f"{field} {shown} is not a lon/lat box (west, south, east, north with "
+            "-180 <= lon <= 180, -90 <= lat <= 90); fix it"
+        )
+    if south > north:
+        raise ValueError(
+            f"{field} {shown} has south {south} above north {north}; the order is west, "
+            "south, east, north"
+        )
+    if west > east:
+        if west - east < 180:  # a box across 180° spans from near +180 to near -180
+            raise ValueError(
+                f"{field} {shown} has west {west} east of east {east}: the two are swapped; "
+                f"the order is west, south, east, north (e.g. [{east}, {south}, {west}, {north}])"
+            )
+        raise ValueError(
+            f"{field} {shown} crosses the antimeridian (west {west} > east {east}); eoforge "
+            "cannot build one cube across 180°: search each side separately"
+        )
 
 
 class StacSpec(_Spec):
@@ -53,6 +165,25 @@ class StacSpec(_Spec):
     max_retries: int = Field(5, ge=0, description="HTTP retries for STAC API requests.")
     backoff_factor: float = Field(0.5, ge=0, description="Exponential backoff factor (seconds).")
     timeout_s: float = Field(30.0, gt=0, description="Per-request timeout for the STAC API.")
+
+    @field_validator("api_url")
+    @classmethod
+    def _absolute_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_api_url(v)
+
+    @field_validator("datetime")
+    @classmethod
+    def _rfc3339(cls, v: str | None) -> str | None:
+        return None if v is None else check_stac_datetime(v)
+
+    @field_validator("bbox")
+    @classmethod
+    def _lon_lat_box(
+        cls, v: tuple[float, float, float, float] | None
+    ) -> tuple[float, float, float, float] | None:
+        if v is not None:
+            check_bbox(v)
+        return v
 
 
 class SamplingSpec(_Spec):
@@ -237,7 +368,7 @@ class InferSpec(_Spec):
     window: int = Field(512, gt=0, description="Sliding window edge in pixels (multiple of 8).")
     overlap: int = Field(64, ge=0, description="Overlap between windows in pixels.")
     batch_size: int = Field(2, gt=0, description="Windows per ONNX Runtime call.")
-    threads: int | None = Field(None, description="ORT intra-op threads (None: all cores).")
+    threads: int | None = Field(None, gt=0, description="ORT intra-op threads (None: all cores).")
     pipelined: bool | None = Field(
         None,
         description="Run the model on one batch of windows in a worker thread while the previous "
@@ -250,6 +381,16 @@ class InferSpec(_Spec):
         description="Export the random forest with skl2onnx and predict it through ONNX Runtime "
         "(the model's path) instead of scikit-learn. Slower on CPU for large forests.",
     )
+
+    @field_validator("window")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(
+                f"window {v} is not a multiple of 8 (the UNet halves it three times); "
+                f"use e.g. {max(8, v // 8 * 8)} or {(v // 8 + 1) * 8}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _overlap_smaller_than_window(self) -> InferSpec:
