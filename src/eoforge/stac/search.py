@@ -239,7 +239,11 @@ def search_items(
     policy = policy or search_policy(spec, api_url)
     where = f"STAC API {redact_url(api_url)}"
     try:
-        client = Client.open(api_url, stac_io=_stac_io(spec, api_url, policy))
+        # Client.open hands its own ``timeout`` (default None: wait forever) to the IO it is
+        # given, replacing the one the IO was built with: pass the deadline here too.
+        client = Client.open(
+            api_url, stac_io=_stac_io(spec, api_url, policy), timeout=spec.timeout_s
+        )
         search = client.search(
             collections=[spec.collection],
             bbox=spec.bbox,
