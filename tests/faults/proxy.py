@@ -426,13 +426,14 @@ class StallServer:
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind(("127.0.0.1", 0))
         self._sock.listen(64)
+        self.port = int(self._sock.getsockname()[1])
         self._open: list[socket.socket] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        return f"http://127.0.0.1:{self.port}"
 
     def _serve(self) -> None:
         self._sock.settimeout(0.2)
@@ -456,7 +457,7 @@ class StallServer:
                 if body is None:
                     self._stop.wait()  # hold the connection open, say nothing
                     return
-                data = body.replace("{port}", str(self._sock.getsockname()[1])).encode()
+                data = body.replace("{port}", str(self.port)).encode()
                 conn.sendall(
                     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                     + f"Content-Length: {len(data)}\r\n\r\n".encode()
