@@ -94,7 +94,7 @@ def load_run_spec(path: Path | str, overrides: dict[str, Any] | None = None) -> 
         raise InputError(f"config file '{p}' does not exist; pass an existing YAML file.")
     try:
         raw = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an unquoted 2023-13-01
         raise InputError(f"config file '{p}' is not valid YAML: {exc}; fix its syntax.") from exc
     except OSError as exc:
         raise InputError(

@@ -171,6 +171,12 @@ class StacSpec(_Spec):
     def _absolute_url(cls, v: str | None) -> str | None:
         return None if v is None else check_api_url(v)
 
+    @field_validator("datetime", mode="before")
+    @classmethod
+    def _yaml_date(cls, v: object) -> object:
+        # YAML reads an unquoted 2023-08-01 as a date: it means the same as the string
+        return v.isoformat() if isinstance(v, date | datetime) else v
+
     @field_validator("datetime")
     @classmethod
     def _rfc3339(cls, v: str | None) -> str | None:
