@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import xarray as xr
 
+from eoforge.cube.sources import decoded_local_hrefs, local_sources
 from eoforge.errors import ContractViolation, EoforgeError, InputError, TransientError
 from eoforge.io.atomic import staged_dir
 from eoforge.io.redact import redact, redact_url
@@ -106,14 +107,22 @@ def _read_failure(exc: BaseException) -> bool:
     return isinstance(exc, OSError | RuntimeError) or type(exc) is Exception
 
 
-def retry_reads(fn: Callable[[], T], what: str, attempts: int | None = None) -> T:
+def retry_reads(
+    fn: Callable[[], T],
+    what: str,
+    attempts: int | None = None,
+    local_files: Sequence[Path] = (),
+) -> T:
     """Call ``fn`` (a read of source rasters) until it succeeds, at most ``attempts`` times.
 
     Failed reads are retried with exponential backoff and jitter (``EOFORGE_READ_ATTEMPTS``,
-    ``EOFORGE_READ_BACKOFF_S``). Any other exception propagates at once.
+    ``EOFORGE_READ_BACKOFF_S``). Any other exception propagates at once. When every source of
+    the read is a local file (``local_files``) a failure is not retried: a file that reads
+    wrong reads the same way next time (truncated, not a raster), so it is bad input.
 
     Raises:
-        InputError: the last failure says the raster does not exist.
+        InputError: the last failure says the raster does not exist, or a local file cannot
+            be read.
         TransientError: the read still failed after the last attempt.
     """
     n = attempts or _read_attempts()
@@ -125,6 +134,14 @@ def retry_reads(fn: Callable[[], T], what: str, attempts: int | None = None) -> 
             if not _read_failure(exc):
                 raise
             text = redact(str(exc))[:300]
+            if local_files:
+                names = ", ".join(f"'{p}'" for p in local_files)
+                raise InputError(
+                    f"source raster {names} ({what}) cannot be read: it is damaged (truncated "
+                    f"or not a GeoTIFF): {type(exc).__name__}: {text}. A local file reads the "
+                    "same on every try, so eoforge does not retry it: restore or replace the "
+                    "file, or leave its STAC item out."
+                ) from None
             if attempt == n - 1:
                 if any(s in text for s in _NOT_FOUND):
                     raise InputError(
@@ -213,7 +230,7 @@ def load_tile(items: Sequence[dict[str, Any]], variables: Sequence[str]) -> xr.D
     import pystac
 
     _configure_gdal()
-    py_items = [pystac.Item.from_dict(dict(it), preserve_dict=True) for it in items]
+    py_items = [pystac.Item.from_dict(decoded_local_hrefs(it), preserve_dict=True) for it in items]
     try:
         ds = odc.stac.load(
             py_items,
@@ -274,8 +291,14 @@ def _read_slice(var: xr.DataArray, t: int) -> np.ndarray[Any, Any]:
     return np.asarray(var.isel(time=t).values)
 
 
-def _write_tile(ds: xr.Dataset, tile: str, staging: Path) -> None:
-    """Write one tile: metadata first, then every (variable, slice) read with retries."""
+def _write_tile(
+    ds: xr.Dataset, tile: str, staging: Path, hrefs: dict[str, dict[str, str]] | None = None
+) -> None:
+    """Write one tile: metadata first, then every (variable, slice) read with retries.
+
+    ``hrefs`` (item id -> variable -> asset href) tells which reads come from local files,
+    which are not retried (see :func:`retry_reads`).
+    """
     import zarr
 
     encoding = {v: {"chunks": (1, *ds[v].shape[1:])} for v in ds.data_vars}
@@ -297,7 +320,8 @@ def _write_tile(ds: xr.Dataset, tile: str, staging: Path) -> None:
         nodata = var.attrs.get("nodata", 0)
         for t in range(int(ds.sizes["time"])):
             what = f"variable '{name}' of {ids[t]} (tile {tile})"
-            values = retry_reads(functools.partial(_read_slice, var, t), what)
+            local = local_sources(hrefs or {}, ids[t], str(name))
+            values = retry_reads(functools.partial(_read_slice, var, t), what, local_files=local)
             if not np.any(values != nodata):
                 raise _nodata_failure(tile, ids[t], str(name), nodata)
             target[t] = values
@@ -348,7 +372,11 @@ def write_cube(items: Sequence[dict[str, Any]], variables: Sequence[str], out: P
             ds = load_tile(by_tile[tile], variables)
             ds.attrs["tile"] = tile
             ds = ds.drop_vars("spatial_ref", errors="ignore")
-            _write_tile(ds, tile, staging)
+            hrefs = {
+                str(it["id"]): {v: str(it["assets"][v]["href"]) for v in variables}
+                for it in by_tile[tile]
+            }
+            _write_tile(ds, tile, staging, hrefs)
             tiles[tile] = list(ds.attrs["item_ids"])
             shapes[tile] = (int(ds.sizes["time"]), int(ds.sizes["y"]), int(ds.sizes["x"]))
         root = zarr.open_group(str(staging), mode="r+")
