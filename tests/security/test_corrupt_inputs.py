@@ -101,3 +101,51 @@ def test_catalog_folder_with_a_space_is_read(
     twl = [it for it in items if "33TWL" in it["id"]][:2]
     info = write_cube(twl, VARIABLES, tmp_path / "cube 1.zarr")
     assert info.tiles == {"33TWL": [it["id"] for it in twl]}
+
+
+FAST_TRAINING = (
+    "train:\n  max_epochs: 1\n  max_seconds: 10\n  rf_n_estimators: 5\n  rf_train_pixels: 5000\n"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_damaged_stored_model_is_quarantined_and_rebuilt(eoforge_cli: Cli, tmp_path: Path) -> None:
+    """Issue 15, class 6: a garbage ``model.onnx`` in the store was reused on every rerun, and a
+    pickle written over ``model.safetensors`` was published as the run's model."""
+    import hashlib
+    import json
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(FAST_TRAINING)
+    store = tmp_path / "store"
+
+    def run(name: str) -> Path:
+        out = tmp_path / name
+        proc = eoforge_cli(
+            "run", "--config", str(cfg), "--plain", "--out", str(out), "--store", str(store),
+            timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return out
+
+    def published_model_is_whole(out: Path) -> None:
+        item = json.loads((out / "model" / "model-item.json").read_text())
+        for asset in item["assets"].values():
+            if "file:checksum" in asset:
+                data = (out / "model" / asset["href"].removeprefix("./")).read_bytes()
+                assert hashlib.sha256(data).hexdigest() == asset["file:checksum"][4:]
+
+    published_model_is_whole(run("first"))
+    (stored_model,) = (store / "models").iterdir()
+    damages = {
+        "model.onnx": b"\x08\x07 garbage, not a protobuf",
+        "model.safetensors": b"\x80\x04\x95 a pickle in disguise",
+    }
+    for n, (name, data) in enumerate(damages.items()):
+        (stored_model / name).write_bytes(data)
+        out = run(f"after-{n}")
+        published_model_is_whole(out)
+        assert (stored_model / name).read_bytes() != data  # rebuilt
+        quarantined = sorted(stored_model.parent.glob(f".quarantine-{stored_model.name}.*"))
+        assert len(quarantined) == n + 1 and (quarantined[-1] / name).read_bytes() == data
