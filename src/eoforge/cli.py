@@ -37,7 +37,15 @@ def _run_pipeline(
     if orchestrate:
         from flows.pipeline import pipeline_flow
 
-        return pipeline_flow(spec, str(out), str(store_path), api_url)
+        from eoforge.io.quiet_logs import final_errors_to_file
+
+        log = final_errors_to_file(store_path / "logs")
+        try:
+            return pipeline_flow(spec, str(out), str(store_path), api_url)
+        except EoforgeError as exc:
+            if log.exists():
+                exc.add_note(f"Prefect's log of this run, with the traceback: {log}")
+            raise
     return run_plain(
         spec,
         out,
@@ -59,7 +67,12 @@ def _summarise(results: dict[str, Any], out: Path, seconds: float) -> None:
 
 
 def _fail(exc: EoforgeError) -> typer.Exit:
-    console.print(f"[bold red]error ({type(exc).__name__}):[/] {redact(str(exc))}", soft_wrap=True)
+    notes = "".join(f"\n{n}" for n in getattr(exc, "__notes__", ()))
+    console.print(
+        f"[bold red]error ({type(exc).__name__}):[/] {redact(str(exc))}{notes}",
+        soft_wrap=True,
+        markup=True,
+    )
     return typer.Exit(exit_code_for(exc))
 
 
