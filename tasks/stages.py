@@ -24,10 +24,10 @@ from prefect.tasks import exponential_backoff
 
 from eoforge.config import RunSpec
 from eoforge.errors import ContractViolation, InputError
+from eoforge.runs.integrity import reusable_model
 from eoforge.runs.stages_data import stage_chips, stage_ingest, stage_search
 from eoforge.runs.stages_model import stage_baseline, stage_infer, stage_train
 from eoforge.runs.stages_report import stage_evaluate, stage_report, stage_track
-from eoforge.runs.integrity import reusable_model
 from eoforge.runs.store import stored
 
 P = ParamSpec("P")

@@ -35,9 +35,8 @@ def _run_pipeline(
     console.print(f"[bold]store[/] {store_path}")
     check_run_places(out, store_path)  # before Prefect starts: a bad place fails in a second
     if orchestrate:
-        from flows.pipeline import pipeline_flow
-
         from eoforge.io.quiet_logs import final_errors_to_file
+        from flows.pipeline import pipeline_flow
 
         log = final_errors_to_file(store_path / "logs")
         try:
@@ -86,7 +85,9 @@ def _guarded(fn: Any) -> None:
     except OSError as exc:
         if not is_environment_error(exc):
             raise
-        raise _fail(os_error_as_eoforge(exc, "the run folder (--out) or the store (--store)")) from None
+        raise _fail(
+            os_error_as_eoforge(exc, "the run folder (--out) or the store (--store)")
+        ) from None
 
 
 @app.command()

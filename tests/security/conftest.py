@@ -54,4 +54,3 @@ def eoforge_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str
         )
 
     return run
-

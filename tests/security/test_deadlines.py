@@ -37,8 +37,18 @@ _LANDING = json.dumps(
         "links": [
             {"rel": "self", "href": "http://127.0.0.1:{port}/"},
             {"rel": "root", "href": "http://127.0.0.1:{port}/"},
-            {"rel": "search", "type": "application/geo+json", "href": "http://127.0.0.1:{port}/search", "method": "GET"},  # noqa: E501
-            {"rel": "search", "type": "application/geo+json", "href": "http://127.0.0.1:{port}/search", "method": "POST"},  # noqa: E501
+            {
+                "rel": "search",
+                "type": "application/geo+json",
+                "href": "http://127.0.0.1:{port}/search",
+                "method": "GET",
+            },
+            {
+                "rel": "search",
+                "type": "application/geo+json",
+                "href": "http://127.0.0.1:{port}/search",
+                "method": "POST",
+            },
         ],
     }
 )
@@ -60,7 +70,7 @@ def within(seconds: float, call: Callable[[], object]) -> BaseException:
     def target() -> None:
         try:
             call()
-        except BaseException as exc:  # noqa: BLE001 - handed to the test
+        except BaseException as exc:
             outcome.append(exc)
 
     worker = threading.Thread(target=target, daemon=True)
@@ -117,4 +127,3 @@ def test_asset_probe_of_a_stalled_host_fails_within_its_deadline() -> None:
             ),
         )
     assert isinstance(err, TransientError) and "did not answer" in str(err), repr(err)
-

@@ -32,9 +32,21 @@ CLI_CASES: dict[str, tuple[str | None, tuple[str, ...], tuple[str, ...]]] = {
         (),
         ("{cfg}", "stac.datetime", "08/2023", "RFC 3339"),
     ),
-    "api-url-without-scheme": ("{}\n", ("--api-url", "example.com/stac"), ("--api-url", "https://example.com/stac")),  # noqa: E501
-    "infer-window-not-multiple-of-8": ("infer:\n  window: 100\n", (), ("{cfg}", "infer.window", "multiple of 8")),  # noqa: E501
-    "infer-threads-zero": ("infer:\n  threads: 0\n", (), ("{cfg}", "infer.threads", "greater than 0")),  # noqa: E501
+    "api-url-without-scheme": (
+        "{}\n",
+        ("--api-url", "example.com/stac"),
+        ("--api-url", "https://example.com/stac"),
+    ),
+    "infer-window-not-multiple-of-8": (
+        "infer:\n  window: 100\n",
+        (),
+        ("{cfg}", "infer.window", "multiple of 8"),
+    ),
+    "infer-threads-zero": (
+        "infer:\n  threads: 0\n",
+        (),
+        ("{cfg}", "infer.threads", "greater than 0"),
+    ),
     "empty-yaml": ("", (), ("{cfg}", "is empty", "'{}'")),
     "bbox-west-east-swapped": (
         "stac:\n  bbox: [16.5, 46.0, 15.5, 47.0]\n",
@@ -79,11 +91,17 @@ SPEC_CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "datetime-open-both": ("stac:\n  datetime: ../..\n", ("open at both ends",)),
     "datetime-three-parts": ("stac:\n  datetime: 2023/2024/2025\n", ("interval",)),
     "datetime-us-style": ("stac:\n  datetime: 08/01/2023\n", ("08/01/2023",)),
-    "api-url-no-scheme": ("stac:\n  api_url: earth-search.aws.element84.com/v1\n", ("stac.api_url", "https://earth-search")),  # noqa: E501
+    "api-url-no-scheme": (
+        "stac:\n  api_url: earth-search.aws.element84.com/v1\n",
+        ("stac.api_url", "https://earth-search"),
+    ),
     "api-url-ftp": ("stac:\n  api_url: ftp://example.com/stac\n", ("stac.api_url", "ftp://")),
     "api-url-no-host": ("stac:\n  api_url: 'http:///stac'\n", ("stac.api_url",)),
     "bbox-swapped-west": ("stac:\n  bbox: [-70.0, -34.0, -71.0, -33.0]\n", ("swapped",)),
-    "bbox-south-above-north": ("stac:\n  bbox: [15.0, 47.0, 16.0, 46.0]\n", ("south 47.0 above north",)),  # noqa: E501
+    "bbox-south-above-north": (
+        "stac:\n  bbox: [15.0, 47.0, 16.0, 46.0]\n",
+        ("south 47.0 above north",),
+    ),
     "bbox-latitude-95": ("stac:\n  bbox: [15.0, 46.0, 16.0, 95.0]\n", ("not a lon/lat box",)),
     "bbox-antimeridian": ("stac:\n  bbox: [179.0, -18.0, -179.0, -16.0]\n", ("antimeridian",)),
     "window-7": ("infer:\n  window: 7\n  overlap: 0\n", ("multiple of 8",)),
@@ -129,7 +147,9 @@ def test_unquoted_yaml_date_means_the_date(tmp_path: Path) -> None:
     assert load_run_spec(cfg).stac.datetime == "2023-08-10"
 
 
-@pytest.mark.parametrize("bbox", [(15.5, 46.0, 16.5, 47.0), (-180, -90, 180, 90), (170, -20, 180, -10)])
+@pytest.mark.parametrize(
+    "bbox", [(15.5, 46.0, 16.5, 47.0), (-180, -90, 180, 90), (170, -20, 180, -10)]
+)
 def test_valid_boxes_still_load(bbox: tuple[float, float, float, float]) -> None:
     assert RunSpec.model_validate({"stac": {"bbox": bbox}}).stac.bbox == bbox
 

@@ -4,7 +4,7 @@ are cut (``chips``), training (``train``) and inference (``infer``)."""
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -49,18 +49,18 @@ def _datetime_end(text: str, field: str, whole: str) -> tuple[datetime, datetime
         if m["time"]:
             moment = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
             if moment.tzinfo is None:
-                moment = moment.replace(tzinfo=timezone.utc)
+                moment = moment.replace(tzinfo=UTC)
             return moment, moment
         year, month, day = int(m["year"]), int(m["month"] or 1), int(m["day"] or 1)
-        first = datetime(year, month, day, tzinfo=timezone.utc)
+        first = datetime(year, month, day, tzinfo=UTC)
     except ValueError as exc:
         raise ValueError(f"{field} '{whole}': '{text}' is not a real date or time ({exc})") from exc
     if m["day"]:
         end = first + timedelta(days=1)
     elif m["month"]:
-        end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=timezone.utc)
+        end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
     else:
-        end = datetime(year + 1, 1, 1, tzinfo=timezone.utc)
+        end = datetime(year + 1, 1, 1, tzinfo=UTC)
     return first, end
 
 
@@ -115,7 +115,9 @@ def check_bbox(bbox: tuple[float, float, float, float], field: str = "stac.bbox"
     """
     west, south, east, north = bbox
     shown = list(bbox)
-    if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= 90 and -90 <= north <= 90):
+    if not (
+        -180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= 90 and -90 <= north <= 90
+    ):
         raise ValueError(
             f"{field} {shown} is not a lon/lat box (west, south, east, north with "
             "-180 <= lon <= 180, -90 <= lat <= 90); fix it"

@@ -45,9 +45,7 @@ _HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 #: The whole name of a staging entry eoforge wrote (:func:`_staging_path`): target name, an
 #: optional kind, 12 hex digits of a uuid4, the owner's pid and host tag. Nothing else is ever
 #: treated as eoforge's staging.
-_OWNER = re.compile(
-    r"^\.staging-.+\.(?:old\.)?[0-9a-f]{12}\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})$"
-)
+_OWNER = re.compile(r"^\.staging-.+\.(?:old\.)?[0-9a-f]{12}\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})$")
 #: Staging entries of another host (or of unknown owner) older than this are stale.
 STALE_AFTER_S = 24 * 3600.0
 

@@ -25,7 +25,10 @@ def test_which_records_are_final_errors() -> None:
         wrapped = exc
     assert is_final_error_record(_record(logging.ERROR, "flow failed", wrapped))
     assert is_final_error_record(
-        _record(logging.ERROR, "Finished in state Failed('Task run encountered an exception InputError: x')")
+        _record(
+            logging.ERROR,
+            "Finished in state Failed('Task run encountered an exception InputError: x')",
+        )
     )
     assert not is_final_error_record(_record(logging.ERROR, "boom", TransientError("503")))
     assert not is_final_error_record(_record(logging.INFO, "x", InputError("bad")))
