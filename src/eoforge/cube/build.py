@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 import numpy as np
 import xarray as xr
 
-from eoforge.cube.sources import decoded_local_hrefs, local_sources
+from eoforge.cube.sources import decoded_local_hrefs, local_sources, slice_item_ids
 from eoforge.errors import ContractViolation, EoforgeError, InputError, TransientError
 from eoforge.io.atomic import staged_dir
 from eoforge.io.redact import redact, redact_url
@@ -246,10 +246,8 @@ def load_tile(items: Sequence[dict[str, Any]], variables: Sequence[str]) -> xr.D
     crs = ds.odc.geobox.crs
     if crs is None or crs.epsg is None:
         raise InputError(f"items {[i['id'] for i in items]} have no EPSG CRS; eoforge needs one.")
-    by_day: dict[str, list[str]] = defaultdict(list)
-    for it in items:
-        by_day[str(it["properties"]["datetime"])[:10]].append(str(it["id"]))
-    ids = ["+".join(by_day[str(t)[:10]]) for t in ds.time.values.astype("datetime64[D]")]
+    ((mid_lon, _),) = ds.odc.geobox.extent.centroid.to_crs("epsg:4326").points  # as odc-stac
+    ids = slice_item_ids(items, ds.time.values, float(mid_lon))
     ds.attrs.update(
         crs=f"EPSG:{crs.epsg}",
         transform=list(ds.odc.geobox.transform)[:6],
