@@ -232,3 +232,19 @@ def test_path_that_is_a_file_is_one_paragraph(eoforge_cli: Cli, tmp_path: Path, 
     assert str(a_file) in text and "is a file" in text, text
     assert a_file.read_text() == "not a folder"
     assert not (tmp_path / "run").exists() and not (tmp_path / "store").exists()
+
+
+def test_file_added_to_the_old_run_during_the_run_is_not_lost(tmp_path: Path) -> None:
+    """``--out`` is checked again just before it is replaced."""
+    from eoforge.runs.pipeline import run_context
+
+    out = tmp_path / "run"
+    _eoforge_run(out)
+    before = tree(tmp_path)
+    with pytest.raises(InputError, match="'notes.md' is not one of the outputs"):
+        with run_context(out) as staging:
+            (staging / "report.html").write_text("new run")
+            (out / "notes.md").write_text("written while the run was going")
+    after = tree(tmp_path)
+    assert after.pop("run/notes.md") == b"written while the run was going"
+    assert after == before  # old run intact, no staging left
