@@ -241,10 +241,10 @@ def test_file_added_to_the_old_run_during_the_run_is_not_lost(tmp_path: Path) ->
     out = tmp_path / "run"
     _eoforge_run(out)
     before = tree(tmp_path)
-    with pytest.raises(InputError, match="'notes.md' is not one of the outputs"):
-        with run_context(out) as staging:
-            (staging / "report.html").write_text("new run")
-            (out / "notes.md").write_text("written while the run was going")
+    refused = pytest.raises(InputError, match=r"'notes\.md' is not one of the outputs")
+    with refused, run_context(out) as staging:
+        (staging / "report.html").write_text("new run")
+        (out / "notes.md").write_text("written while the run was going")
     after = tree(tmp_path)
     assert after.pop("run/notes.md") == b"written while the run was going"
     assert after == before  # old run intact, no staging left
