@@ -94,8 +94,13 @@ def load_run_spec(path: Path | str, overrides: dict[str, Any] | None = None) -> 
         raise InputError(f"config file '{p}' does not exist; pass an existing YAML file.")
     try:
         raw = yaml.safe_load(p.read_text())
-    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an unquoted 2023-13-01
+    except yaml.YAMLError as exc:
         raise InputError(f"config file '{p}' is not valid YAML: {exc}; fix its syntax.") from exc
+    except ValueError as exc:  # YAML builds dates itself: an unquoted 2023-13-01 fails there
+        raise InputError(
+            f"config file '{p}' is not valid YAML: {exc} (a value YAML reads as a date, e.g. an "
+            "unquoted 2023-13-01, is not a real one); fix the date, or quote it."
+        ) from exc
     except OSError as exc:
         raise InputError(
             f"config file '{p}' cannot be read ({exc.strerror or exc}); check its permissions."
