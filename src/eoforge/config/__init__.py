@@ -94,7 +94,7 @@ def load_run_spec(path: Path | str, overrides: dict[str, Any] | None = None) -> 
         raise InputError(f"config file '{p}' does not exist; pass an existing YAML file.")
     try:
         raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"config file '{p}' is not valid YAML: {exc}; fix its syntax.") from exc
     except ValueError as exc:  # YAML builds dates itself: an unquoted 2023-13-01 fails there
         raise InputError(
