@@ -85,7 +85,10 @@ def test_cli_refuses_bad_spec_before_any_work(eoforge_cli: Cli, tmp_path: Path, 
 SPEC_CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "datetime-words": ("stac:\n  datetime: last week\n", ("stac.datetime", "last week")),
     "datetime-month-13": ("stac:\n  datetime: '2023-13-01'\n", ("2023-13-01", "not a real date")),
-    "datetime-month-13-unquoted": ("stac:\n  datetime: 2023-13-01\n", ("month must be in 1..12", "quote it")),
+    "datetime-month-13-unquoted": (
+        "stac:\n  datetime: 2023-13-01\n",
+        ("month must be in 1..12", "quote it"),
+    ),
     "datetime-day-32": ("stac:\n  datetime: 2023-08-32/2023-09-01\n", ("2023-08-32",)),
     "datetime-reversed": ("stac:\n  datetime: 2023-08-31/2023-08-01\n", ("ends before",)),
     "datetime-open-both": ("stac:\n  datetime: ../..\n", ("open at both ends",)),
