@@ -123,7 +123,7 @@ def test_previous_eoforge_run_with_a_user_file_is_not_replaced(
 )
 def test_provenance_that_proves_nothing_keeps_the_folder(tmp_path: Path, provenance: str) -> None:
     (tmp_path / "provenance.json").write_text(provenance)
-    with pytest.raises(InputError, match="cannot prove"):
+    with pytest.raises(InputError, match="not an eoforge run that eoforge can prove"):
         check_out_dir(tmp_path)
 
 

@@ -98,9 +98,9 @@ def check_out_dir(out: Path) -> None:
     why = _not_an_eoforge_run(out)
     if why:
         raise InputError(
-            f"output folder '{out}' is not empty and eoforge cannot prove it holds only an "
-            f"earlier eoforge run ({why}); eoforge will not replace it. Pass a new or empty "
-            "folder to --out, or move your files out of it."
+            f"output folder '{out}' is not empty and is not an eoforge run that eoforge can "
+            f"prove holds only its own files ({why}); eoforge will not replace it. Pass a new "
+            "or empty folder to --out, or move your files out of it."
         )
 
 
