@@ -88,7 +88,7 @@ def load_run_spec(path: Path | str, overrides: dict[str, Any] | None = None) -> 
     if p.is_dir():
         raise InputError(
             f"config file '{p}' is a folder, not a file; pass the run spec YAML file itself "
-            "(e.g. examples/configs/demo.yaml)."
+            "(e.g. examples/configs/quick.yaml)."
         )
     if not p.is_file():
         raise InputError(f"config file '{p}' does not exist; pass an existing YAML file.")
