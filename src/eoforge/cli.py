@@ -17,7 +17,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from eoforge.config import RunSpec, default_store, load_run_spec
+from eoforge.config import RunSpec, check_api_url, default_store, load_run_spec
 from eoforge.errors import EoforgeError, InputError, exit_code_for
 from eoforge.io.redact import install_log_redaction, redact
 
@@ -108,18 +108,26 @@ def _run_pipeline(
     store: Path | None,
     stages: list[str] | None = None,
 ) -> dict[str, Any]:
-    from eoforge.runs.pipeline import plan_stages, run_plain
+    from eoforge.runs.pipeline import check_run_places, plan_stages, run_plain
 
     plan = plan_stages(stages)  # an unknown stage fails here, before anything starts
     store_path = (store or default_store()).resolve()
     console.print(f"[bold]store[/] {store_path}")
     if stages is not None:
         console.print(f"[bold]stages[/] {', '.join(plan)}")
+    check_run_places(out, store_path)  # before Prefect starts: a bad place fails in a second
     with _stage_progress():
         if orchestrate:
+            from eoforge.io.quiet_logs import final_errors_to_file
             from eoforge.orchestration.flows.pipeline import pipeline_flow
 
-            return pipeline_flow(spec, str(out), str(store_path), api_url, stages=stages)
+            log = final_errors_to_file(store_path / "logs")
+            try:
+                return pipeline_flow(spec, str(out), str(store_path), api_url, stages=stages)
+            except EoforgeError as exc:
+                if log.exists():
+                    exc.add_note(f"Prefect's log of this run, with the traceback: {log}")
+                raise
         return run_plain(spec, out, store_path, api_url, stages=stages)
 
 
@@ -140,15 +148,30 @@ def _summarise(results: dict[str, Any], out: Path, seconds: float) -> None:
     print(f"report: {out.resolve() / 'report.html'}")
 
 
+def _fail(exc: EoforgeError) -> typer.Exit:
+    notes = "".join(f"\n{n}" for n in getattr(exc, "__notes__", ()))
+    # soft wrap: paths and names in the message stay whole (copyable, greppable)
+    console.print(
+        f"[bold red]error ({type(exc).__name__}):[/] {redact(str(exc))}{notes}",
+        soft_wrap=True,
+        markup=True,
+    )
+    return typer.Exit(exit_code_for(exc))
+
+
 def _guarded(fn: Any) -> None:
+    from eoforge.io.writable import is_environment_error, os_error_as_eoforge
+
     try:
         fn()
     except EoforgeError as exc:
-        # soft wrap: paths and names in the message stay whole (copyable, greppable)
-        console.print(
-            f"[bold red]error ({type(exc).__name__}):[/] {redact(str(exc))}", soft_wrap=True
-        )
-        raise typer.Exit(exit_code_for(exc)) from None
+        raise _fail(exc) from None
+    except OSError as exc:
+        if not is_environment_error(exc):
+            raise
+        raise _fail(
+            os_error_as_eoforge(exc, "the run folder (--out) or the store (--store)")
+        ) from None
 
 
 @app.command()
@@ -185,6 +208,14 @@ def demo(
         _summarise(results, out, time.perf_counter() - t0)
 
     _guarded(go)
+
+
+def _check_api_url(api_url: str | None) -> None:
+    if api_url is not None:
+        try:
+            check_api_url(api_url, "--api-url")
+        except ValueError as exc:
+            raise InputError(f"{exc}.") from None
 
 
 def _stage_list(value: str | None) -> list[str] | None:
@@ -228,6 +259,7 @@ def run(
 
     def go() -> None:
         spec = load_run_spec(config) if config is not None else RunSpec()
+        _check_api_url(api_url)
         t0 = time.perf_counter()
         results = _run_pipeline(spec, out, api_url, not plain, store, _stage_list(stages))
         _summarise(results, out, time.perf_counter() - t0)
@@ -302,6 +334,7 @@ def watch(
         from eoforge.runs.watch_local import watch_loop
 
         spec = load_run_spec(config) if config is not None else RunSpec()
+        _check_api_url(api_url)
 
         def said(poll: int, landed: list[str], seconds: float) -> None:
             what = ", ".join(landed) if landed else "nothing new"
@@ -357,6 +390,7 @@ def predict(
         from eoforge.runs.predict import run_predict
 
         spec = load_run_spec(config)
+        _check_api_url(api_url)
         store_path = (store or default_store()).resolve()
         t0 = time.perf_counter()
         with _stage_progress():

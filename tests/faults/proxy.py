@@ -19,6 +19,7 @@ again. ``rate=1.0`` faults every request.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import select
@@ -34,7 +35,14 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["ALL_FAULTS", "FaultProxy", "FaultSchedule", "RangeFileServer", "RedirectServer"]
+__all__ = [
+    "ALL_FAULTS",
+    "FaultProxy",
+    "FaultSchedule",
+    "RangeFileServer",
+    "RedirectServer",
+    "StallServer",
+]
 
 ALL_FAULTS: tuple[str, ...] = ("500", "502", "503", "429", "timeout", "reset", "truncate")
 _HOP = {
@@ -397,3 +405,81 @@ class FaultProxy(_Service):
         if self._rewrite_links:
             self.rewrite = (self.upstream, self.url)
         return self
+
+
+# --------------------------------------------------------------------------- a stalled service
+
+
+class StallServer:
+    """A plain socket on loopback that accepts every connection, reads the request and never
+    answers (a service that hangs, e.g. behind a stuck load balancer).
+
+    Paths in ``answers`` get that body as a 200 JSON answer instead (``{port}`` in it is
+    replaced by the server's port), so a client can get past a landing page and stall on the
+    next request. ``connections`` counts accepted connections (retries included).
+    """
+
+    def __init__(self, answers: dict[str, str] | None = None) -> None:
+        self.answers = dict(answers or {})
+        self.connections = 0
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = int(self._sock.getsockname()[1])
+        self._open: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        self._sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except (TimeoutError, OSError):
+                continue
+            self.connections += 1
+            self._open.append(conn)
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            while not self._stop.is_set():
+                request = conn.recv(65536)
+                if not request:
+                    return
+                path = request.split(b" ", 2)[1].decode() if b" " in request else ""
+                body = self.answers.get(path.split("?")[0])
+                if body is None:
+                    self._stop.wait()  # hold the connection open, say nothing
+                    return
+                data = body.replace("{port}", str(self.port)).encode()
+                conn.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    + f"Content-Length: {len(data)}\r\n\r\n".encode()
+                    + data
+                )
+        except OSError:
+            return
+
+    def start(self) -> StallServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for conn in self._open:
+            with contextlib.suppress(OSError):
+                conn.close()
+        self._sock.close()
+
+    def __enter__(self) -> StallServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

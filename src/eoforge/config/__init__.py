@@ -15,6 +15,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from eoforge.config.base import _Spec
+from eoforge.config.checks import check_api_url, check_bbox, check_stac_datetime
 from eoforge.config.labels import (
     LabelSourceSpec,
     LabelSpec,
@@ -51,8 +52,12 @@ __all__ = [
     "SclLabelsSpec",
     "StacSpec",
     "TrainSpec",
+    "check_api_url",
+    "check_bbox",
+    "check_stac_datetime",
     "default_store",
     "load_run_spec",
+    "validation_lines",
 ]
 
 
@@ -83,12 +88,31 @@ def load_run_spec(path: Path | str, overrides: dict[str, Any] | None = None) -> 
         InputError: the file is missing, not YAML, or does not validate.
     """
     p = Path(path)
+    if p.is_dir():
+        raise InputError(
+            f"config file '{p}' is a folder, not a file; pass the run spec YAML file itself "
+            "(e.g. examples/configs/quick.yaml)."
+        )
     if not p.is_file():
         raise InputError(f"config file '{p}' does not exist; pass an existing YAML file.")
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
+        raw = yaml.safe_load(p.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError(f"config file '{p}' is not valid YAML: {exc}; fix its syntax.") from exc
+    except ValueError as exc:  # YAML builds dates itself: an unquoted 2023-13-01 fails there
+        raise InputError(
+            f"config file '{p}' is not valid YAML: {exc} (a value YAML reads as a date, e.g. an "
+            "unquoted 2023-13-01, is not a real one); fix the date, or quote it."
+        ) from exc
+    except OSError as exc:
+        raise InputError(
+            f"config file '{p}' cannot be read ({exc.strerror or exc}); check its permissions."
+        ) from exc
+    if raw is None:
+        raise InputError(
+            f"config file '{p}' is empty (or only comments); eoforge will not guess that you "
+            "meant the defaults. Write the sections you want, or '{}' to run the defaults."
+        )
     if not isinstance(raw, dict):
         raise InputError(
             f"config file '{p}' must hold a mapping at top level, got {type(raw).__name__}."
@@ -98,9 +122,22 @@ def load_run_spec(path: Path | str, overrides: dict[str, Any] | None = None) -> 
         spec = RunSpec.model_validate(raw)
     except ValidationError as exc:
         raise InputError(
-            f"config file '{p}' is invalid:\n{exc}\nFix the fields named above."
+            f"config file '{p}' is invalid:\n{validation_lines(exc)}\nFix the fields named above."
         ) from exc
     return _absolute_label_paths(spec)
+
+
+def validation_lines(exc: ValidationError) -> str:
+    """One line per failed field of a spec: where it is in the YAML, what is wrong, the value."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        value = err.get("input")
+        ours = err["type"] == "value_error"  # eoforge's validators name the value themselves
+        shown = "" if ours or isinstance(value, dict) or value is None else f" (got {value!r})"
+        lines.append(f"  - {where}: {msg}{shown}")
+    return "\n".join(lines)
 
 
 def _absolute_label_paths(spec: RunSpec) -> RunSpec:

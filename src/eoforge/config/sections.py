@@ -3,7 +3,7 @@ are cut (``chips``), training (``train``) and inference (``infer``)."""
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_serializer, field_validator, model_validator
 
 from eoforge.config.base import _Spec
+from eoforge.config.checks import check_api_url, check_bbox, check_stac_datetime
 
 __all__ = [
     "BUNDLED_CATALOG",
@@ -95,6 +96,31 @@ class StacSpec(_Spec):
     @field_serializer("catalog_dir")
     def _catalog_name(self, value: Path) -> str:
         return BUNDLED_CATALOG_NAME if Path(value) == BUNDLED_CATALOG else str(value)
+
+    @field_validator("api_url")
+    @classmethod
+    def _absolute_url(cls, v: str | None) -> str | None:
+        return None if v is None else check_api_url(v)
+
+    @field_validator("datetime", mode="before")
+    @classmethod
+    def _yaml_date(cls, v: object) -> object:
+        # YAML reads an unquoted 2023-08-01 as a date: it means the same as the string
+        return v.isoformat() if isinstance(v, date | datetime) else v
+
+    @field_validator("datetime")
+    @classmethod
+    def _rfc3339(cls, v: str | None) -> str | None:
+        return None if v is None else check_stac_datetime(v)
+
+    @field_validator("bbox")
+    @classmethod
+    def _lon_lat_box(
+        cls, v: tuple[float, float, float, float] | None
+    ) -> tuple[float, float, float, float] | None:
+        if v is not None:
+            check_bbox(v)
+        return v
 
 
 #: Resampling methods of GDAL that odc-stac accepts.
@@ -351,7 +377,7 @@ class InferSpec(_Spec):
     window: int = Field(512, gt=0, description="Sliding window edge in pixels (multiple of 8).")
     overlap: int = Field(64, ge=0, description="Overlap between windows in pixels.")
     batch_size: int = Field(2, gt=0, description="Windows per ONNX Runtime call.")
-    threads: int | None = Field(None, description="ORT intra-op threads (None: all cores).")
+    threads: int | None = Field(None, gt=0, description="ORT intra-op threads (None: all cores).")
     pipelined: bool | None = Field(
         None,
         description="Run the model on one batch of windows in a worker thread while the previous "
@@ -364,6 +390,16 @@ class InferSpec(_Spec):
         description="Export the random forest with skl2onnx and predict it through ONNX Runtime "
         "(the model's path) instead of scikit-learn. Slower on CPU for large forests.",
     )
+
+    @field_validator("window")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(
+                f"window {v} is not a multiple of 8 (the UNet halves it three times); "
+                f"use e.g. {max(8, v // 8 * 8)} or {(v // 8 + 1) * 8}"
+            )
+        return v
 
     @model_validator(mode="after")
     def _overlap_smaller_than_window(self) -> InferSpec:

@@ -10,6 +10,7 @@ store that lost files reads as torn, never as valid (:func:`verify_cube`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import numpy as np
 import xarray as xr
 
 from eoforge.config import CubeSpec
+from eoforge.cube.sources import decoded_local_hrefs, local_sources, slice_item_ids
 from eoforge.errors import ContractViolation, EoforgeError, InputError, TransientError
 from eoforge.io.atomic import staged_dir
 from eoforge.io.redact import redact, redact_url
@@ -107,14 +109,22 @@ def _read_failure(exc: BaseException) -> bool:
     return isinstance(exc, OSError | RuntimeError) or type(exc) is Exception
 
 
-def retry_reads(fn: Callable[[], T], what: str, attempts: int | None = None) -> T:
+def retry_reads(
+    fn: Callable[[], T],
+    what: str,
+    attempts: int | None = None,
+    local_files: Sequence[Path] = (),
+) -> T:
     """Call ``fn`` (a read of source rasters) until it succeeds, at most ``attempts`` times.
 
     Failed reads are retried with exponential backoff and jitter (``EOFORGE_READ_ATTEMPTS``,
-    ``EOFORGE_READ_BACKOFF_S``). Any other exception propagates at once.
+    ``EOFORGE_READ_BACKOFF_S``). Any other exception propagates at once. When every source of
+    the read is a local file (``local_files``) a failure is not retried: a file that reads
+    wrong reads the same way next time (truncated, not a raster), so it is bad input.
 
     Raises:
-        InputError: the last failure says the raster does not exist.
+        InputError: the last failure says the raster does not exist, or a local file cannot
+            be read.
         TransientError: the read still failed after the last attempt.
     """
     n = attempts or _read_attempts()
@@ -126,6 +136,14 @@ def retry_reads(fn: Callable[[], T], what: str, attempts: int | None = None) -> 
             if not _read_failure(exc):
                 raise
             text = redact(str(exc))[:300]
+            if local_files:
+                names = ", ".join(f"'{p}'" for p in local_files)
+                raise InputError(
+                    f"source raster {names} ({what}) cannot be read: it is damaged (truncated "
+                    f"or not a GeoTIFF): {type(exc).__name__}: {text}. A local file reads the "
+                    "same on every try, so eoforge does not retry it: restore or replace the "
+                    "file, or leave its STAC item out."
+                ) from None
             if attempt == n - 1:
                 if any(s in text for s in _NOT_FOUND):
                     raise InputError(
@@ -225,7 +243,7 @@ def load_tile(
     from eoforge.cube.geobox import load_parameters, tile_area
 
     _configure_gdal()
-    py_items = [pystac.Item.from_dict(dict(it), preserve_dict=True) for it in items]
+    py_items = [pystac.Item.from_dict(decoded_local_hrefs(it), preserve_dict=True) for it in items]
     params = load_parameters(grid, variables, label_variables, tile_area(items, aoi))
     try:
         ds = odc.stac.load(
@@ -242,10 +260,8 @@ def load_tile(
     crs = ds.odc.geobox.crs
     if crs is None or crs.epsg is None:
         raise InputError(f"items {[i['id'] for i in items]} have no EPSG CRS; eoforge needs one.")
-    by_day: dict[str, list[str]] = defaultdict(list)
-    for it in items:
-        by_day[str(it["properties"]["datetime"])[:10]].append(str(it["id"]))
-    ids = ["+".join(by_day[str(t)[:10]]) for t in ds.time.values.astype("datetime64[D]")]
+    ((mid_lon, _),) = ds.odc.geobox.extent.centroid.to_crs("epsg:4326").points  # as odc-stac
+    ids = slice_item_ids(items, ds.time.values, float(mid_lon))
     ds.attrs.update(
         crs=f"EPSG:{crs.epsg}",
         transform=list(ds.odc.geobox.transform)[:6],
@@ -281,6 +297,14 @@ def _nodata_failure(tile: str, item_id: str, variable: str, nodata: Any) -> Cont
             }
         ],
     )
+
+
+def _read_with_retries(
+    fn: Callable[[], T], what: str, slice_ids: str, variable: str, hrefs: dict[str, dict[str, str]]
+) -> T:
+    """:func:`retry_reads` of one block of (variable, slice): not retried when every source
+    is a local file (a damaged file reads the same way next time)."""
+    return retry_reads(fn, what, local_files=local_sources(hrefs, slice_ids, variable))
 
 
 def _store_files(root: Path) -> list[Path]:
@@ -351,13 +375,17 @@ def write_cube(
             ds = load_tile(by_tile[tile], variables, grid, aoi, label_variables)
             ds.attrs["tile"] = tile
             ds = ds.drop_vars("spatial_ref", errors="ignore")
+            hrefs = {
+                str(it["id"]): {v: str(it["assets"][v]["href"]) for v in variables}
+                for it in by_tile[tile]
+            }
             write_tile(
                 ds,
                 tile,
                 staging,
                 slice_items(by_tile[tile], ds),
                 grid,
-                retry_reads,
+                functools.partial(_read_with_retries, hrefs=hrefs),
                 _nodata_failure,
             )
             tiles[tile] = list(ds.attrs["item_ids"])

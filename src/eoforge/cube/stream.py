@@ -21,8 +21,9 @@ from eoforge.cube.units import Encoding, convert, slice_encoding
 
 __all__ = ["blocks", "slice_items", "write_tile"]
 
-#: ``retry_reads(fn, what)`` of :mod:`eoforge.cube.build`.
-Reader = Callable[[Callable[[], Any], str], Any]
+#: ``read(fn, what, slice_ids, variable)``: runs the read ``fn`` of one block of ``variable``
+#: in the slice of items ``slice_ids`` ("A+B"), with retries (:mod:`eoforge.cube.build`).
+Reader = Callable[[Callable[[], Any], str, str, str], Any]
 #: The error to raise for a slice without one valid pixel: (tile, item id, variable, nodata).
 EmptySlice = Callable[[str, str, str, Any], Exception]
 
@@ -56,10 +57,11 @@ def _write_block(
     units: Encoding,
     nodata: Any,
     what: str,
+    slice_ids: str,
     read: Reader,
 ) -> bool:
     ys, xs = block
-    values = read(functools.partial(_read_block, var, t, ys, xs), what)
+    values = read(functools.partial(_read_block, var, t, ys, xs), what, slice_ids, str(var.name))
     target[t, ys, xs] = convert(values, source, units, nodata)
     return bool(np.any(values != nodata))
 
@@ -118,6 +120,7 @@ def write_tile(
                     units=(grid.scale, grid.offset),
                     nodata=nodata,
                     what=f"variable '{name}' of {ids[t]} (tile {tile})",
+                    slice_ids=str(ids[t]),
                     read=read,
                 )
                 if not any(list(pool.map(write, windows))):

@@ -1,9 +1,10 @@
 """Atomic, checksummed writes: stage next to the target, then rename into place.
 
 A killed process leaves at most a hidden ``.staging-*`` sibling, never a target that reads as
-valid; a re-run replaces it. Staging names carry their owner (pid and a host tag), so leftovers
-of dead processes are reaped by the next write of the same target, and
-:func:`clean_stale_staging` never deletes the staging folder of a run that is still alive.
+valid; a re-run replaces it. Staging names carry their owner (a random id, the pid and a host
+tag), so leftovers of dead processes are reaped by the next write of the same target, and
+:func:`clean_stale_staging` never deletes the staging folder of a run that is still alive, nor
+anything whose name eoforge did not write (a user's ``.staging-notes/`` stays).
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ __all__ = [
 
 _STAGING = ".staging-"
 _HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-_OWNER = re.compile(r"\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})$")
+#: The whole name of a staging entry eoforge wrote (:func:`_staging_path`): target name, an
+#: optional kind, 12 hex digits of a uuid4, the owner's pid and host tag. Nothing else is ever
+#: treated as eoforge's staging.
+_OWNER = re.compile(r"^\.staging-.+\.(?:old\.)?[0-9a-f]{12}\.(?P<pid>\d+)-(?P<host>[0-9a-f]{8})$")
 #: Staging entries of another host (or of unknown owner) older than this are stale.
 STALE_AFTER_S = 24 * 3600.0
 
@@ -98,9 +102,9 @@ def pid_alive(pid: int) -> bool:
 
 def _is_stale(entry: Path, max_age_s: float) -> bool:
     """Whether a staging entry belongs to no live writer."""
-    m = _OWNER.search(entry.name)
+    m = _OWNER.match(entry.name)
     if m is None:
-        return True  # no owner recorded (older eoforge): what the caller asked to clean
+        return False  # not a name eoforge writes: someone else's file, never ours to delete
     if m["host"] == _HOST_TAG:
         return int(m["pid"]) != os.getpid() and not pid_alive(int(m["pid"]))
     try:
@@ -129,7 +133,7 @@ def reap_dead_staging(target: Path, max_age_s: float = STALE_AFTER_S) -> list[Pa
         return removed
     prefix = f"{_STAGING}{target.name}."
     for p in target.parent.iterdir():
-        if p.name.startswith(prefix) and _OWNER.search(p.name) and _is_stale(p, max_age_s):
+        if p.name.startswith(prefix) and _is_stale(p, max_age_s):
             _remove(p)
             removed.append(p)
     return removed
@@ -197,10 +201,11 @@ def write_json_atomic(path: Path, obj: Any) -> str:
 def clean_stale_staging(folder: Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:
     """Remove staging leftovers of killed runs in ``folder``; return what was removed.
 
-    An entry is left alone while its writer may still be alive: a live process on this host,
-    or an entry of another host younger than ``max_age_s``. Entries without a recorded owner
-    (written by an older eoforge, or by ``.staging-`` writers that do not record one) are
-    removed.
+    Only entries whose whole name is one eoforge writes (``.staging-<target>.<12 hex>.<pid>-<host
+    tag>``) are considered: anything else starting with ``.staging-`` (a user's
+    ``.staging-notes/``, ``.staging-area.tar``, leftovers of an eoforge before owner tags) is
+    never touched. An entry is left alone while its writer may still be alive: a live process
+    on this host, or an entry of another host younger than ``max_age_s``.
     """
     removed: list[Path] = []
     if not folder.is_dir():

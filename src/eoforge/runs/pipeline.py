@@ -35,6 +35,7 @@ from eoforge.runs.stages_report import stage_evaluate, stage_report, stage_summa
 __all__ = [
     "STAGES",
     "check_out_dir",
+    "check_run_places",
     "plan_stages",
     "run_context",
     "run_plain",
@@ -43,7 +44,11 @@ __all__ = [
 
 @contextlib.contextmanager
 def run_context(out: Path) -> Iterator[Path]:
-    """A staging folder for one run, published as ``out`` only if the block succeeds."""
+    """A staging folder for one run, published as ``out`` only if the block succeeds.
+
+    ``out`` is checked before the run starts and again just before it is replaced, so files a
+    user put there while the run was going are not lost either.
+    """
     from eoforge.io.atomic import clean_stale_staging, staged_dir
 
     out = Path(out).resolve()
@@ -51,19 +56,44 @@ def run_context(out: Path) -> Iterator[Path]:
     clean_stale_staging(out.parent)
     with staged_dir(out) as run_dir:
         yield run_dir
+        check_out_dir(out)
+
+
+def check_run_places(out: Path, store: Path | str) -> None:
+    """Before any work: ``out`` is new, empty or a previous eoforge run, and both ``out``'s
+    parent (where the run is staged) and the store can be written.
+
+    Raises:
+        InputError: naming the path and what to do (a file, read-only, not an eoforge run).
+        TransientError: the file system is full.
+    """
+    from eoforge.io.writable import check_writable_dir
+
+    out = Path(out).resolve()
+    check_out_dir(out)
+    check_writable_dir(out.parent, "the parent folder of --out")
+    if "://" not in str(store):
+        check_writable_dir(Path(store), "the store (--store / EOFORGE_STORE)")
 
 
 def check_out_dir(out: Path) -> None:
-    """Refuse an output folder that holds something other than a previous eoforge run.
+    """Refuse an output folder that eoforge cannot prove holds only a previous eoforge run.
 
-    A previous run (it has ``provenance.json``) is replaced only when the new run succeeds.
+    A previous run is replaced (only when the new run succeeds) if its ``provenance.json`` is
+    an eoforge record and every file in the folder is one of the outputs that record lists; a
+    ``provenance.json`` of another tool, or a single file eoforge did not write, keeps the
+    folder as it is.
     """
     if out.exists() and not out.is_dir():
         raise InputError(f"output path '{out}' is a file; pass a folder path to --out.")
-    if out.is_dir() and any(out.iterdir()) and not (out / "provenance.json").exists():
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    why = _not_an_eoforge_run(out)
+    if why:
         raise InputError(
-            f"output folder '{out}' is not empty and is not an eoforge run; eoforge will not "
-            "overwrite it. Pass a new or empty folder to --out."
+            f"output folder '{out}' is not empty and is not an eoforge run that eoforge can "
+            f"prove holds only its own files ({why}); eoforge will not replace it. Pass a new "
+            "or empty folder to --out, or move your files out of it."
         )
 
 
@@ -108,6 +138,46 @@ def plan_stages(requested: Iterable[str] | None = None) -> tuple[str, ...]:
     return tuple(s for s in STAGES if s in plan)
 
 
+def _not_an_eoforge_run(out: Path) -> str | None:
+    """Why ``out`` is not (provably) a folder eoforge wrote, or None when it is."""
+    import json
+    from urllib.parse import unquote, urlsplit
+
+    prov = out / "provenance.json"
+    if not prov.is_file():
+        return "it has no provenance.json"
+    try:
+        record = json.loads(prov.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return "its provenance.json is not JSON"
+    outputs = record.get("outputs") if isinstance(record, dict) else None
+    if (
+        not isinstance(record, dict)
+        or not isinstance(record.get("eoforge_run"), str)
+        or not isinstance(record.get("spec_fingerprint"), str)
+        or not isinstance(outputs, list)
+    ):
+        return "its provenance.json was not written by eoforge"
+    owned: set[str] = set()
+    for entry in outputs:
+        uri = entry.get("uri") if isinstance(entry, dict) else None
+        if not isinstance(uri, str) or not uri.startswith("file:"):
+            return "its provenance.json was not written by eoforge"
+        path = Path(unquote(urlsplit(uri).path))
+        try:
+            owned.add(path.relative_to(out).as_posix())
+        except ValueError:
+            return f"its provenance.json lists outputs of another folder ({path.parent})"
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out).as_posix()
+        if p.is_dir() and not p.is_symlink():
+            continue
+        if rel == "provenance.json" or rel in owned or any(rel.startswith(f"{o}/") for o in owned):
+            continue
+        return f"'{rel}' is not one of the outputs its provenance.json lists"
+    return None
+
+
 def run_plain(
     spec: RunSpec,
     out: Path,
@@ -134,6 +204,7 @@ def run_plain(
     from eoforge.runs.progress import stage
 
     plan = plan_stages(stages)
+    check_run_places(out, store)
     check_label_source(spec.labels, spec.stac.label_asset)
     results: dict[str, dict[str, Any]] = {}
     store_s = str(Path(store).resolve())

@@ -105,6 +105,7 @@ def run_predict(
             run_dir / "provenance.json",
             {
                 "eoforge_run": "predict",
+                "spec_fingerprint": spec.fingerprint(),
                 "parameters": spec.model_dump(mode="json"),
                 "model_dir": str(Path(model_dir).resolve()),
                 "stac_items": stac_item_records(items, [*spec.stac.bands]),

@@ -29,10 +29,11 @@ def stage_train(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str
     from eoforge.export.mlm import MODEL_ITEM_NAME, model_item
     from eoforge.export.onnx import export_onnx
     from eoforge.io.atomic import staged_dir, write_json_atomic
+    from eoforge.runs.integrity import reusable_model
     from eoforge.training.train import train_model
 
     model_dir = stored(store, "model", key)
-    if not model_dir.exists():
+    if not reusable_model(model_dir):  # a damaged stored model is quarantined and rebuilt
         with staged_dir(model_dir) as staging:
             res = train_model(Path(chips_uri), spec.train, staging)
             x, _ = read_split(Path(chips_uri), "test")

@@ -24,7 +24,7 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 
-from eoforge.config import StacSpec
+from eoforge.config import StacSpec, check_bbox
 from eoforge.errors import InputError, TransientError
 from eoforge.io.hrefs import HrefPolicy, check_href, check_redirects
 from eoforge.io.redact import redact, redact_url
@@ -206,17 +206,10 @@ def search_policy(spec: StacSpec, api_url: str) -> HrefPolicy:
 def _check_search_box(spec: StacSpec) -> None:
     if spec.bbox is None:
         return
-    west, south, east, north = spec.bbox
-    if west > east:
-        raise InputError(
-            f"stac.bbox {list(spec.bbox)} crosses the antimeridian (west {west} > east {east}); "
-            "eoforge cannot build one cube across 180°: search each side separately."
-        )
-    if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= north <= 90):
-        raise InputError(
-            f"stac.bbox {list(spec.bbox)} is not a lon/lat box (west, south, east, north with "
-            "-180 <= lon <= 180, -90 <= south <= north <= 90); fix it."
-        )
+    try:
+        check_bbox(spec.bbox)
+    except ValueError as exc:
+        raise InputError(f"{exc}.") from exc
 
 
 def search_items(
@@ -249,7 +242,11 @@ def search_items(
     policy = policy or search_policy(spec, api_url)
     where = f"STAC API {redact_url(api_url)}"
     try:
-        client = Client.open(api_url, stac_io=_stac_io(spec, api_url, policy))
+        # Client.open hands its own ``timeout`` (default None: wait forever) to the IO it is
+        # given, replacing the one the IO was built with: pass the deadline here too.
+        client = Client.open(
+            api_url, stac_io=_stac_io(spec, api_url, policy), timeout=spec.timeout_s
+        )
         search = client.search(
             collections=[spec.collection],
             bbox=spec.bbox,

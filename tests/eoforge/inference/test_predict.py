@@ -218,8 +218,14 @@ def test_static_shape_model(tmp_path: Path) -> None:
 def test_bad_inputs_are_input_errors(pixel_model: Any, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="expects 4 input bands"):
         predict_scene(pixel_model, scene(64, 64, c=3), SPEC)
-    with pytest.raises(InputError, match="multiple of 8"):
-        predict_scene(pixel_model, scene(64, 64), InferSpec(window=60, overlap=8))
+    with pytest.raises(ValueError, match="multiple of 8"):  # the spec refuses it first
+        InferSpec(window=60, overlap=8)
+    with pytest.raises(InputError, match="multiple of 8"):  # and so does inference itself
+        predict_scene(
+            pixel_model,
+            scene(64, 64),
+            InferSpec.model_construct(window=60, overlap=8, batch_size=1, threads=None),
+        )
     with pytest.raises(InputError, match="smaller than"):
         predict_scene(
             pixel_model,

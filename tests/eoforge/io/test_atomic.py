@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -40,12 +41,24 @@ def test_json_is_deterministic_and_hash_tree_stable(tmp_path: Path) -> None:
     assert sha256_tree(tmp_path) == sha256_tree(tmp_path)
 
 
-def test_clean_stale_staging(tmp_path: Path) -> None:
-    (tmp_path / ".staging-out.abc").mkdir()
+def test_clean_stale_staging_touches_only_names_eoforge_writes(tmp_path: Path) -> None:
+    """A name eoforge does not write is never its to delete (issue 15: a user's
+    ``.staging-notes/`` and ``.staging-area.tar`` were removed as ownerless staging)."""
+    for name in (".staging-out.abc", ".staging-notes", ".staging-x.0123456789ab.12-nothex!!"):
+        (tmp_path / name).mkdir()
+    (tmp_path / ".staging-area.tar").write_bytes(b"tar")
     (tmp_path / "keep").mkdir()
-    removed = clean_stale_staging(tmp_path)
-    assert [p.name for p in removed] == [".staging-out.abc"]
-    assert (tmp_path / "keep").exists()
+    dead = tmp_path / ".staging-out.0123456789ab.999999999-0123abcd"  # another host, old
+    dead.mkdir()
+    os.utime(dead, (0, 0))
+    assert clean_stale_staging(tmp_path) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".staging-area.tar",
+        ".staging-notes",
+        ".staging-out.abc",
+        ".staging-x.0123456789ab.12-nothex!!",
+        "keep",
+    ]
 
 
 def test_staging_of_a_live_writer_is_kept_and_of_a_dead_one_reaped(tmp_path: Path) -> None:

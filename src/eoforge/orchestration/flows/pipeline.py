@@ -28,7 +28,7 @@ from eoforge.orchestration.tasks.stages import (
     track_task,
     train_task,
 )
-from eoforge.runs.pipeline import plan_stages, run_context
+from eoforge.runs.pipeline import check_run_places, plan_stages, run_context
 from eoforge.runs.progress import stage
 from eoforge.runs.stages_data import stac_endpoint
 from eoforge.runs.stages_report import stage_summary
@@ -92,10 +92,11 @@ def pipeline_flow(
             None runs them all. Without the report stage the run folder holds provenance.json.
     """
     plan = plan_stages(stages)
+    store_s = str(Path(store or default_store()).resolve())
+    check_run_places(Path(out), store_s)  # a read-only, full or foreign place stops it here
     check_label_source(
         spec.labels, spec.stac.label_asset
     )  # bad label files stop the run before anything is written
-    store_s = str(Path(store or default_store()).resolve())
     final = str(Path(out).resolve())
     results: dict[str, dict[str, Any]] = {}
 

@@ -28,6 +28,7 @@ from prefect.tasks import exponential_backoff
 
 from eoforge.config import RunSpec
 from eoforge.errors import ContractViolation, InputError
+from eoforge.runs.integrity import reusable_model
 from eoforge.runs.stages_data import stage_chips, stage_ingest, stage_search
 from eoforge.runs.stages_model import stage_baseline, stage_infer, stage_train
 from eoforge.runs.stages_report import stage_evaluate, stage_report, stage_track
@@ -85,6 +86,8 @@ def run_cached(
     A result Prefect serves from its cache is the dict the first run returned, which says
     ``reused: False``; the provenance of this run must say the product was reused.
     """
+    if kind == "model":
+        reusable_model(stored(store, kind, key))  # quarantines a damaged one: rebuilt below
     state: Any = cached(task_, store, kind, key)(*args, return_state=True)
     result: dict[str, Any] = state.result()  # raises the task's own error if it failed
     if state.name == "Cached":
