@@ -122,19 +122,21 @@ class ChunkRowReader:
     """Reads strips of one time slice of chunked ``(time, y, x)`` arrays (a Zarr cube), each
     chunk row decoded once.
 
-    Sliding windows overlap, so consecutive strips share rows; a reader that slices the arrays
-    directly decodes every chunk row a strip touches again for each strip (with 2048-row chunks
-    and 448-row strips, ~4.6 times). This one keeps the last ``keep`` decoded chunk rows: memory
-    is bounded by ``keep`` chunk rows x the width x the bands, never by the scene's height.
+    :func:`~eoforge.inference.predict.predict_raster` asks for the rows it has not read yet, a
+    window step at a time; a reader that slices the arrays directly decodes every chunk row a
+    request touches again for each request (with 2048-row chunks and 448-row steps, ~4.6
+    times). This one keeps the last ``keep`` decoded chunk rows (one is enough for requests
+    that only move down): memory is bounded by ``keep`` + 1 chunk rows x the width x the bands,
+    never by the scene's height.
 
     Args:
         arrays: one ``(time, y, x)`` array per model band (e.g. ``zarr.Array``), equal shapes
             and chunk heights.
         t: the time slice.
-        keep: decoded chunk rows kept (2 covers a strip that spans a chunk boundary).
+        keep: decoded chunk rows kept between requests.
     """
 
-    def __init__(self, arrays: Sequence[Any], t: int, keep: int = 2) -> None:
+    def __init__(self, arrays: Sequence[Any], t: int, keep: int = 1) -> None:
         shapes = {tuple(int(d) for d in a.shape) for a in arrays}
         if not arrays or len(shapes) != 1 or len(next(iter(shapes))) != 3:
             raise InputError(

@@ -669,9 +669,15 @@ def test_chunk_row_reader_serves_every_strip_and_decodes_each_chunk_row_once(
 
     reader = ChunkRowReader([Counting(a) for a in arrays], t=1)
     assert reader.shape == (2, 100, 37)
-    for top in range(0, 100, 7):  # overlapping strips, as the sliding window asks
-        bottom = min(top + 20, 100)
+    for top in range(0, 100, 13):  # rows not read yet, a step at a time, as predict_raster asks
+        bottom = min(top + 13, 100)
         assert np.array_equal(reader.read_rows(top, bottom), data[:, 1, top:bottom])
     assert sorted(decoded) == sorted(list(range(0, 100, 16)) * 2)  # each chunk row once per band
+    decoded.clear()
+    overlapping = ChunkRowReader([Counting(a) for a in arrays], t=1, keep=2)
+    for top in range(0, 100, 7):  # overlapping strips: two kept chunk rows cover them
+        bottom = min(top + 20, 100)
+        assert np.array_equal(overlapping.read_rows(top, bottom), data[:, 1, top:bottom])
+    assert sorted(decoded) == sorted(list(range(0, 100, 16)) * 2)
     with pytest.raises(InputError):
         ChunkRowReader(arrays, t=3)
