@@ -127,3 +127,40 @@ def test_asset_probe_of_a_stalled_host_fails_within_its_deadline() -> None:
             ),
         )
     assert isinstance(err, TransientError) and "did not answer" in str(err), repr(err)
+
+
+def test_a_stalled_s3_endpoint_fails_within_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 calls carry eoforge's request deadline (``EOFORGE_S3_TIMEOUT_S``): without it a
+    stalled endpoint waits 60 s a try, 5 tries per s3fs attempt, 5 attempts."""
+    from botocore.exceptions import BotoCoreError
+
+    from eoforge.io.stores import read_bytes
+
+    monkeypatch.setenv("EOFORGE_S3_TIMEOUT_S", "1")
+    options = {
+        "key": "test",
+        "secret": "test",
+        "skip_instance_cache": True,
+    }
+    with StallServer() as s3:
+        options["client_kwargs"] = {"endpoint_url": s3.url, "region_name": "us-east-1"}
+        t0 = time.monotonic()
+        err = within(60, lambda: read_bytes("s3://bucket/chips/index.parquet", options))
+        took = time.monotonic() - t0
+    assert isinstance(err, BotoCoreError | OSError), repr(err)
+    assert "timeout" in str(err).lower(), str(err)
+    assert took < 60
+
+
+def test_storage_options_keep_their_own_deadlines(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eoforge.io.stores import with_deadlines
+
+    monkeypatch.setenv("EOFORGE_S3_TIMEOUT_S", "7")
+    assert with_deadlines("/local/path", {"a": 1}) == {"a": 1}
+    opts = with_deadlines("s3://b/k", {"config_kwargs": {"read_timeout": 120}})
+    assert opts["config_kwargs"] == {
+        "read_timeout": 120,
+        "connect_timeout": 7.0,
+        "retries": {"max_attempts": 2, "mode": "standard"},
+    }
+    assert with_deadlines("s3://b/k", None)["config_kwargs"]["read_timeout"] == 7.0

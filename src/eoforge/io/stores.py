@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -21,12 +22,14 @@ from eoforge.io.atomic import staged_dir, staged_file
 from eoforge.io.atomic import staging_path as owned_staging
 
 __all__ = [
+    "ENV_S3_TIMEOUT_S",
     "is_remote",
     "open_group",
     "read_bytes",
     "sibling",
     "staged_store",
     "uri_exists",
+    "with_deadlines",
     "write_bytes_atomic",
 ]
 
@@ -43,10 +46,32 @@ def _local(uri: str | Path) -> Path:
     return Path(str(uri).removeprefix("file://"))
 
 
+#: Seconds one S3 request may wait for an answer (``read_timeout``; connecting: at most 10 s),
+#: unless the storage options bring their own ``config_kwargs``. botocore tries a request twice
+#: and s3fs retries the call up to 5 times, so a stalled S3 endpoint fails a call within about
+#: ten times this, instead of hanging on botocore's 60 s x 5 legacy retries per s3fs attempt.
+ENV_S3_TIMEOUT_S = "EOFORGE_S3_TIMEOUT_S"
+
+
+def with_deadlines(uri: str | Path, storage_options: Options) -> dict[str, Any]:
+    """``storage_options`` with request deadlines for ``s3://`` URIs (:data:`ENV_S3_TIMEOUT_S`);
+    values the caller set win."""
+    opts = dict(storage_options or {})
+    if not str(uri).startswith(("s3://", "s3a://")):
+        return opts
+    timeout = float(os.environ.get(ENV_S3_TIMEOUT_S, "30"))
+    config = dict(opts.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", min(10.0, timeout))
+    config.setdefault("read_timeout", timeout)
+    config.setdefault("retries", {"max_attempts": 2, "mode": "standard"})
+    opts["config_kwargs"] = config
+    return opts
+
+
 def _fs(uri: str, storage_options: Options) -> tuple[Any, str]:
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(uri, **dict(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(uri, **with_deadlines(uri, storage_options))
     return fs, str(path)
 
 
@@ -80,7 +105,7 @@ def open_group(uri: str | Path, mode: Mode = "r", storage_options: Options = Non
     try:
         if is_remote(uri):
             return zarr.open_group(
-                store=str(uri), mode=mode, storage_options=dict(storage_options or {})
+                store=str(uri), mode=mode, storage_options=with_deadlines(uri, storage_options)
             )
         return zarr.open_group(str(_local(uri)), mode=mode)
     except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
