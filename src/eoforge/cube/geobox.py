@@ -8,6 +8,7 @@ from typing import Any
 
 from eoforge.config import CubeSpec
 from eoforge.errors import InputError
+from eoforge.stac.aoi import item_footprint
 
 __all__ = [
     "common_grid",
@@ -27,15 +28,9 @@ def tile_area(items: Sequence[dict[str, Any]], aoi: Any | None) -> Any | None:
     """
     if aoi is None:
         return None
-    import shapely.geometry
     from shapely.ops import unary_union
 
-    shapes = []
-    for it in items:
-        if it.get("geometry"):
-            shapes.append(shapely.geometry.shape(it["geometry"]))
-        elif it.get("bbox"):
-            shapes.append(shapely.geometry.box(*it["bbox"][:4]))
+    shapes = [f for f in map(item_footprint, items) if f is not None]
     if not shapes:
         return aoi
     area = unary_union(shapes).intersection(aoi)
@@ -126,12 +121,11 @@ def common_grid(
     on one pixel lattice."""
     if grid.crs is not None or len(set(epsgs)) <= 1:
         return grid
-    import shapely.geometry
     from shapely.ops import unary_union
 
     area = aoi
     if area is None:
-        shapes = [shapely.geometry.shape(it["geometry"]) for it in items if it.get("geometry")]
+        shapes = [item_footprint(it) for it in items if it.get("geometry")]
         area = unary_union(shapes) if shapes else None
     if area is None:
         raise InputError(

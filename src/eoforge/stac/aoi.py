@@ -10,7 +10,7 @@ from typing import Any
 from eoforge.config import StacSpec
 from eoforge.errors import InputError
 
-__all__ = ["aoi_digest", "aoi_geometry", "items_meeting"]
+__all__ = ["aoi_digest", "aoi_geometry", "item_footprint", "items_meeting"]
 
 
 def _from_geojson(obj: dict[str, Any], what: str) -> Any:
@@ -94,23 +94,33 @@ def aoi_digest(spec: StacSpec) -> str:
     return "" if geom is None else geom.normalize().wkb_hex
 
 
+def item_footprint(item: dict[str, Any]) -> Any | None:
+    """An item's footprint (lon/lat): its geometry, else its bbox, else None.
+
+    Raises:
+        ValueError, TypeError, KeyError, AttributeError, shapely.errors.GEOSException: the
+            geometry or bbox is malformed.
+    """
+    import shapely.geometry
+
+    if item.get("geometry"):
+        return shapely.geometry.shape(item["geometry"])
+    if item.get("bbox"):
+        return shapely.geometry.box(*item["bbox"][:4])
+    return None
+
+
 def items_meeting(items: Sequence[dict[str, Any]], aoi: Any | None) -> list[dict[str, Any]]:
     """The items whose footprint meets the AOI (all of them without an AOI). An item without
     a geometry is kept when its bbox meets the AOI."""
     import shapely.errors
-    import shapely.geometry
 
     if aoi is None:
         return list(items)
     kept = []
     for it in items:
         try:
-            if it.get("geometry"):
-                footprint = shapely.geometry.shape(it["geometry"])
-            elif it.get("bbox"):
-                footprint = shapely.geometry.box(*it["bbox"][:4])
-            else:
-                footprint = None
+            footprint = item_footprint(it)
             meets = footprint is None or bool(footprint.intersects(aoi))
         except (AttributeError, KeyError, TypeError, ValueError, shapely.errors.GEOSException):
             meets = True  # malformed: kept, so that item validation names what is wrong
