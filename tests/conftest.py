@@ -13,8 +13,8 @@ import pytest
 
 from eoforge.config import BUNDLED_CATALOG, RunSpec, StacSpec
 from eoforge.stac.search import search_items
+from eoforge.testing import served_catalog
 from eoforge.testing.s3 import moto_server_exe, s3_server
-from eoforge.testing.stac import served_catalog
 
 
 def _register(name: str, path: Path, package: bool = False) -> None:

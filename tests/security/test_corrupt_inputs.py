@@ -20,7 +20,7 @@ from eoforge.config import BUNDLED_CATALOG, StacSpec
 from eoforge.cube.build import write_cube
 from eoforge.errors import InputError
 from eoforge.stac.search import search_items
-from eoforge.testing.stac import served_catalog
+from eoforge.testing import served_catalog
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 VARIABLES = ["blue", "green", "red", "nir", "scl"]

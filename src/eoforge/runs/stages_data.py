@@ -47,16 +47,17 @@ def _load_items(items_uri: Path) -> list[dict[str, Any]]:
 def stac_endpoint(spec: RunSpec, api_url: str | None = None) -> Iterator[str]:
     """The STAC API to search: ``api_url``, else ``spec.stac.api_url``, else a local rustac
     server over ``spec.stac.catalog_dir`` (stopped on exit)."""
-    from eoforge.stac.server import LocalStacServer, prepare_served_catalog
+    from eoforge.stac.server import served_catalog
 
     url = api_url or spec.stac.api_url
     if url:
         yield url
         return
-    with tempfile.TemporaryDirectory(prefix="eoforge-stac-") as td:
-        files = prepare_served_catalog(spec.stac.catalog_dir, Path(td))
-        with LocalStacServer(files, log_path=Path(td) / "rustac.log") as server:
-            yield server.url
+    with (
+        tempfile.TemporaryDirectory(prefix="eoforge-stac-") as td,
+        served_catalog(spec.stac.catalog_dir, Path(td), log_path=Path(td) / "rustac.log") as api,
+    ):
+        yield api.url
 
 
 def stage_search(

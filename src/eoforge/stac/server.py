@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -27,7 +28,7 @@ from eoforge.io.hrefs import HrefPolicy, check_href
 from eoforge.io.redact import redact
 from eoforge.stac.items import validate_item
 
-__all__ = ["LocalStacServer", "prepare_served_catalog"]
+__all__ = ["LocalStacServer", "prepare_served_catalog", "served_catalog"]
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -230,3 +231,17 @@ class LocalStacServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def served_catalog(
+    catalog_dir: Path, work_dir: Path, port: int = 0, log_path: Path | None = None
+) -> Iterator[LocalStacServer]:
+    """``rustac serve`` over the collection and items in ``catalog_dir``.
+
+    The served copies (:func:`prepare_served_catalog`) are written to ``work_dir``; the server
+    stops on exit.
+    """
+    files = prepare_served_catalog(catalog_dir, work_dir)
+    with LocalStacServer(files, port=port, log_path=log_path) as server:
+        yield server

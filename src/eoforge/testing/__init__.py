@@ -2,7 +2,8 @@
 
 - :mod:`eoforge.testing.prefect_server`: ``prefect server start`` + ``eoforge deploy`` + process
   workers, and a small REST client for them;
-- :mod:`eoforge.testing.stac`: ``rustac serve`` over a local catalog;
+- :func:`served_catalog`: ``rustac serve`` over a local catalog (the product's own,
+  :mod:`eoforge.stac.server`);
 - :mod:`eoforge.testing.s3`: ``moto_server`` (S3);
 - :mod:`eoforge.testing.processes`: free ports and process groups.
 
@@ -10,6 +11,7 @@ Everything runs on loopback and stops with its context (or :func:`stop_process`)
 imports Prefect, torch or a web framework: each service is a separate process.
 """
 
+from eoforge.stac.server import served_catalog
 from eoforge.testing.prefect_server import (
     REQUEST_TIMEOUT_S,
     PrefectServer,
@@ -21,7 +23,6 @@ from eoforge.testing.prefect_server import (
 )
 from eoforge.testing.processes import free_port, start_process, stop_process
 from eoforge.testing.s3 import s3_server
-from eoforge.testing.stac import served_catalog
 
 __all__ = [
     "REQUEST_TIMEOUT_S",
