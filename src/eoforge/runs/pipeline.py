@@ -19,7 +19,6 @@ Prefect tasks in ``tasks/`` wrap these one to one; :func:`run_plain` chains them
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -201,7 +200,7 @@ def run_plain(
             schema: checked before anything is written), or an unknown stage.
     """
     from eoforge.labels.sources import check_label_source
-    from eoforge.runs.progress import stage
+    from eoforge.runs.progress import stage, timed_stage
 
     plan = plan_stages(stages)
     check_run_places(out, store)
@@ -212,11 +211,7 @@ def run_plain(
     def timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if name not in plan:
             return {}
-        t0 = time.perf_counter()
-        with stage(name):
-            res = fn()
-        res["stage_seconds"] = time.perf_counter() - t0
-        results[name] = res
+        res = timed_stage(name, fn, results)
         if on_stage:
             on_stage(name, res["stage_seconds"])
         return res

@@ -10,7 +10,6 @@ folder published atomically with a ``provenance.json``.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,7 @@ def run_predict(
     """
     from eoforge.cube.build import list_tiles, open_tile
     from eoforge.runs.pipeline import run_context
-    from eoforge.runs.progress import stage
+    from eoforge.runs.progress import timed_stage
     from eoforge.runs.provenance import (
         git_revision,
         output_records,
@@ -80,12 +79,7 @@ def run_predict(
     results: dict[str, Any] = {}
 
     def timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        with stage(name):
-            res = fn()
-        res["stage_seconds"] = time.perf_counter() - t0
-        results[name] = res
-        return res
+        return timed_stage(name, fn, results)
 
     with stac_endpoint(spec, api_url) as url, run_context(out) as run_dir:
         s = timed("search", lambda: stage_search(spec, url, run_dir))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["STAGES", "StageListener", "listening", "stage"]
+__all__ = ["STAGES", "StageListener", "listening", "stage", "timed_stage"]
 
 #: The pipeline's stages in order.
 STAGES = ("search", "ingest", "chips", "train", "baseline", "infer", "evaluate", "track", "report")
@@ -42,3 +43,16 @@ def stage(name: str) -> Iterator[None]:
     yield
     for listener in tuple(_listeners):
         listener(name, time.perf_counter() - t0)
+
+
+def timed_stage(
+    name: str, fn: Callable[[], dict[str, Any]], results: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """Run stage ``name`` (announced with :func:`stage`), add its ``stage_seconds`` to its
+    result and record the result in ``results``; return it."""
+    t0 = time.perf_counter()
+    with stage(name):
+        res = fn()
+    res["stage_seconds"] = time.perf_counter() - t0
+    results[name] = res
+    return res
