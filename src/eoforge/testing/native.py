@@ -105,12 +105,24 @@ def _write_cog(path: Path, data: Any, crs: str, west: float, north: float, res: 
         dst.write(data, 1)
 
 
-def _footprint(bounds: tuple[float, float, float, float], crs: str) -> dict[str, Any]:
+def _footprint(
+    bounds: tuple[float, float, float, float], crs: str
+) -> tuple[dict[str, Any], list[float]]:
+    """The lon/lat geometry and bbox of ``bounds`` in ``crs``."""
     from rasterio.warp import transform_geom
     from shapely.geometry import box, mapping
 
     geom: dict[str, Any] = dict(transform_geom(crs, "EPSG:4326", mapping(box(*bounds))))
-    return geom
+    xs = [c[0] for c in geom["coordinates"][0]]
+    ys = [c[1] for c in geom["coordinates"][0]]
+    return geom, [min(xs), min(ys), max(xs), max(ys)]
+
+
+def _asset_path(record: dict[str, Any], key: str) -> Path:
+    """The local file an asset's ``file://`` href names."""
+    from urllib.parse import unquote, urlsplit
+
+    return Path(unquote(urlsplit(record["assets"][key]["href"]).path))
 
 
 def _native_item(
@@ -138,10 +150,8 @@ def _native_item(
         assets[key] = asset
         if res == 10.0:
             pixels = int(data.size)
-    geometry = _footprint(bounds, crs)
-    xs = [c[0] for c in geometry["coordinates"][0]]
-    ys = [c[1] for c in geometry["coordinates"][0]]
-    record.update(geometry=geometry, bbox=[min(xs), min(ys), max(xs), max(ys)], assets=assets)
+    geometry, bbox = _footprint(bounds, crs)
+    record.update(geometry=geometry, bbox=bbox, assets=assets)
     record["links"] = [ln for ln in record.get("links", []) if ln.get("rel") != "self"]
     return record, pixels
 
@@ -173,7 +183,7 @@ def _variant(record: dict[str, Any], out: Path, datetime: str, kind: str) -> dic
     item_dir = out / old["id"]
     item_dir.mkdir(parents=True, exist_ok=True)
     for key, (name, res) in NATIVE_ASSETS.items():
-        src_path = Path(record["assets"][key]["href"].removeprefix("file://"))
+        src_path = _asset_path(record, key)
         with rasterio.open(src_path) as src:
             data = src.read(1)
             west, north = src.transform.c, src.transform.f
@@ -203,7 +213,7 @@ def _reprojected(record: dict[str, Any], out: Path, epsg: int, tile: str) -> dic
     item_dir.mkdir(parents=True, exist_ok=True)
     dst_crs = f"EPSG:{epsg}"
     for key, (name, res) in NATIVE_ASSETS.items():
-        src_path = Path(record["assets"][key]["href"].removeprefix("file://"))
+        src_path = _asset_path(record, key)
         with rasterio.open(src_path) as src:
             transform, width, height = calculate_default_transform(
                 src.crs, dst_crs, src.width, src.height, *src.bounds, resolution=res
@@ -371,9 +381,7 @@ def write_landsat_catalog(
                 "proj:transform": [30.0, 0.0, bounds[0], 0.0, -30.0, bounds[3]],
                 "raster:bands": bands,
             }
-        geometry = _footprint(bounds, crs)
-        xs = [c[0] for c in geometry["coordinates"][0]]
-        ys = [c[1] for c in geometry["coordinates"][0]]
+        geometry, bbox = _footprint(bounds, crs)
         record = {
             "type": "Feature",
             "stac_version": "1.0.0",
@@ -384,7 +392,7 @@ def write_landsat_catalog(
             "id": lid,
             "collection": "landsat-c2-l2",
             "geometry": geometry,
-            "bbox": [min(xs), min(ys), max(xs), max(ys)],
+            "bbox": bbox,
             "properties": {
                 "datetime": base["properties"]["datetime"],
                 "platform": "landsat-8",
