@@ -21,13 +21,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import xarray as xr
 
 from eoforge.config import CubeSpec
-from eoforge.cube.sources import decoded_local_hrefs, local_sources, slice_item_ids
+from eoforge.cube.sources import decoded_local_hrefs, local_path, local_sources, slice_item_ids
 from eoforge.errors import ContractViolation, EoforgeError, InputError, TransientError
 from eoforge.io.atomic import staged_dir
 from eoforge.io.redact import redact, redact_url
@@ -203,15 +202,12 @@ def check_tile_items(tile: str, items: Sequence[dict[str, Any]], variables: Sequ
             epsg = item_epsg(it, v)
             if epsg is not None:
                 epsgs[epsg].append(str(it["id"]))
-            href = str(it["assets"][v]["href"])
-            parts = urlsplit(href)
-            if parts.scheme in ("", "file"):
-                path = Path(unquote(parts.path) if parts.scheme else href)
-                if not path.is_file():
-                    raise InputError(
-                        f"source raster '{path}' (asset '{v}' of STAC item '{it['id']}') does not "
-                        "exist; fix the item's asset hrefs or restore the file."
-                    )
+            path = local_path(str(it["assets"][v]["href"]))
+            if path is not None and not path.is_file():
+                raise InputError(
+                    f"source raster '{path}' (asset '{v}' of STAC item '{it['id']}') does not "
+                    "exist; fix the item's asset hrefs or restore the file."
+                )
     if len(epsgs) > 1:
         detail = "; ".join(
             f"EPSG:{e} ({', '.join(sorted(set(ids))[:3])})" for e, ids in sorted(epsgs.items())

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["decoded_local_hrefs", "local_sources", "slice_item_ids", "solar_day"]
+__all__ = ["decoded_local_hrefs", "local_path", "local_sources", "slice_item_ids", "solar_day"]
 
 
 def decoded_local_hrefs(item: dict[str, Any]) -> dict[str, Any]:
@@ -30,15 +30,24 @@ def decoded_local_hrefs(item: dict[str, Any]) -> dict[str, Any]:
     return {**item, "assets": assets}
 
 
+def local_path(href: str) -> Path | None:
+    """The local file an asset href names (a plain path or a percent-encoded ``file://`` URI),
+    or None for a remote one."""
+    parts = urlsplit(href)
+    if parts.scheme not in ("", "file"):
+        return None
+    return Path(unquote(parts.path) if parts.scheme else href)
+
+
 def local_sources(hrefs: dict[str, dict[str, str]], ids: str, variable: str) -> list[Path]:
     """The local files one (variable, slice) is read from; empty unless every source is local."""
     paths: list[Path] = []
     for item_id in ids.split("+"):
         href = hrefs.get(item_id, {}).get(variable)
-        parts = urlsplit(href or "")
-        if href is None or parts.scheme not in ("", "file"):
+        path = None if href is None else local_path(href)
+        if path is None:
             return []
-        paths.append(Path(unquote(parts.path) if parts.scheme else href))
+        paths.append(path)
     return paths
 
 
