@@ -249,12 +249,12 @@ def stage_infer(
         raise InputError(
             f"items {sorted(set(item_ids) - found)} are not in cube '{cube_uri}'; ingest them first."
         )
-    trained_units = _trained_units(run_model)
+    trained = trained_units(run_model)
     for tile, t, ds in scenes:
         item_id = str(ds["item_id"].values[t])
         if item_id not in items:
             raise InputError(f"cube slice '{item_id}' has no STAC item in {items_uri}.")
-        _check_units(trained_units, ds.attrs.get("units") or {}, spec.stac.bands, tile)
+        check_units(trained, ds.attrs.get("units") or {}, spec.stac.bands, tile)
         # Streamed strip by strip from the cube into the COG, each chunk row decoded once:
         # memory bounded by the window and the chunk, not the scene.
         group = zarr.open_group(str(cube_uri), mode="r")[tile]
@@ -291,15 +291,18 @@ def stage_infer(
     }
 
 
-def _trained_units(model_dir: Path) -> dict[str, Any] | None:
+def trained_units(model_dir: Path) -> dict[str, Any] | None:
     """The units the model was trained on (``input_units`` of model.json); None for a model
-    from before units were recorded."""
-    config = json.loads((Path(model_dir) / "model.json").read_text())
+    from before units were recorded, or a bare ONNX file without its model.json)."""
+    path = Path(model_dir) / "model.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
     units = config.get("input_units")
     return dict(units) if isinstance(units, dict) else None
 
 
-def _check_units(
+def check_units(
     trained: dict[str, Any] | None, cube: dict[str, Any], bands: Sequence[str], tile: str
 ) -> None:
     """Refuse to predict bands stored in other units than the model was trained on.
