@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -95,3 +97,16 @@ def write_chip_store(
         band_std=train_std if band_std is None else band_std,
     )
     return path
+
+
+def asset_bands(item: dict[str, Any], bands: Sequence[str]) -> np.ndarray:
+    """A STAC item's bands (C, H, W) read straight from its ``file://`` or local asset files
+    with rasterio, not through eoforge: the reference a prediction is compared with."""
+    import rasterio
+
+    arrays = []
+    for band in bands:
+        href = str(item["assets"][band]["href"])
+        with rasterio.open(unquote(href.removeprefix("file://"))) as src:
+            arrays.append(src.read(1))
+    return np.stack(arrays)
