@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+from eoforge_test_helpers import check_quality  # type: ignore[import-not-found]
 
 from eoforge.config import BUNDLED_CATALOG, InferSpec, LabelSpec
 from eoforge.inference.predict import predict_scene
@@ -59,31 +60,6 @@ def label_counts(tile: str, labels: LabelSpec) -> dict[str, Any]:
         for name, codes in labels.scl_groups.items():
             counts[name] += int((np.isin(scl, codes) & ~nodata).sum())
     return counts
-
-
-def check_quality(
-    metrics: dict[str, Any], support: dict[str, int], miou_margin: float, acc_margin: float
-) -> None:
-    """Quality floors from the data: the majority class and the random forest set the bar.
-
-    A model that always answers the majority class scores its rate in pixel accuracy and
-    ``rate / K`` in mIoU: the model must beat both clearly (halfway from that rate to a perfect
-    score; 2.5 times that mIoU), and trail the random forest trained on the same chips by at
-    most ``miou_margin`` / ``acc_margin`` (a short, clock-cut training may trail it).
-    """
-    total = sum(support.values())
-    majority = max(support.values()) / total
-    constant_miou = majority / len(support)
-    acc, miou = metrics["pixel_accuracy"], metrics["miou"]
-    base_acc, base_miou = metrics["baseline_pixel_accuracy"], metrics["baseline_miou"]
-    summary = (
-        f"model {miou:.3f} / {acc:.3f}, random forest {base_miou:.3f} / {base_acc:.3f}, "
-        f"majority-class rate {majority:.3f} (constant-model mIoU {constant_miou:.3f})"
-    )
-    assert acc >= majority + 0.5 * (1 - majority), summary
-    assert miou >= 2.5 * constant_miou, summary
-    assert base_acc >= majority + 0.3 * (1 - majority), summary  # the baseline is no straw man
-    assert miou >= base_miou - miou_margin and acc >= base_acc - acc_margin, summary
 
 
 @pytest.mark.slow
