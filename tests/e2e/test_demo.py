@@ -168,7 +168,14 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     polled = next(ln for ln in proc.stderr.splitlines() if ln.startswith("poll 1: "))
     assert all(t.stem in polled for t in tifs) and polled.count("_L2A") == 10
-    assert len(list((tmp_path / "watch" / "predictions").glob("*.tif"))) == 10
+    watched = tmp_path / "watch" / "predictions"
+    assert len(list(watched.glob("*.tif"))) == 10
+    # the watcher's class maps are the same model's: equal to the run's on the test tile, and
+    # to predict_scene on a training-tile scene the run never predicted
+    np.testing.assert_array_equal(_read(watched / tifs[0].name), _read(tifs[0]))
+    twl = "S2B_33TWL_20230810_0_L2A"
+    expected = predict_scene(session, _scene_bands(twl, model_json["bands"]), infer)
+    np.testing.assert_array_equal(_read(watched / f"{twl}.tif"), expected)
     # the cursor remembers them: a second poll finds nothing new
     proc = _run(
         [

@@ -168,6 +168,8 @@ def test_output_shape_equals_input_shape(pixel_model: Any, shape: tuple[int, int
 
 
 def test_shifted_scene_gives_shifted_prediction(pixel_model: Any) -> None:
+    """Window geometry only: a per-pixel model is blind to the blend weights, which
+    test_blend_weights_hide_each_windows_border checks with a model that sees its border."""
     big = scene(340, 560, seed=3)
     dy, dx = 13, 29
     a = predict_scene(pixel_model, big[:, :300, :517], SPEC)
