@@ -44,7 +44,11 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "data" / "s2-l2a-sample"
+#: The full sample is not in the repository (66 MB): ``--sample`` or ``EOFORGE_FULL_SAMPLE``
+#: names it; the default is where the shared data sits beside a checkout.
+SAMPLE = Path(
+    os.environ.get("EOFORGE_FULL_SAMPLE") or ROOT.parent / "shared" / "data" / "s2-l2a-sample"
+)
 ITEMS = [
     "S2A_33TWL_20230815_0_L2A",
     "S2A_33TWM_20230815_0_L2A",
@@ -325,11 +329,20 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=Path, default=Path("/tmp/eoforge-scale-native"), help="work folder"
     )
     parser.add_argument("--repeats", type=int, default=3, help="ingest repeats (interleaved)")
+    parser.add_argument(
+        "--sample", type=Path, default=SAMPLE, help="the full sample's static catalog folder"
+    )
     args = parser.parse_args(argv)
-    if not SAMPLE.is_dir():
-        print(f"the full sample is not at {SAMPLE} (../shared/data beside the checkout)")
+    if not (args.sample / "collection.json").is_file():
+        print(
+            f"the full sample is not at {args.sample}: pass --sample DIR or set "
+            "EOFORGE_FULL_SAMPLE (the s2-l2a-sample folder of the shared data)"
+        )
         return 2
+    global SAMPLE  # read by the steps below
+    SAMPLE = args.sample
     result = run(args)
+    result["sample"] = str(args.sample)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(json.dumps({k: result[k] for k in ("seconds", "memory_mb", "ratios")}, indent=2))
