@@ -139,8 +139,8 @@ MUTANTS = (
         "infer-band-order",
         "per-scene inference stacks the bands in reverse order",
         "runs/scenes.py",
-        "                    for b in bands\n",
-        "                    for b in reversed(bands)  # MUTANT\n",
+        "        reader = ChunkRowReader([group[b] for b in bands], 0)\n",
+        "        reader = ChunkRowReader([group[b] for b in reversed(bands)], 0)  # MUTANT\n",
         ("tests/eoforge/runs/test_scenes.py::test_infer_batch_writes_cog_and_item_per_scene",),
     ),
     Mutant(
