@@ -20,6 +20,7 @@ __all__ = [
     "ChipSpec",
     "CubeSpec",
     "InferSpec",
+    "S3ReadSpec",
     "SamplingSpec",
     "StacSpec",
     "TrainSpec",
@@ -31,6 +32,47 @@ BUNDLED_CATALOG = Path(str(files("eoforge"))) / "stac" / "sample" / "s2-l2a-mini
 #: How a spec names the bundled sample: the same on every install (no absolute install path in
 #: the Prefect UI form, provenance or cache keys).
 BUNDLED_CATALOG_NAME = "bundled:s2-l2a-mini"
+
+
+class S3ReadSpec(_Spec):
+    """How ``s3://`` asset hrefs are read (GDAL's ``/vsis3/``): credentials come from the usual
+    AWS chain (environment, ``~/.aws``, instance role); these say what the bucket needs."""
+
+    requester_pays: bool = Field(
+        False, description="The bucket is requester-pays: reads are billed to your account."
+    )
+    unsigned: bool = Field(False, description="Public bucket: read without credentials.")
+    profile: str | None = Field(None, description="AWS profile (~/.aws) to read with.")
+    region: str | None = Field(None, description="The bucket's region, e.g. 'us-west-2'.")
+    endpoint_url: str | None = Field(
+        None,
+        description="An S3-compatible endpoint (MinIO, Ceph, a local stand-in), e.g. "
+        "'http://127.0.0.1:9000'; None for AWS.",
+    )
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(
+                f"endpoint_url {v!r} must be an http(s) URL with a host, e.g. "
+                "'https://s3.example.org' or 'http://127.0.0.1:9000'"
+            )
+        return v.rstrip("/")
+
+    @model_validator(mode="after")
+    def _signed_or_not(self) -> S3ReadSpec:
+        if self.unsigned and (self.requester_pays or self.profile):
+            raise ValueError(
+                "an unsigned (anonymous) read cannot be requester-pays or use a profile; "
+                "drop `unsigned` or the others"
+            )
+        return self
 
 
 class StacSpec(_Spec):
@@ -80,7 +122,13 @@ class StacSpec(_Spec):
         "from PC_SDK_SAS_URL, PC_SDK_SUBSCRIPTION_KEY); None for public or credentialed assets.",
     )
 
-    _late_fields = ("aoi", "sign")
+    s3: S3ReadSpec = Field(
+        default_factory=S3ReadSpec,  # type: ignore[arg-type]
+        description="How s3:// asset hrefs are read: requester pays, anonymous, profile, "
+        "region, an S3-compatible endpoint.",
+    )
+
+    _late_fields = ("aoi", "sign", "s3")
 
     @model_validator(mode="after")
     def _one_area(self) -> StacSpec:

@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import numpy as np
 import xarray as xr
 
-from eoforge.config import CubeSpec
+from eoforge.config import CubeSpec, S3ReadSpec
+from eoforge.cube.remote import configure_reads, gdal_options
 from eoforge.cube.sources import decoded_local_hrefs, local_path, local_sources, slice_item_ids
 from eoforge.errors import ContractViolation, EoforgeError, InputError, TransientError
 from eoforge.io.atomic import staged_dir
@@ -57,37 +58,6 @@ ENV_READ_BACKOFF_S = "EOFORGE_READ_BACKOFF_S"
 MANIFEST_ATTR = "eoforge_manifest"
 
 T = TypeVar("T")
-
-# GDAL defaults for remote COGs; an environment variable of the same name wins.
-_GDAL_DEFAULTS = {
-    # GDAL itself retries 429, 500, 502-504, resets and timeouts with backoff ...
-    "GDAL_HTTP_MAX_RETRY": "5",
-    "GDAL_HTTP_RETRY_DELAY": "0.5",
-    "GDAL_HTTP_CONNECTTIMEOUT": "15",
-    "GDAL_HTTP_TIMEOUT": "120",
-    # ... a stalled transfer is cut off instead of hanging the run ...
-    "GDAL_HTTP_LOW_SPEED_TIME": "30",
-    "GDAL_HTTP_LOW_SPEED_LIMIT": "1",
-    # ... and what it does not retry (a body cut short) is retried by retry_reads. Without this
-    # GDAL would remember the failure and fail every later open of the same URL unseen.
-    "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/:/vsis3/:/vsigs/:/vsiaz/:/vsiadls/",
-    "CPL_VSIL_CURL_USE_HEAD": "NO",  # moto and some signed-URL hosts refuse HEAD
-    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-}
-
-
-def gdal_options() -> dict[str, str]:
-    """GDAL configuration for reading source rasters: eoforge's defaults, overridden by the
-    environment variables of the same name."""
-    return {k: os.environ.get(k, v) for k, v in _GDAL_DEFAULTS.items()}
-
-
-def _configure_gdal() -> None:
-    import odc.stac
-
-    # odc-stac captures this into every load's graph (also for dask workers elsewhere).
-    options: dict[str, Any] = dict(gdal_options())
-    odc.stac.configure_rio(**options)
 
 
 def _read_attempts() -> int:
@@ -224,6 +194,7 @@ def load_tile(
     grid: CubeSpec | None = None,
     aoi: Any | None = None,
     label_variables: Sequence[str] = (),
+    s3: S3ReadSpec | None = None,
 ) -> xr.Dataset:
     """Lazily load one tile's items with odc-stac (dask, in ``grid.chunk`` px chunks).
 
@@ -231,14 +202,14 @@ def load_tile(
     shapely geometry) bounds the load to the part of it the tile's items cover; ``grid`` sets
     resolution, CRS and resampling (class rasters in ``label_variables`` nearest by default).
     Read failures raise instead of turning into nodata (``fail_on_error=True``); GDAL reads with
-    :func:`gdal_options`.
+    :func:`gdal_options` and, for ``s3://`` hrefs, what ``s3`` says the bucket needs.
     """
     import odc.stac
     import pystac
 
     from eoforge.cube.geobox import load_parameters, tile_area
 
-    _configure_gdal()
+    configure_reads(s3)
     py_items = [pystac.Item.from_dict(decoded_local_hrefs(it), preserve_dict=True) for it in items]
     params = load_parameters(grid, variables, label_variables, tile_area(items, aoi))
     try:
@@ -330,13 +301,15 @@ def write_cube(
     grid: CubeSpec | None = None,
     aoi: Any | None = None,
     label_variables: Sequence[str] = (),
+    s3: S3ReadSpec | None = None,
 ) -> CubeInfo:
     """Load every tile of ``items`` and write them as groups of one Zarr v3 store, atomically.
 
     ``grid`` (default :class:`~eoforge.config.CubeSpec`) sets resolution, CRS, resampling,
     chunking and units; ``aoi`` (lon/lat shapely geometry) bounds each tile's pixels to the
     part of the area its items cover. ``label_variables`` are class rasters (never harmonised
-    or interpolated unless the spec names a resampling for them).
+    or interpolated unless the spec names a resampling for them); ``s3`` says how ``s3://``
+    hrefs are read (requester pays, anonymous, profile, region, endpoint).
 
     The store is published (renamed into place) only once every slice was read and checked;
     its root attribute ``eoforge_manifest`` pins its files (see :func:`verify_cube`).
@@ -368,7 +341,7 @@ def write_cube(
     shapes: dict[str, tuple[int, int, int]] = {}
     with staged_dir(out) as staging, zarr.config.set({"array.write_empty_chunks": True}):
         for tile in sorted(by_tile):
-            ds = load_tile(by_tile[tile], variables, grid, aoi, label_variables)
+            ds = load_tile(by_tile[tile], variables, grid, aoi, label_variables, s3)
             ds.attrs["tile"] = tile
             ds = ds.drop_vars("spatial_ref", errors="ignore")
             hrefs = {

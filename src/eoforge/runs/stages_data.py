@@ -107,6 +107,7 @@ def stage_ingest(spec: RunSpec, items_uri: str, store: str, key: str) -> dict[st
             spec.cube,
             aoi_geometry(spec.stac),
             label_variables=(spec.stac.label_asset,),
+            s3=spec.stac.s3,
         )
     result = enforce("cube", tables.cube_table(cube, label_variables=(spec.stac.label_asset,)))
     return {
