@@ -42,19 +42,23 @@ import onnxruntime as ort
 import rasterio
 import torch
 
-from benchmarks._timing import median_seconds
+from benchmarks._limits import limit
+from benchmarks._timing import interleaved_seconds, median_seconds
 from eoforge.compute import gpu
-from eoforge.config import BUNDLED_CATALOG, InferSpec
-from eoforge.export.onnx import export_onnx
+from eoforge.config import BUNDLED_CATALOG, InferSpec, LabelSpec, StacSpec, TrainSpec
+from eoforge.export.onnx import _export, export_onnx
 from eoforge.inference.predict import predict_raster, predict_scene, predict_to_cog
 from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME, open_session
 from eoforge.training.files import MODEL_CONFIG_NAME, MODEL_FORMAT, MODEL_WEIGHTS_NAME, load_model
-from eoforge.training.models import ARCHITECTURE, DEPTH, build_model
+from eoforge.training.models import ARCHITECTURE, DEPTH, build_model, index_pairs_for
 
 #: The real test scene: tile 33TWM (held out from training), 2023-08-15.
 SCENE_ITEM = "S2A_33TWM_20230815_0_L2A"
 BAND_FILES = ("B02", "B03", "B04", "B08")  # blue, green, red, nir
-CLASSES = 5
+#: The product's defaults: bands (``StacSpec``), classes (``LabelSpec``), training width.
+BANDS = StacSpec().bands
+CLASSES = len(LabelSpec().classes)
+BASE_CHANNELS = TrainSpec().base_channels
 TRANSFORM = (120.0, 0.0, 524100.0, 0.0, -120.0, 5075880.0)
 
 
@@ -92,9 +96,14 @@ class _NullWriter:
 
 
 def build_random_model(
-    folder: Path, scene: np.ndarray, base_channels: int, sample: np.ndarray
+    folder: Path,
+    scene: np.ndarray,
+    base_channels: int,
+    sample: np.ndarray,
+    spectral_indices: bool = True,
 ) -> tuple[torch.nn.Module, Path, float]:
-    """A UNet with seeded random weights saved as a model dir and exported to ONNX.
+    """A UNet as the product trains it (seeded random weights, the default bands, classes and
+    in-graph spectral indices) saved as a model dir and exported to ONNX.
 
     Returns:
         (torch model in eval mode, ONNX path, parity max |diff| from export_onnx).
@@ -105,8 +114,10 @@ def build_random_model(
     pixels = scene[:, valid].astype(np.float64)
     mean = pixels.mean(axis=1).tolist()
     std = np.maximum(pixels.std(axis=1), 1.0).tolist()
+    pairs = index_pairs_for(BANDS) if spectral_indices else []
     torch.manual_seed(0)
-    model = build_model(scene.shape[0], CLASSES, base_channels, mean, std).eval()
+    model = build_model(scene.shape[0], CLASSES, base_channels, mean, std, pairs).eval()
+    _randomise_batchnorm(model)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(folder / MODEL_WEIGHTS_NAME))
     config = {
@@ -117,16 +128,36 @@ def build_random_model(
             "in_channels": scene.shape[0],
             "num_classes": CLASSES,
             "base_channels": base_channels,
+            "index_pairs": [list(p) for p in pairs],
         },
         "band_mean": mean,
         "band_std": std,
-        "bands": ["blue", "green", "red", "nir"],
-        "classes": [f"class{i}" for i in range(CLASSES)],
+        "bands": list(BANDS),
+        "classes": list(LabelSpec().classes),
         "weights": MODEL_WEIGHTS_NAME,
     }
     (folder / MODEL_CONFIG_NAME).write_text(json.dumps(config))
     result = export_onnx(folder, folder / "model.onnx", sample[:2])
     return load_model(folder), result.onnx_path, result.max_abs_diff
+
+
+def _randomise_batchnorm(model: torch.nn.Module) -> None:
+    """Non-trivial BatchNorm statistics, as after training (so folding them is exercised)."""
+    gen = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            assert module.running_mean is not None and module.running_var is not None
+            module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+def _trained_graph(model: torch.nn.Module, example: np.ndarray, path: Path) -> Path:
+    """The network exported as trained (decoder concatenations kept), for comparison."""
+    _export(model, torch.from_numpy(example[:1]), path, 17)
+    return path
 
 
 def _windows(scene: np.ndarray, window: int, count: int) -> np.ndarray:
@@ -279,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(threads)
     scene = read_scene(args.scene_size)
     batch = _windows(scene, args.window, args.batch)
-    spec = InferSpec(window=args.window, overlap=args.window // 4, batch_size=args.batch)
+    spec = InferSpec(window=args.window, overlap=args.overlap, batch_size=args.batch)
     machine = _machine(threads)
 
     with tempfile.TemporaryDirectory(prefix="eoforge-bench-") as tmp:
@@ -291,10 +322,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         else:
             model, onnx_path, parity = build_random_model(
-                Path(tmp) / "model", scene, args.base_channels, batch
+                Path(tmp) / "model", scene, args.base_channels, batch, not args.no_indices
             )
         model.eval()
         x = torch.from_numpy(batch)
+        widths = [int(m[0].out_channels) for m in model.encoders]  # type: ignore[index,union-attr]
+        widths.append(int(model.bottleneck[0].out_channels))  # type: ignore[index,union-attr]
+        limits = limit(
+            model, scene.shape[0], widths, args.window, args.batch, threads, args.repeats
+        )
+        trained_graph = open_session(
+            _trained_graph(model, batch, Path(tmp) / "trained.onnx"), threads, prefer_gpu=False
+        )
 
         def torch_eager() -> None:
             with torch.inference_mode():
@@ -321,7 +360,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lambda: plain.run([OUTPUT_NAME], feed), args.repeats
             ),
         }
-        scene_s = median_seconds(lambda: predict_scene(tuned, scene, spec), args.repeats)
+        side_by_side = interleaved_seconds(
+            {
+                "inference_form": lambda: predict_scene(tuned, scene, spec),
+                "trained_graph": lambda: predict_scene(trained_graph, scene, spec),
+            },
+            args.repeats,
+        )
+        scene_s = side_by_side["inference_form"]["median"]
+        with torch.inference_mode():
+            torch_classes = model(torch.from_numpy(batch)).argmax(1).numpy()
+        ort_classes = tuned.run([OUTPUT_NAME], feed)[0].argmax(1)
+        class_agreement = float((torch_classes == ort_classes).mean())
+        scene_agreement = float(
+            (predict_scene(tuned, scene, spec) == predict_scene(trained_graph, scene, spec)).mean()
+        )
         # the model in a worker thread, overlapped with blending (the GPU default), on the CPU
         pipelined = spec.model_copy(update={"pipelined": True})
         pipelined_s = median_seconds(lambda: predict_scene(tuned, scene, pipelined), args.repeats)
@@ -351,9 +404,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with contextlib.suppress(OSError):
         machine["load_average_at_end"] = list(os.getloadavg())
     px = batch.shape[0] * batch.shape[2] * batch.shape[3] / 1e6
+    scene_mpx_per_s = scene_mpx / scene_s
     result = {
         "benchmark": "inference",
+        "limits": limits,
+        "whole_scene_s": side_by_side,
         "ratios": {
+            "whole_scene_vs_limit": scene_mpx_per_s / limits["mpx_per_s"],
+            "whole_scene_vs_limit_best": scene_mpx
+            / side_by_side["inference_form"]["min"]
+            / limits["mpx_per_s"],
+            "inference_form_vs_trained_graph": side_by_side["trained_graph"]["median"] / scene_s,
             "ort_vs_torch": timings["torch_eager"] / timings["ort_tuned_iobinding"],
             "ort_tuned_vs_default_options": timings["ort_default_options"]
             / timings["ort_tuned_iobinding"],
@@ -383,11 +444,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "streamed_peak_traced_mb": peak / 1e6,
             "max_buffered_rows": stats.max_buffered_rows,
         },
-        "parity": {"export_max_abs_diff": parity, "ort_vs_torch_max_abs_diff": max_diff},
+        "parity": {
+            "export_max_abs_diff": parity,
+            "ort_vs_torch_max_abs_diff": max_diff,
+            "ort_vs_torch_class_agreement": class_agreement,
+            "scene_class_map_agreement_vs_trained_graph": scene_agreement,
+        },
         "config": {
             "model": str(args.model_dir)
             if args.model_dir
-            else f"unet base {args.base_channels}, random weights",
+            else f"unet base {args.base_channels}, random weights, bands {list(BANDS)}, "
+            f"{CLASSES} classes, spectral indices {'off' if args.no_indices else 'on'}",
+            "product_defaults": {
+                "infer_spec": InferSpec().model_dump(),
+                "base_channels": BASE_CHANNELS,
+                "spectral_indices": TrainSpec().spectral_indices,
+                "bands": list(BANDS),
+                "classes": CLASSES,
+            },
+            "uses_product_defaults": bool(
+                spec.window == InferSpec().window
+                and spec.overlap == InferSpec().overlap
+                and spec.batch_size == InferSpec().batch_size
+                and args.base_channels == BASE_CHANNELS
+                and not args.no_indices
+                and args.model_dir is None
+            ),
             "windows": list(batch.shape),
             "scene": [SCENE_ITEM, *scene.shape],
             "infer_spec": spec.model_dump(),
@@ -412,6 +494,12 @@ def _print(result: dict[str, Any]) -> None:
     ]
     cfg = result["config"]
     print(f"windows {cfg['windows']}, {cfg['threads']} thread(s), median of {cfg['repeats']}")
+    lim = result["limits"]
+    print(
+        f"  limit: {lim['flop_per_output_px'] / 1e3:.1f} kFLOP/px at "
+        f"{lim['achievable_conv_gflop_per_s']:.0f} GFLOP/s -> {lim['mpx_per_s']:.2f} Mpx/s; "
+        f"whole scene {result['mpx_per_s']['real_scene']:.2f} Mpx/s"
+    )
     for name, seconds in rows:
         print(f"  {name:34s} {seconds * 1000:9.1f} ms")
     for name, value in result["ratios"].items():
@@ -440,9 +528,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--threads", type=int, default=None, help="threads (default: usable CPUs)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--window", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=4, help="windows per batch")
-    parser.add_argument("--base-channels", type=int, default=16)
+    defaults = InferSpec()
+    parser.add_argument("--window", type=int, default=defaults.window)
+    parser.add_argument("--overlap", type=int, default=defaults.overlap)
+    parser.add_argument("--batch", type=int, default=defaults.batch_size, help="windows per batch")
+    parser.add_argument("--base-channels", type=int, default=BASE_CHANNELS)
+    parser.add_argument(
+        "--no-indices", action="store_true", help="a model without the spectral-index inputs"
+    )
     parser.add_argument("--scene-size", type=int, default=None, help="crop the real scene")
     parser.add_argument("--large-size", type=int, default=3072, help="tiled scene edge (px)")
     parser.add_argument("--model-dir", type=Path, default=None, help="a trained model directory")
