@@ -45,11 +45,14 @@ import torch
 from benchmarks._limits import limit
 from benchmarks._timing import interleaved_seconds, median_seconds
 from eoforge.compute import gpu
-from eoforge.config import BUNDLED_CATALOG, InferSpec, LabelSpec, StacSpec, TrainSpec
+from eoforge.config import BUNDLED_CATALOG, ChipSpec, InferSpec, LabelSpec, StacSpec, TrainSpec
 from eoforge.export.onnx import _export, export_onnx
+from eoforge.export.quantize import quantize_int8
 from eoforge.inference.predict import predict_raster, predict_scene, predict_to_cog
 from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME, open_session
+from eoforge.labels.classes import scl_to_classes
 from eoforge.training.files import MODEL_CONFIG_NAME, MODEL_FORMAT, MODEL_WEIGHTS_NAME, load_model
+from eoforge.training.metrics import confusion_matrix, metrics_from_confusion
 from eoforge.training.models import ARCHITECTURE, DEPTH, build_model, index_pairs_for
 
 #: The real test scene: tile 33TWM (held out from training), 2023-08-15.
@@ -158,6 +161,90 @@ def _trained_graph(model: torch.nn.Module, example: np.ndarray, path: Path) -> P
     """The network exported as trained (decoder concatenations kept), for comparison."""
     _export(model, torch.from_numpy(example[:1]), path, 17)
     return path
+
+
+def _item_bands(item: str) -> tuple[np.ndarray, np.ndarray]:
+    """(bands (4, H, W) uint16, Sen2Cor classes grouped like the labels (H, W)) of an item."""
+    folder = BUNDLED_CATALOG / item
+    bands = []
+    for name in BAND_FILES:
+        with rasterio.open(folder / f"{name}.tif") as src:
+            bands.append(src.read(1))
+    with rasterio.open(folder / "SCL.tif") as src:
+        labels = scl_to_classes(src.read(1), LabelSpec())
+    return np.stack(bands), labels
+
+
+def _tile_items(tiles: tuple[str, ...]) -> list[str]:
+    return sorted(
+        p.name for p in BUNDLED_CATALOG.iterdir() if p.is_dir() and any(t in p.name for t in tiles)
+    )
+
+
+def _calibration_chips(size: int = 128) -> np.ndarray:
+    """Chips of the training tile's dates (``ChipSpec().train_tiles``): int8 calibration data."""
+    chips = []
+    for item in _tile_items(ChipSpec().train_tiles):
+        bands, _ = _item_bands(item)
+        for r in range(0, bands.shape[1] - size + 1, 2 * size):
+            for c in range(0, bands.shape[2] - size + 1, 2 * size):
+                chips.append(bands[:, r : r + size, c : c + size])
+    return np.stack(chips)
+
+
+def _int8_section(
+    onnx_path: Path, tmp: Path, batch: np.ndarray, spec: InferSpec, threads: int, args: Any
+) -> dict[str, Any]:
+    """int8 (static QDQ, calibrated on training-tile chips) vs fp32 ONNX Runtime, side by side;
+    class maps on every date of the test tile against each other and (trained model only)
+    against the Sen2Cor labels."""
+    calibration = _calibration_chips()
+    quant = quantize_int8(onnx_path, tmp / "model-int8.onnx", calibration)
+    fp32 = open_session(onnx_path, threads, prefer_gpu=False)
+    int8 = open_session(tmp / "model-int8.onnx", threads, prefer_gpu=False)
+    scene = read_scene()
+    times = interleaved_seconds(
+        {
+            "windows_fp32": _ort_iobinding(fp32, batch),
+            "windows_int8": _ort_iobinding(int8, batch),
+            "scene_fp32": lambda: predict_scene(fp32, scene, spec),
+            "scene_int8": lambda: predict_scene(int8, scene, spec),
+        },
+        args.repeats,
+    )
+    k = CLASSES
+    cms = {"fp32": np.zeros((k, k), np.int64), "int8": np.zeros((k, k), np.int64)}
+    agree, total = 0, 0
+    for item in _tile_items(ChipSpec().test_tiles):
+        bands, labels = _item_bands(item)
+        maps = {name: predict_scene(s, bands, spec) for name, s in (("fp32", fp32), ("int8", int8))}
+        valid = maps["fp32"] != 255
+        agree += int((maps["fp32"] == maps["int8"])[valid].sum())
+        total += int(valid.sum())
+        for name, m in maps.items():
+            cms[name] += confusion_matrix(labels, m, k)
+    names = list(LabelSpec().classes)
+    miou = {name: metrics_from_confusion(cm, names)["miou"] for name, cm in cms.items()}
+    trained = args.model_dir is not None
+    return {
+        "quantization": {**quant, "path": "model-int8.onnx"},
+        "seconds": times,
+        "ratios": {
+            "windows": times["windows_fp32"]["median"] / times["windows_int8"]["median"],
+            "whole_scene": times["scene_fp32"]["median"] / times["scene_int8"]["median"],
+        },
+        "accuracy": {
+            "test_tile_items": _tile_items(ChipSpec().test_tiles),
+            "class_map_agreement_int8_vs_fp32": agree / max(total, 1),
+            "miou_fp32": miou["fp32"],
+            "miou_int8": miou["int8"],
+            "int8_miou_drop": (miou["fp32"] - miou["int8"]) if trained else None,
+            "note": None
+            if trained
+            else "random weights: mIoU against the labels means nothing; pass --model-dir "
+            "with a trained model for int8_miou_drop",
+        },
+    }
 
 
 def _windows(scene: np.ndarray, window: int, count: int) -> np.ndarray:
@@ -399,6 +486,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         whole_bytes = args.large_size**2 * (scene.shape[0] + CLASSES) * 4
+        int8 = _int8_section(onnx_path, Path(tmp), batch, spec, threads, args)
         gpu_section = _gpu_section(model, onnx_path, batch, scene, large, spec, args.repeats)
 
     with contextlib.suppress(OSError):
@@ -408,6 +496,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "benchmark": "inference",
         "limits": limits,
+        "int8": int8,
+        "accuracy": {"int8_miou_drop": int8["accuracy"]["int8_miou_drop"]},
         "whole_scene_s": side_by_side,
         "ratios": {
             "whole_scene_vs_limit": scene_mpx_per_s / limits["mpx_per_s"],
@@ -415,6 +505,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             / side_by_side["inference_form"]["min"]
             / limits["mpx_per_s"],
             "inference_form_vs_trained_graph": side_by_side["trained_graph"]["median"] / scene_s,
+            "int8_vs_fp32": int8["ratios"]["whole_scene"],
+            "int8_vs_fp32_windows": int8["ratios"]["windows"],
             "ort_vs_torch": timings["torch_eager"] / timings["ort_tuned_iobinding"],
             "ort_tuned_vs_default_options": timings["ort_default_options"]
             / timings["ort_tuned_iobinding"],
