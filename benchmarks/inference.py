@@ -51,7 +51,13 @@ from eoforge.export.quantize import quantize_int8
 from eoforge.inference.predict import predict_raster, predict_scene, predict_to_cog
 from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME, open_session
 from eoforge.labels.classes import scl_to_classes
-from eoforge.training.files import MODEL_CONFIG_NAME, MODEL_FORMAT, MODEL_WEIGHTS_NAME, load_model
+from eoforge.training.files import (
+    MODEL_CONFIG_NAME,
+    MODEL_FORMAT,
+    MODEL_WEIGHTS_NAME,
+    load_model,
+    read_model_config,
+)
 from eoforge.training.metrics import confusion_matrix, metrics_from_confusion
 from eoforge.training.models import ARCHITECTURE, DEPTH, build_model, index_pairs_for
 
@@ -161,6 +167,14 @@ def _trained_graph(model: torch.nn.Module, example: np.ndarray, path: Path) -> P
     """The network exported as trained (decoder concatenations kept), for comparison."""
     _export(model, torch.from_numpy(example[:1]), path, 17)
     return path
+
+
+def _product_model(args: argparse.Namespace) -> bool:
+    """Whether the benchmarked network is the product's default one (width, index inputs)."""
+    if args.model_dir is None:
+        return bool(args.base_channels == BASE_CHANNELS and not args.no_indices)
+    arch = read_model_config(Path(args.model_dir))["architecture"]
+    return bool(arch["base_channels"] == BASE_CHANNELS and arch.get("index_pairs"))
 
 
 def _item_bands(item: str) -> tuple[np.ndarray, np.ndarray]:
@@ -558,9 +572,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 spec.window == InferSpec().window
                 and spec.overlap == InferSpec().overlap
                 and spec.batch_size == InferSpec().batch_size
-                and args.base_channels == BASE_CHANNELS
-                and not args.no_indices
-                and args.model_dir is None
+                and _product_model(args)
             ),
             "windows": list(batch.shape),
             "scene": [SCENE_ITEM, *scene.shape],

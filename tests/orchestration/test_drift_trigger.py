@@ -6,6 +6,9 @@ it, and the trigger is disabled again, so the rest of the session is unaffected.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 import uuid
 from datetime import UTC, datetime
@@ -69,3 +72,62 @@ def test_drift_event_schedules_retraining_only_when_enabled(deployed: Any) -> No
                     f"/flow_runs/{run['id']}/set_state",
                     {"state": {"type": "CANCELLED", "name": "Cancelled"}, "force": True},
                 )
+
+
+FLOW = """
+import json, sys
+from prefect import flow
+from eoforge.orchestration.tasks.drift import publish_drift
+
+@flow(name="drift-publish-check")
+def check(drift: dict) -> list:
+    return publish_drift(drift, "/store/model/drift-check")
+
+print(json.dumps(check(json.loads(sys.argv[1]))))
+"""
+
+
+def _scores(drifted: bool) -> dict[str, Any]:
+    return {
+        "drifted": drifted,
+        "max_band_shift": 3.2 if drifted else 0.4,
+        "max_band_psi": 1.0,
+        "max_band_wasserstein_iqr": 0.5,
+        "class_psi": 0.01,
+        "obscured_fraction": 0.1,
+        "reasons": ["band nir: quantiles moved 3.20 x"] if drifted else [],
+    }
+
+
+def test_publish_drift_writes_the_artifact_and_one_event_per_drifted_item(
+    prefect_server: Any,
+) -> None:
+    drift = {"ITEM_OK": _scores(False), "ITEM_HAZY": _scores(True)}
+    since = datetime.now(UTC).isoformat()
+    proc = subprocess.run(
+        [sys.executable, "-c", FLOW, json.dumps(drift)],
+        env=prefect_server.env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["ITEM_HAZY"]
+    artifacts = prefect_server.request(
+        "POST", "/artifacts/filter", {"artifacts": {"key": {"any_": ["eoforge-drift"]}}}
+    )
+    rows = json.loads(artifacts[-1]["data"])
+    assert {r["item_id"]: r["drifted"] for r in rows} == {"ITEM_OK": False, "ITEM_HAZY": True}
+    body = {"filter": {"event": {"name": [DRIFT_EVENT]}, "occurred": {"since": since}}}
+    deadline = time.monotonic() + 60
+    events: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        events = [
+            e
+            for e in prefect_server.request("POST", "/events/filter", body)["events"]
+            if e["payload"].get("model_dir") == "/store/model/drift-check"
+        ]
+        if events:
+            break
+        time.sleep(1)
+    assert [e["payload"]["item_id"] for e in events] == ["ITEM_HAZY"]
+    assert events[0]["resource"]["prefect.resource.id"] == model_resource_id(
+        "/store/model/drift-check"
+    )
