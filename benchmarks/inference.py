@@ -1,18 +1,29 @@
-"""Inference benchmark: ONNX Runtime vs torch eager on one model and one set of windows, and
-whole-scene throughput.
+"""Inference benchmark: the product's model at the product's windows against the machine's
+limit, ONNX Runtime vs torch eager, int8 vs fp32, and whole-scene throughput.
 
-    python -m benchmarks.inference --json OUT [--threads N] [--repeats 5] [--large-size 4096]
+    python -m benchmarks.inference --json OUT [--threads N] [--repeats 9] [--model-dir DIR]
 
 Measured side by side in one process run, on this machine:
 
-- the same UNet (random weights, ``eoforge.training.models.build_model``, exported with
-  ``eoforge.export.onnx.export_onnx``, which also checks ONNX/torch parity) on the same batch of windows
-  cut from a real 512 x 512 Sentinel-2 scene of the bundled sample: torch eager
-  (``torch.inference_mode``) vs ONNX Runtime with eoforge's tuned session (IO binding, the path
-  ``eoforge.inference.predict`` uses), plus ORT with default options, ``session.run`` instead of IO binding and
-  busy-waiting threads, all with the same thread count; medians of ``--repeats`` runs;
-- whole-scene inference (``eoforge.inference.predict.predict_scene``: windows, batching, blending) of the real
-  512 x 512 scene, in Mpx/s and Mpx/s per core (per intra-op thread);
+- the model the product trains (``eoforge.training.models.build_model`` with the default bands,
+  classes and width and the in-graph NDVI / NDWI inputs, seeded random weights and BatchNorm
+  statistics; or a trained ``--model-dir``), exported with ``eoforge.export.onnx.export_onnx``
+  (the inference form of ``eoforge.export.graph``, parity-checked), at the product's default
+  windows (``InferSpec()``: 512 px, 64 px overlap, batch 2);
+- ``limits``: the model's FLOPs per output pixel (torch's flop counter) and the best measured
+  GFLOP/s of its own 3x3 conv shapes (ORT NCHWc and torch channels-last), hence the
+  ``limits.mpx_per_s`` the machine allows; ``ratios.whole_scene_vs_limit`` is the whole-scene
+  rate over it (medians; ``_best`` from the fastest run);
+- whole-scene inference of the real 512 x 512 scene with the inference form vs the graph
+  exported as trained (``ratios.inference_form_vs_trained_graph``, interleaved, and the
+  class-map agreement of the two);
+- ``int8``: static QDQ quantization (``eoforge.export.quantize``) calibrated on chips of the
+  training tile vs fp32, interleaved (``ratios.int8_vs_fp32``), class-map agreement on every
+  date of the test tile, and with a trained ``--model-dir`` the mIoU drop against the Sen2Cor
+  labels (``accuracy.int8_miou_drop``);
+- torch eager (``torch.inference_mode``) vs ONNX Runtime with eoforge's tuned session (IO
+  binding, the path ``eoforge.inference.predict`` uses), plus ORT with default options,
+  ``session.run`` instead of IO binding and busy-waiting threads, same thread count;
 - a larger scene tiled from the sample (``--large-size`` square, never held in memory whole),
   streamed window-strip by window-strip into a COG (``eoforge.inference.predict.predict_to_cog``), with the
   peak of Python-visible memory (tracemalloc) against what the scene would need in one piece;
