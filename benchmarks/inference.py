@@ -53,7 +53,7 @@ import onnxruntime as ort
 import rasterio
 import torch
 
-from benchmarks._limits import limit
+from benchmarks._limits import conv_contenders, limit_from_times, model_shapes
 from benchmarks._timing import interleaved_seconds, median_seconds
 from eoforge.compute import gpu
 from eoforge.config import BUNDLED_CATALOG, ChipSpec, InferSpec, LabelSpec, StacSpec, TrainSpec
@@ -440,8 +440,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         x = torch.from_numpy(batch)
         widths = [int(m[0].out_channels) for m in model.encoders]  # type: ignore[index,union-attr]
         widths.append(int(model.bottleneck[0].out_channels))  # type: ignore[index,union-attr]
-        limits = limit(
-            model, scene.shape[0], widths, args.window, args.batch, threads, args.repeats
+        conv_fns, conv_flops = conv_contenders(
+            model_shapes(widths, args.window), args.batch, threads
         )
         trained_graph = open_session(
             _trained_graph(model, batch, Path(tmp) / "trained.onnx"), threads, prefer_gpu=False
@@ -472,13 +472,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lambda: plain.run([OUTPUT_NAME], feed), args.repeats
             ),
         }
+        # the model and the conv shapes that set its limit, round-robin under the same load
         side_by_side = interleaved_seconds(
             {
                 "inference_form": lambda: predict_scene(tuned, scene, spec),
                 "trained_graph": lambda: predict_scene(trained_graph, scene, spec),
+                **conv_fns,
             },
             args.repeats,
         )
+        limits = limit_from_times(model, scene.shape[0], args.window, conv_flops, side_by_side)
+        side_by_side = {k: v for k, v in side_by_side.items() if k not in conv_fns}
         scene_s = side_by_side["inference_form"]["median"]
         with torch.inference_mode():
             torch_classes = model(torch.from_numpy(batch)).argmax(1).numpy()
