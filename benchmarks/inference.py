@@ -257,6 +257,8 @@ def _int8_section(
         "ratios": {
             "windows": times["windows_fp32"]["median"] / times["windows_int8"]["median"],
             "whole_scene": times["scene_fp32"]["median"] / times["scene_int8"]["median"],
+            "whole_scene_cpu_time": times["scene_fp32"]["cpu_median"]
+            / times["scene_int8"]["cpu_median"],
         },
         "accuracy": {
             "test_tile_items": _tile_items(ChipSpec().test_tiles),
@@ -472,11 +474,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lambda: plain.run([OUTPUT_NAME], feed), args.repeats
             ),
         }
+        one_scene_window = np.ascontiguousarray(
+            scene[None, :, : min(scene.shape[1], spec.window), : min(scene.shape[2], spec.window)],
+            dtype=np.float32,
+        )
         # the model and the conv shapes that set its limit, round-robin under the same load
         side_by_side = interleaved_seconds(
             {
                 "inference_form": lambda: predict_scene(tuned, scene, spec),
                 "trained_graph": lambda: predict_scene(trained_graph, scene, spec),
+                # the model alone on the scene's one window: what blending and I/O add
+                "model_only": _ort_iobinding(tuned, one_scene_window),
                 **conv_fns,
             },
             args.repeats,
