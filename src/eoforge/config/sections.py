@@ -372,7 +372,7 @@ TRAIN_PRESETS: dict[str, TrainSpec] = {
 class InferSpec(_Spec):
     """Whole-scene inference with ONNX Runtime."""
 
-    _late_fields = ("pipelined",)
+    _late_fields = ("pipelined", "precision")
 
     window: int = Field(512, gt=0, description="Sliding window edge in pixels (multiple of 8).")
     overlap: int = Field(64, ge=0, description="Overlap between windows in pixels.")

@@ -86,3 +86,8 @@ def test_precision_is_fp32_or_int8() -> None:
     assert InferSpec(precision="int8").precision == "int8"
     with pytest.raises(ValueError, match="fp32"):
         InferSpec(precision="fp16")  # type: ignore[arg-type]
+
+
+def test_precision_keeps_fp32_cache_keys_and_changes_int8_ones() -> None:
+    assert "precision" not in InferSpec()._fingerprint_data(), "fp32 keys stay as before"
+    assert InferSpec().fingerprint() != InferSpec(precision="int8").fingerprint()
