@@ -18,3 +18,36 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def interleaved_seconds(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+) -> dict[str, dict[str, float]]:
+    """Wall times of several contenders measured round-robin (side by side under the same load).
+
+    Returns:
+        name -> {"median", "min", "max"} wall seconds over ``repeats`` rounds, and
+        ``"cpu_median"``: the median CPU seconds of this process (all its threads) per call,
+        which other processes competing for the cores inflate far less than wall time.
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    cpu: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            c0 = time.process_time()
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {
+        name: {
+            "median": statistics.median(t),
+            "min": min(t),
+            "max": max(t),
+            "cpu_median": statistics.median(cpu[name]),
+        }
+        for name, t in times.items()
+    }

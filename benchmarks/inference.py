@@ -1,18 +1,29 @@
-"""Inference benchmark: ONNX Runtime vs torch eager on one model and one set of windows, and
-whole-scene throughput.
+"""Inference benchmark: the product's model at the product's windows against the machine's
+limit, ONNX Runtime vs torch eager, int8 vs fp32, and whole-scene throughput.
 
-    python -m benchmarks.inference --json OUT [--threads N] [--repeats 5] [--large-size 4096]
+    python -m benchmarks.inference --json OUT [--threads N] [--repeats 9] [--model-dir DIR]
 
 Measured side by side in one process run, on this machine:
 
-- the same UNet (random weights, ``eoforge.training.models.build_model``, exported with
-  ``eoforge.export.onnx.export_onnx``, which also checks ONNX/torch parity) on the same batch of windows
-  cut from a real 512 x 512 Sentinel-2 scene of the bundled sample: torch eager
-  (``torch.inference_mode``) vs ONNX Runtime with eoforge's tuned session (IO binding, the path
-  ``eoforge.inference.predict`` uses), plus ORT with default options, ``session.run`` instead of IO binding and
-  busy-waiting threads, all with the same thread count; medians of ``--repeats`` runs;
-- whole-scene inference (``eoforge.inference.predict.predict_scene``: windows, batching, blending) of the real
-  512 x 512 scene, in Mpx/s and Mpx/s per core (per intra-op thread);
+- the model the product trains (``eoforge.training.models.build_model`` with the default bands,
+  classes and width and the in-graph NDVI / NDWI inputs, seeded random weights and BatchNorm
+  statistics; or a trained ``--model-dir``), exported with ``eoforge.export.onnx.export_onnx``
+  (the inference form of ``eoforge.export.graph``, parity-checked), at the product's default
+  windows (``InferSpec()``: 512 px, 64 px overlap, batch 2);
+- ``limits``: the model's FLOPs per output pixel (torch's flop counter) and the best measured
+  GFLOP/s of its own 3x3 conv shapes (ORT NCHWc and torch channels-last), hence the
+  ``limits.mpx_per_s`` the machine allows; ``ratios.whole_scene_vs_limit`` is the whole-scene
+  rate over it (medians; ``_best`` from the fastest run);
+- whole-scene inference of the real 512 x 512 scene with the inference form vs the graph
+  exported as trained (``ratios.inference_form_vs_trained_graph``, interleaved, and the
+  class-map agreement of the two);
+- ``int8``: static QDQ quantization (``eoforge.export.quantize``) calibrated on chips of the
+  training tile vs fp32, interleaved (``ratios.int8_vs_fp32``), class-map agreement on every
+  date of the test tile, and with a trained ``--model-dir`` the mIoU drop against the Sen2Cor
+  labels (``accuracy.int8_miou_drop``);
+- torch eager (``torch.inference_mode``) vs ONNX Runtime with eoforge's tuned session (IO
+  binding, the path ``eoforge.inference.predict`` uses), plus ORT with default options,
+  ``session.run`` instead of IO binding and busy-waiting threads, same thread count;
 - a larger scene tiled from the sample (``--large-size`` square, never held in memory whole),
   streamed window-strip by window-strip into a COG (``eoforge.inference.predict.predict_to_cog``), with the
   peak of Python-visible memory (tracemalloc) against what the scene would need in one piece;
@@ -42,19 +53,32 @@ import onnxruntime as ort
 import rasterio
 import torch
 
-from benchmarks._timing import median_seconds
+from benchmarks._limits import conv_contenders, limit_from_times, model_shapes
+from benchmarks._timing import interleaved_seconds, median_seconds
 from eoforge.compute import gpu
-from eoforge.config import BUNDLED_CATALOG, InferSpec
-from eoforge.export.onnx import export_onnx
+from eoforge.config import BUNDLED_CATALOG, ChipSpec, InferSpec, LabelSpec, StacSpec, TrainSpec
+from eoforge.export.onnx import _export, export_onnx
+from eoforge.export.quantize import quantize_int8
 from eoforge.inference.predict import predict_raster, predict_scene, predict_to_cog
 from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME, open_session
-from eoforge.training.files import MODEL_CONFIG_NAME, MODEL_FORMAT, MODEL_WEIGHTS_NAME, load_model
-from eoforge.training.models import ARCHITECTURE, DEPTH, build_model
+from eoforge.labels.classes import scl_to_classes
+from eoforge.training.files import (
+    MODEL_CONFIG_NAME,
+    MODEL_FORMAT,
+    MODEL_WEIGHTS_NAME,
+    load_model,
+    read_model_config,
+)
+from eoforge.training.metrics import confusion_matrix, metrics_from_confusion
+from eoforge.training.models import ARCHITECTURE, DEPTH, build_model, index_pairs_for
 
 #: The real test scene: tile 33TWM (held out from training), 2023-08-15.
 SCENE_ITEM = "S2A_33TWM_20230815_0_L2A"
 BAND_FILES = ("B02", "B03", "B04", "B08")  # blue, green, red, nir
-CLASSES = 5
+#: The product's defaults: bands (``StacSpec``), classes (``LabelSpec``), training width.
+BANDS = StacSpec().bands
+CLASSES = len(LabelSpec().classes)
+BASE_CHANNELS = TrainSpec().base_channels
 TRANSFORM = (120.0, 0.0, 524100.0, 0.0, -120.0, 5075880.0)
 
 
@@ -92,9 +116,14 @@ class _NullWriter:
 
 
 def build_random_model(
-    folder: Path, scene: np.ndarray, base_channels: int, sample: np.ndarray
+    folder: Path,
+    scene: np.ndarray,
+    base_channels: int,
+    sample: np.ndarray,
+    spectral_indices: bool = True,
 ) -> tuple[torch.nn.Module, Path, float]:
-    """A UNet with seeded random weights saved as a model dir and exported to ONNX.
+    """A UNet as the product trains it (seeded random weights, the default bands, classes and
+    in-graph spectral indices) saved as a model dir and exported to ONNX.
 
     Returns:
         (torch model in eval mode, ONNX path, parity max |diff| from export_onnx).
@@ -105,8 +134,10 @@ def build_random_model(
     pixels = scene[:, valid].astype(np.float64)
     mean = pixels.mean(axis=1).tolist()
     std = np.maximum(pixels.std(axis=1), 1.0).tolist()
+    pairs = index_pairs_for(BANDS) if spectral_indices else []
     torch.manual_seed(0)
-    model = build_model(scene.shape[0], CLASSES, base_channels, mean, std).eval()
+    model = build_model(scene.shape[0], CLASSES, base_channels, mean, std, pairs).eval()
+    _randomise_batchnorm(model)
     folder.mkdir(parents=True, exist_ok=True)
     save_file(model.state_dict(), str(folder / MODEL_WEIGHTS_NAME))
     config = {
@@ -117,16 +148,130 @@ def build_random_model(
             "in_channels": scene.shape[0],
             "num_classes": CLASSES,
             "base_channels": base_channels,
+            "index_pairs": [list(p) for p in pairs],
         },
         "band_mean": mean,
         "band_std": std,
-        "bands": ["blue", "green", "red", "nir"],
-        "classes": [f"class{i}" for i in range(CLASSES)],
+        "bands": list(BANDS),
+        "classes": list(LabelSpec().classes),
         "weights": MODEL_WEIGHTS_NAME,
     }
     (folder / MODEL_CONFIG_NAME).write_text(json.dumps(config))
     result = export_onnx(folder, folder / "model.onnx", sample[:2])
     return load_model(folder), result.onnx_path, result.max_abs_diff
+
+
+def _randomise_batchnorm(model: torch.nn.Module) -> None:
+    """Non-trivial BatchNorm statistics, as after training (so folding them is exercised)."""
+    gen = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            assert module.running_mean is not None and module.running_var is not None
+            module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
+            module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            module.bias.data.copy_(torch.randn(n, generator=gen) * 0.1)
+
+
+def _trained_graph(model: torch.nn.Module, example: np.ndarray, path: Path) -> Path:
+    """The network exported as trained (decoder concatenations kept), for comparison."""
+    _export(model, torch.from_numpy(example[:1]), path, 17)
+    return path
+
+
+def _product_model(args: argparse.Namespace) -> bool:
+    """Whether the benchmarked network is the product's default one (width, index inputs)."""
+    if args.model_dir is None:
+        return bool(args.base_channels == BASE_CHANNELS and not args.no_indices)
+    arch = read_model_config(Path(args.model_dir))["architecture"]
+    return bool(arch["base_channels"] == BASE_CHANNELS and arch.get("index_pairs"))
+
+
+def _item_bands(item: str) -> tuple[np.ndarray, np.ndarray]:
+    """(bands (4, H, W) uint16, Sen2Cor classes grouped like the labels (H, W)) of an item."""
+    folder = BUNDLED_CATALOG / item
+    bands = []
+    for name in BAND_FILES:
+        with rasterio.open(folder / f"{name}.tif") as src:
+            bands.append(src.read(1))
+    with rasterio.open(folder / "SCL.tif") as src:
+        labels = scl_to_classes(src.read(1), LabelSpec())
+    return np.stack(bands), labels
+
+
+def _tile_items(tiles: tuple[str, ...]) -> list[str]:
+    return sorted(
+        p.name for p in BUNDLED_CATALOG.iterdir() if p.is_dir() and any(t in p.name for t in tiles)
+    )
+
+
+def _calibration_chips(size: int = 128) -> np.ndarray:
+    """Chips of the training tile's dates (``ChipSpec().train_tiles``): int8 calibration data."""
+    chips = []
+    for item in _tile_items(ChipSpec().train_tiles):
+        bands, _ = _item_bands(item)
+        for r in range(0, bands.shape[1] - size + 1, 2 * size):
+            for c in range(0, bands.shape[2] - size + 1, 2 * size):
+                chips.append(bands[:, r : r + size, c : c + size])
+    return np.stack(chips)
+
+
+def _int8_section(
+    onnx_path: Path, tmp: Path, batch: np.ndarray, spec: InferSpec, threads: int, args: Any
+) -> dict[str, Any]:
+    """int8 (static QDQ, calibrated on training-tile chips) vs fp32 ONNX Runtime, side by side;
+    class maps on every date of the test tile against each other and (trained model only)
+    against the Sen2Cor labels."""
+    calibration = _calibration_chips()
+    quant = quantize_int8(onnx_path, tmp / "model-int8.onnx", calibration)
+    fp32 = open_session(onnx_path, threads, prefer_gpu=False)
+    int8 = open_session(tmp / "model-int8.onnx", threads, prefer_gpu=False)
+    scene = read_scene()
+    times = interleaved_seconds(
+        {
+            "windows_fp32": _ort_iobinding(fp32, batch),
+            "windows_int8": _ort_iobinding(int8, batch),
+            "scene_fp32": lambda: predict_scene(fp32, scene, spec),
+            "scene_int8": lambda: predict_scene(int8, scene, spec),
+        },
+        args.repeats,
+    )
+    k = CLASSES
+    cms = {"fp32": np.zeros((k, k), np.int64), "int8": np.zeros((k, k), np.int64)}
+    agree, total = 0, 0
+    for item in _tile_items(ChipSpec().test_tiles):
+        bands, labels = _item_bands(item)
+        maps = {name: predict_scene(s, bands, spec) for name, s in (("fp32", fp32), ("int8", int8))}
+        valid = maps["fp32"] != 255
+        agree += int((maps["fp32"] == maps["int8"])[valid].sum())
+        total += int(valid.sum())
+        for name, m in maps.items():
+            cms[name] += confusion_matrix(labels, m, k)
+    names = list(LabelSpec().classes)
+    miou = {name: metrics_from_confusion(cm, names)["miou"] for name, cm in cms.items()}
+    trained = args.model_dir is not None
+    return {
+        "quantization": {**quant, "path": "model-int8.onnx"},
+        "seconds": times,
+        "ratios": {
+            "windows": times["windows_fp32"]["median"] / times["windows_int8"]["median"],
+            "whole_scene": times["scene_fp32"]["median"] / times["scene_int8"]["median"],
+            "whole_scene_cpu_time": times["scene_fp32"]["cpu_median"]
+            / times["scene_int8"]["cpu_median"],
+        },
+        "accuracy": {
+            "test_tile_items": _tile_items(ChipSpec().test_tiles),
+            "class_map_agreement_int8_vs_fp32": agree / max(total, 1),
+            "miou_fp32": miou["fp32"],
+            "miou_int8": miou["int8"],
+            "int8_miou_drop": (miou["fp32"] - miou["int8"]) if trained else None,
+            "note": None
+            if trained
+            else "random weights: mIoU against the labels means nothing; pass --model-dir "
+            "with a trained model for int8_miou_drop",
+        },
+    }
 
 
 def _windows(scene: np.ndarray, window: int, count: int) -> np.ndarray:
@@ -279,7 +424,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(threads)
     scene = read_scene(args.scene_size)
     batch = _windows(scene, args.window, args.batch)
-    spec = InferSpec(window=args.window, overlap=args.window // 4, batch_size=args.batch)
+    spec = InferSpec(window=args.window, overlap=args.overlap, batch_size=args.batch)
     machine = _machine(threads)
 
     with tempfile.TemporaryDirectory(prefix="eoforge-bench-") as tmp:
@@ -291,10 +436,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         else:
             model, onnx_path, parity = build_random_model(
-                Path(tmp) / "model", scene, args.base_channels, batch
+                Path(tmp) / "model", scene, args.base_channels, batch, not args.no_indices
             )
         model.eval()
         x = torch.from_numpy(batch)
+        widths = [int(m[0].out_channels) for m in model.encoders]  # type: ignore[index,union-attr]
+        widths.append(int(model.bottleneck[0].out_channels))  # type: ignore[index,union-attr]
+        conv_fns, conv_flops = conv_contenders(
+            model_shapes(widths, args.window), args.batch, threads
+        )
+        trained_graph = open_session(
+            _trained_graph(model, batch, Path(tmp) / "trained.onnx"), threads, prefer_gpu=False
+        )
 
         def torch_eager() -> None:
             with torch.inference_mode():
@@ -321,7 +474,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lambda: plain.run([OUTPUT_NAME], feed), args.repeats
             ),
         }
-        scene_s = median_seconds(lambda: predict_scene(tuned, scene, spec), args.repeats)
+        one_scene_window = np.ascontiguousarray(
+            scene[None, :, : min(scene.shape[1], spec.window), : min(scene.shape[2], spec.window)],
+            dtype=np.float32,
+        )
+        # the model and the conv shapes that set its limit, round-robin under the same load
+        side_by_side = interleaved_seconds(
+            {
+                "inference_form": lambda: predict_scene(tuned, scene, spec),
+                "trained_graph": lambda: predict_scene(trained_graph, scene, spec),
+                # the model alone on the scene's one window: what blending and I/O add
+                "model_only": _ort_iobinding(tuned, one_scene_window),
+                **conv_fns,
+            },
+            args.repeats,
+        )
+        limits = limit_from_times(model, scene.shape[0], args.window, conv_flops, side_by_side)
+        side_by_side = {k: v for k, v in side_by_side.items() if k not in conv_fns}
+        scene_s = side_by_side["inference_form"]["median"]
+        with torch.inference_mode():
+            torch_classes = model(torch.from_numpy(batch)).argmax(1).numpy()
+        ort_classes = tuned.run([OUTPUT_NAME], feed)[0].argmax(1)
+        class_agreement = float((torch_classes == ort_classes).mean())
+        scene_agreement = float(
+            (predict_scene(tuned, scene, spec) == predict_scene(trained_graph, scene, spec)).mean()
+        )
         # the model in a worker thread, overlapped with blending (the GPU default), on the CPU
         pipelined = spec.model_copy(update={"pipelined": True})
         pipelined_s = median_seconds(lambda: predict_scene(tuned, scene, pipelined), args.repeats)
@@ -346,14 +523,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         whole_bytes = args.large_size**2 * (scene.shape[0] + CLASSES) * 4
+        int8 = _int8_section(onnx_path, Path(tmp), batch, spec, threads, args)
         gpu_section = _gpu_section(model, onnx_path, batch, scene, large, spec, args.repeats)
 
     with contextlib.suppress(OSError):
         machine["load_average_at_end"] = list(os.getloadavg())
     px = batch.shape[0] * batch.shape[2] * batch.shape[3] / 1e6
+    scene_mpx_per_s = scene_mpx / scene_s
     result = {
         "benchmark": "inference",
+        "limits": limits,
+        "int8": int8,
+        "accuracy": {"int8_miou_drop": int8["accuracy"]["int8_miou_drop"]},
+        "whole_scene_s": side_by_side,
         "ratios": {
+            "whole_scene_vs_limit": scene_mpx_per_s / limits["mpx_per_s"],
+            "whole_scene_vs_limit_best": scene_mpx
+            / side_by_side["inference_form"]["min"]
+            / limits["mpx_per_s_best"],
+            # per CPU second (process CPU time): robust when other work shares the cores
+            "whole_scene_vs_limit_cpu_time": scene_mpx
+            / side_by_side["inference_form"]["cpu_median"]
+            / limits["mpx_per_cpu_s"],
+            "inference_form_vs_trained_graph": side_by_side["trained_graph"]["median"] / scene_s,
+            "inference_form_vs_trained_graph_cpu_time": side_by_side["trained_graph"]["cpu_median"]
+            / side_by_side["inference_form"]["cpu_median"],
+            "model_only_vs_whole_scene": scene_s / side_by_side["model_only"]["median"],
+            "int8_vs_fp32_cpu_time": int8["ratios"]["whole_scene_cpu_time"],
+            "int8_vs_fp32": int8["ratios"]["whole_scene"],
+            "int8_vs_fp32_windows": int8["ratios"]["windows"],
             "ort_vs_torch": timings["torch_eager"] / timings["ort_tuned_iobinding"],
             "ort_tuned_vs_default_options": timings["ort_default_options"]
             / timings["ort_tuned_iobinding"],
@@ -383,11 +581,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "streamed_peak_traced_mb": peak / 1e6,
             "max_buffered_rows": stats.max_buffered_rows,
         },
-        "parity": {"export_max_abs_diff": parity, "ort_vs_torch_max_abs_diff": max_diff},
+        "parity": {
+            "export_max_abs_diff": parity,
+            "ort_vs_torch_max_abs_diff": max_diff,
+            "ort_vs_torch_class_agreement": class_agreement,
+            "scene_class_map_agreement_vs_trained_graph": scene_agreement,
+        },
         "config": {
             "model": str(args.model_dir)
             if args.model_dir
-            else f"unet base {args.base_channels}, random weights",
+            else f"unet base {args.base_channels}, random weights, bands {list(BANDS)}, "
+            f"{CLASSES} classes, spectral indices {'off' if args.no_indices else 'on'}",
+            "product_defaults": {
+                "infer_spec": InferSpec().model_dump(),
+                "base_channels": BASE_CHANNELS,
+                "spectral_indices": TrainSpec().spectral_indices,
+                "bands": list(BANDS),
+                "classes": CLASSES,
+            },
+            "uses_product_defaults": bool(
+                spec.window == InferSpec().window
+                and spec.overlap == InferSpec().overlap
+                and spec.batch_size == InferSpec().batch_size
+                and _product_model(args)
+            ),
             "windows": list(batch.shape),
             "scene": [SCENE_ITEM, *scene.shape],
             "infer_spec": spec.model_dump(),
@@ -412,6 +629,12 @@ def _print(result: dict[str, Any]) -> None:
     ]
     cfg = result["config"]
     print(f"windows {cfg['windows']}, {cfg['threads']} thread(s), median of {cfg['repeats']}")
+    lim = result["limits"]
+    print(
+        f"  limit: {lim['flop_per_output_px'] / 1e3:.1f} kFLOP/px at "
+        f"{lim['achievable_conv_gflop_per_s']:.0f} GFLOP/s -> {lim['mpx_per_s']:.2f} Mpx/s; "
+        f"whole scene {result['mpx_per_s']['real_scene']:.2f} Mpx/s"
+    )
     for name, seconds in rows:
         print(f"  {name:34s} {seconds * 1000:9.1f} ms")
     for name, value in result["ratios"].items():
@@ -440,9 +663,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--threads", type=int, default=None, help="threads (default: usable CPUs)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--window", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=4, help="windows per batch")
-    parser.add_argument("--base-channels", type=int, default=16)
+    defaults = InferSpec()
+    parser.add_argument("--window", type=int, default=defaults.window)
+    parser.add_argument("--overlap", type=int, default=defaults.overlap)
+    parser.add_argument("--batch", type=int, default=defaults.batch_size, help="windows per batch")
+    parser.add_argument("--base-channels", type=int, default=BASE_CHANNELS)
+    parser.add_argument(
+        "--no-indices", action="store_true", help="a model without the spectral-index inputs"
+    )
     parser.add_argument("--scene-size", type=int, default=None, help="crop the real scene")
     parser.add_argument("--large-size", type=int, default=3072, help="tiled scene edge (px)")
     parser.add_argument("--model-dir", type=Path, default=None, help="a trained model directory")

@@ -97,10 +97,16 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         "S2B_33TWM_20230813_0_L2A",
         "S2B_33TWM_20230820_0_L2A",
     ]
+    reference = json.loads((out / "model" / "drift-reference.json").read_text())
+    assert reference["scenes"] >= 2 and reference["bands"] == ["blue", "green", "red", "nir"]
     for tif in tifs:
         item = json.loads(tif.with_suffix(".json").read_text())
         derived = [lk for lk in item["links"] if lk["rel"] == "derived_from"]
         assert derived and tif.stem in derived[0]["href"]
+        drift = item["properties"]["eoforge:drift"]  # the scene's profile and its drift scores
+        assert set(drift["scores"]["band_shift"]) == set(reference["bands"])
+        assert isinstance(drift["scores"]["drifted"], bool)
+        assert abs(sum(drift["profile"]["class_fractions"]) - 1) < 1e-6
         with rasterio.open(tif) as src:
             assert src.crs.to_epsg() == 32633 and src.shape == (512, 512)
     prov = json.loads((out / "provenance.json").read_text())

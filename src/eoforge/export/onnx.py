@@ -2,6 +2,8 @@
 
 The graph takes raw DN float32 ``image`` (N, bands, H, W) with dynamic N, H, W (H, W
 multiples of 8) and returns ``logits`` (N, classes, H, W); normalisation is inside (ADR 0001).
+The graph written is the network's inference form (:mod:`eoforge.export.graph`: decoder
+concatenations split into summed convolutions, BatchNorm folded), the same function.
 The file is checked with ``onnx.checker`` and run with ONNX Runtime against torch on sample
 chips before it is renamed into place, so a file at ``out_path`` has passed both checks.
 """
@@ -20,6 +22,7 @@ import torch
 from numpy.typing import NDArray
 
 from eoforge.errors import ContractViolation, InputError
+from eoforge.export.graph import inference_form
 from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME
 from eoforge.io.atomic import sha256_file, staged_file
 from eoforge.training.files import load_model, read_model_config
@@ -79,7 +82,9 @@ def export_onnx(
     sample_f = _check_sample(sample, int(config["architecture"]["in_channels"]))
     out_path = Path(out_path)
     with staged_file(out_path) as tmp:
-        exporter = _export(model, torch.from_numpy(sample_f[:1]), tmp, opset)
+        # the exported graph is the inference form (exact rewrites, see eoforge.export.graph);
+        # parity below is checked against the trained network itself
+        exporter = _export(inference_form(model), torch.from_numpy(sample_f[:1]), tmp, opset)
         try:
             onnx.checker.check_model(str(tmp), full_check=True)
         except onnx.checker.ValidationError as exc:

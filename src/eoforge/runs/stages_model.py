@@ -28,6 +28,8 @@ def stage_train(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str
     from eoforge.chips.cut import read_split
     from eoforge.export.mlm import MODEL_ITEM_NAME, model_item
     from eoforge.export.onnx import export_onnx
+    from eoforge.export.quantize import with_int8_asset
+    from eoforge.inference.drift import REFERENCE_NAME
     from eoforge.io.atomic import staged_dir, write_json_atomic
     from eoforge.runs.integrity import reusable_model
     from eoforge.training.train import train_model
@@ -41,16 +43,19 @@ def stage_train(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str
             sample = x[np.sort(rng.choice(len(x), size=min(8, len(x)), replace=False))]
             exp = export_onnx(staging, staging / "model.onnx", sample)
             write_json_atomic(
-                staging / MODEL_ITEM_NAME,
-                model_item(
-                    staging / "model.onnx",
-                    staging / "model.json",
-                    list(spec.stac.bands),
-                    list(spec.labels.classes),
-                    weights_path=staging / "model.safetensors",
-                    batch_size_suggestion=spec.infer.batch_size,
-                ),
+                staging / REFERENCE_NAME,
+                _drift_reference(spec, Path(chips_uri), staging / "model.onnx"),
             )
+            int8 = _quantize(spec, Path(chips_uri), staging)
+            item = model_item(
+                staging / "model.onnx",
+                staging / "model.json",
+                list(spec.stac.bands),
+                list(spec.labels.classes),
+                weights_path=staging / "model.safetensors",
+                batch_size_suggestion=spec.infer.batch_size,
+            )
+            write_json_atomic(staging / MODEL_ITEM_NAME, with_int8_asset(item, int8))
             write_json_atomic(
                 staging / "training.json",
                 {
@@ -76,6 +81,34 @@ def stage_train(spec: RunSpec, chips_uri: str, store: str, key: str) -> dict[str
         reused = True
     summary = json.loads((model_dir / "training.json").read_text())
     return {"model_dir": str(model_dir), "reused": reused, **summary}
+
+
+def _quantize(spec: RunSpec, chips: Path, model_dir: Path) -> dict[str, Any]:
+    """The int8 model next to model.onnx, calibrated on a seeded sample of training chips."""
+    from eoforge.chips.cut import read_split
+    from eoforge.export.quantize import INT8_MODEL_NAME, quantize_int8
+
+    x, _ = read_split(chips, "train")
+    rng = np.random.default_rng(spec.train.seed)
+    sample = x[np.sort(rng.choice(len(x), size=min(32, len(x)), replace=False))]
+    return quantize_int8(model_dir / "model.onnx", model_dir / INT8_MODEL_NAME, sample)
+
+
+def _drift_reference(spec: RunSpec, chips: Path, onnx_path: Path) -> dict[str, Any]:
+    """The model's drift reference: its training chips, grouped by scene, and its predictions."""
+    from eoforge.chips.cut import read_split
+    from eoforge.chips.index import read_chip_index
+    from eoforge.inference.drift import reference_from_chips
+    from eoforge.inference.session import open_session
+
+    x, _ = read_split(chips, "train")
+    index = read_chip_index(chips)
+    train = index[index["split"] == "train"].sort_values("index")
+    scene_ids = [str(v) for v in train["item_id"]] if len(train) == len(x) else ["all"] * len(x)
+    session = open_session(onnx_path, spec.infer.threads, prefer_gpu=False)
+    return reference_from_chips(
+        session, x, scene_ids, spec.stac.bands, spec.labels.classes, seed=spec.train.seed
+    )
 
 
 def _test_scenes(
@@ -205,6 +238,8 @@ def stage_infer(
     from eoforge.contracts import tables
     from eoforge.contracts.validation import enforce
     from eoforge.export.mlm import MODEL_ITEM_NAME, check_model_matches, model_item
+    from eoforge.export.quantize import INT8_MODEL_NAME
+    from eoforge.inference.drift import drift_scores, item_summary, load_reference, profile_scene
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.scene_io import ChunkRowReader
@@ -238,7 +273,13 @@ def stage_infer(
         if copy_model:
             write_json_atomic(item_path, model_desc)
     check_model_matches(model_desc, spec.stac.bands)
-    session = open_session(run_model / "model.onnx", spec.infer.threads)
+    onnx_name = "model.onnx" if spec.infer.precision == "fp32" else INT8_MODEL_NAME
+    if not (run_model / onnx_name).is_file():
+        raise InputError(
+            f"infer.precision is {spec.infer.precision} but model '{run_model}' has no "
+            f"{onnx_name}; retrain/re-export the model with this eoforge, or use precision fp32."
+        )
+    session = open_session(run_model / onnx_name, spec.infer.threads)
     items = {it["id"]: it for it in _load_items(Path(items_uri))}
     written: dict[str, dict[str, str]] = {}
     t0 = time.perf_counter()
@@ -250,6 +291,9 @@ def stage_infer(
             f"items {sorted(set(item_ids) - found)} are not in cube '{cube_uri}'; ingest them first."
         )
     trained = trained_units(run_model)
+    reference = load_reference(run_model)
+    drift_report: dict[str, dict[str, Any]] = {}
+    drift_s = 0.0  # profiling for drift, kept out of the inference rate
     for tile, t, ds in scenes:
         item_id = str(ds["item_id"].values[t])
         if item_id not in items:
@@ -265,6 +309,13 @@ def stage_infer(
         tif = run / "predictions" / f"{item_id}.tif"
         crs, transform = ds.attrs["crs"], tuple(ds.attrs["transform"])
         predict_to_cog(session, reader, spec.infer, tif, crs, transform)
+        drift = None
+        if reference is not None:  # a second pass over the rows, strip by strip
+            t_drift = time.perf_counter()
+            profile = profile_scene(reader, tif, spec.stac.bands, spec.labels.classes)
+            drift = item_summary(profile, drift_scores(profile, reference))
+            drift_report[item_id] = drift["scores"]
+            drift_s += time.perf_counter() - t_drift
         item = prediction_item(
             tif,
             items[item_id],
@@ -276,14 +327,19 @@ def stage_infer(
             source_href=self_href(items[item_id]),
             model_name=model_desc["properties"].get("mlm:name"),
         )
+        item["properties"]["eoforge:precision"] = spec.infer.precision
+        if drift is not None:
+            item["properties"]["eoforge:drift"] = drift
         write_json_atomic(tif.with_suffix(".json"), item)
         written[item_id] = {"cog": str(tif), "item": str(tif.with_suffix(".json"))}
-    seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0 - drift_s
     del session  # its memory arena (the largest share of inference memory) goes now
     tifs = [Path(v["cog"]) for v in written.values()]
     result = enforce("predictions", tables.predictions_table(tifs, len(spec.labels.classes)))
     return {
         "predictions": written,
+        "drift": drift_report,
+        "drift_seconds": drift_s,
         "model_dir": model_dir,
         "seconds": seconds,
         "mpx_per_s": pixels / 1e6 / max(seconds, 1e-9),

@@ -11,6 +11,7 @@ from prefect.runtime import deployment, flow_run
 
 from eoforge.config import RunSpec, default_store
 from eoforge.io.atomic import sha256_file
+from eoforge.orchestration.tasks.drift import publish_drift
 from eoforge.orchestration.tasks.stages import infer_task, ingest_task, run_cached, search_task
 from eoforge.runs.provenance import git_revision, package_versions, write_provenance
 from eoforge.runs.stages_data import stac_endpoint
@@ -49,6 +50,7 @@ def infer_flow(
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    drifted = publish_drift(r.get("drift", {}), model)
     provenance = {
         "flow_run_id": run_id,
         "deployment_id": deployment.id,
@@ -67,4 +69,9 @@ def infer_flow(
         "git": git_revision(),
     }
     write_provenance(Path(out).resolve() / "provenance" / f"{run_id}.json", provenance)
-    return {"item_ids": ids, "predictions": r["predictions"], "trigger_event": trigger_event}
+    return {
+        "item_ids": ids,
+        "predictions": r["predictions"],
+        "trigger_event": trigger_event,
+        "drifted": drifted,
+    }

@@ -1,0 +1,134 @@
+"""The physical limit of convolutional inference on this machine, from FLOPs.
+
+``limit Mpx/s = achievable conv GFLOP/s / FLOP per output pixel``: the model's FLOPs are
+counted by torch (``torch.utils.flop_counter``) and the achievable rate is measured here, on
+the model's own convolution shapes (3x3, C -> C, at the resolution of each UNet level), with
+both ONNX Runtime (a chain of four Conv+ReLU, which it runs in its blocked NCHWc layout) and
+torch (channels-last conv2d), timed round-robin with the model's own whole-scene runs so both
+see the same load; the best median of any shape and runtime is the achievable rate.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from eoforge.inference.session import session_options
+
+#: Convs chained in one ONNX graph when measuring a shape (amortises the layout reorders).
+CHAIN = 4
+
+
+def flop_per_pixel(model: torch.nn.Module, channels: int, window: int) -> dict[str, float]:
+    """FLOPs (2 per multiply-add) of one forward pass per output pixel, total and by op."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, channels, window, window)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    by_op = {str(op): float(n) / window**2 for op, n in counter.get_flop_counts()["Global"].items()}
+    return {"total": float(counter.get_total_flops()) / window**2, "by_op": by_op}  # type: ignore[dict-item]
+
+
+def _conv_chain(channels: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+    prev = "x"
+    for k in range(CHAIN):
+        w = (rng.standard_normal((channels, channels, 3, 3)) * (2 / (9 * channels)) ** 0.5).astype(
+            np.float32
+        )
+        inits.append(numpy_helper.from_array(w, f"w{k}"))
+        inits.append(numpy_helper.from_array(np.zeros(channels, np.float32), f"b{k}"))
+        nodes.append(helper.make_node("Conv", [prev, f"w{k}", f"b{k}"], [f"c{k}"], pads=[1] * 4))
+        out = "y" if k == CHAIN - 1 else f"r{k}"
+        nodes.append(helper.make_node("Relu", [f"c{k}"], [out]))
+        prev = out
+    dims = ["n", channels, "h", "w"]
+    graph = helper.make_graph(
+        nodes,
+        "conv_chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, dims)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return bytes(model.SerializeToString())
+
+
+def conv_contenders(
+    shapes: list[tuple[int, int]], batch: int, threads: int
+) -> tuple[dict[str, Callable[[], Any]], dict[str, float]]:
+    """Callables running the model's 3x3 conv shapes (ORT NCHWc chain and torch channels-last),
+    to be timed round-robin with the model itself, and the FLOPs of one call of each."""
+    fns: dict[str, Callable[[], Any]] = {}
+    flops: dict[str, float] = {}
+    for channels, edge in shapes:
+        one = 2.0 * channels * channels * 9 * edge * edge * batch
+        x = np.random.default_rng(1).standard_normal((batch, channels, edge, edge))
+        x32 = x.astype(np.float32)
+        session = ort.InferenceSession(
+            _conv_chain(channels), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        name = f"conv{channels}x{edge}"
+        fns[f"{name}_ort_nchwc"] = functools.partial(session.run, None, {"x": x32})
+        flops[f"{name}_ort_nchwc"] = CHAIN * one
+        xt = torch.from_numpy(x32).contiguous(memory_format=torch.channels_last)
+        wt = torch.randn(channels, channels, 3, 3).contiguous(memory_format=torch.channels_last)
+        fns[f"{name}_torch_channels_last"] = functools.partial(_torch_conv, xt, wt)
+        flops[f"{name}_torch_channels_last"] = one
+    return fns, flops
+
+
+def _torch_conv(x: torch.Tensor, w: torch.Tensor) -> None:
+    with torch.inference_mode():
+        torch.nn.functional.conv2d(x, w, padding=1)
+
+
+def model_shapes(widths: list[int], window: int) -> list[tuple[int, int]]:
+    """(channels, edge) of the UNet's 3x3 convs at each level for one window."""
+    return [(w, window >> level) for level, w in enumerate(widths)]
+
+
+def limit_from_times(
+    model: torch.nn.Module,
+    channels: int,
+    window: int,
+    flops: dict[str, float],
+    times: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """``limits`` section from round-robin times of :func:`conv_contenders`."""
+    per_px = flop_per_pixel(model, channels, window)
+    rates = {
+        name: {
+            "gflop_per_s": flops[name] / times[name]["median"] / 1e9,
+            "gflop_per_s_best": flops[name] / times[name]["min"] / 1e9,
+            "gflop_per_cpu_s": flops[name] / times[name]["cpu_median"] / 1e9,
+        }
+        for name in flops
+    }
+    best_cpu = max(r["gflop_per_cpu_s"] for r in rates.values())
+    best = max(r["gflop_per_s"] for r in rates.values())
+    best_of_best = max(r["gflop_per_s_best"] for r in rates.values())
+    return {
+        "flop_per_output_px": per_px["total"],
+        "flop_per_output_px_by_op": per_px["by_op"],
+        "conv_rates": rates,
+        "achievable_conv_gflop_per_s": best,
+        "mpx_per_s": best * 1e9 / per_px["total"] / 1e6,
+        "mpx_per_s_best": best_of_best * 1e9 / per_px["total"] / 1e6,
+        "achievable_conv_gflop_per_cpu_s": best_cpu,
+        "mpx_per_cpu_s": best_cpu * 1e9 / per_px["total"] / 1e6,
+        "definition": "best median GFLOP/s of the model's 3x3 conv shapes (ORT NCHWc chain of "
+        f"{CHAIN} or torch channels-last), timed round-robin with the whole-scene runs / the "
+        "model's FLOP per output pixel (torch flop counter)",
+    }
+
+
+__all__ = ["conv_contenders", "flop_per_pixel", "limit_from_times", "model_shapes"]

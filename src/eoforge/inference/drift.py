@@ -1,0 +1,400 @@
+"""Drift monitoring: a reference profile of the model's training inputs and predictions, a profile
+of every predicted scene, and scores of one against the other.
+
+A profile holds, per input band, a histogram of the raw DN of the clear pixels (valid and
+predicted as a surface class, away from predicted cloud and shadow) on a fixed fine grid
+(:data:`FINE_STEP` DN wide bins up to :data:`FINE_MAX`, above it in the last bin) and quantiles
+read from it, the valid fraction of the pixels, and the fractions of the predicted classes. It
+is accumulated strip by strip (:class:`ProfileAccumulator`; :func:`profile_scene` reads a
+predicted scene's rows and its class COG again, a strip at a time), so memory is one strip and
+one histogram whatever the scene's size. The model's reference (:func:`reference_from_chips`,
+written next to ``model.onnx`` as :data:`REFERENCE_NAME` by the training stage) is the same
+profile of its training chips and its own predictions on them, plus the spread between the
+training scenes (dates).
+
+Scores of a scene against the reference (:func:`drift_scores`):
+
+- ``band_shift``: how far the scene's clear-pixel quartiles (p25, p50, p75) of each band moved
+  from the reference's, in units of the largest such move of any single training scene from the
+  pooled reference (the natural spread between dates; at least :data:`MIN_SPREAD_DN`);
+- ``obscured_fraction``: the share of the scene predicted cloud or shadow;
+- reported, not deciding: ``band_psi`` (population stability index over ten equal-frequency
+  bins of the reference), ``band_wasserstein_iqr`` (scipy's 1-Wasserstein distance over the
+  reference's interquartile range), ``class_psi`` of the surface classes' fractions and
+  ``valid_fraction_delta``. On the bundled sample PSI and Wasserstein flag real dates of the
+  training tile as drifted (atmosphere varies that much from day to day), so they do not decide.
+
+A scene drifted when any band's shift exceeds :data:`SHIFT_THRESHOLD` or more than
+:data:`OBSCURED_MAX` of it is cloud or shadow (``benchmarks/drift.py`` measures the detection
+rates on the bundled sample and shifted variants of it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from eoforge.errors import InputError
+from eoforge.inference.scene_io import SceneReader
+
+__all__ = [
+    "FINE_MAX",
+    "FINE_STEP",
+    "OBSCURED_MAX",
+    "REFERENCE_NAME",
+    "SHIFT_THRESHOLD",
+    "ProfileAccumulator",
+    "drift_scores",
+    "item_summary",
+    "load_reference",
+    "merge",
+    "profile_scene",
+    "reference_from_chips",
+    "reference_profile",
+]
+
+#: File of the reference profile in a model directory.
+REFERENCE_NAME = "drift-reference.json"
+#: Width of the fine histogram bins, in DN.
+FINE_STEP = 64
+#: Upper edge of the fine histogram (values at or above it count in the last bin).
+FINE_MAX = 20480
+FINE_BINS = FINE_MAX // FINE_STEP
+#: Equal-frequency bins of the reference used for the PSI.
+PSI_BINS = 10
+#: PSI of a large shift by the usual rule of thumb (reported beside the scores, not deciding).
+PSI_THRESHOLD = 0.25
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+#: Quantiles whose shift decides drift (robust to the tails that cloud edges fill).
+SHIFT_QUANTILES = ("p25", "p50", "p75")
+#: A band drifted when a quantile moved more than this many times the largest shift of any
+#: training scene from the pooled reference (at least :data:`MIN_SPREAD_DN`).
+SHIFT_THRESHOLD = 2.0
+MIN_SPREAD_DN = 128.0
+_EPS = 1e-4
+FORMAT = "eoforge-drift-profile/1"
+
+
+#: Predicted classes that hide the surface: their pixels are left out of the band histograms.
+OBSCURING = ("cloud", "shadow")
+#: Pixels this close (in pixels, 8-connected) to predicted cloud or shadow are not clear surface.
+CLOUD_BUFFER_PX = 3
+#: Share of the classified pixels predicted cloud or shadow above which a scene drifted.
+OBSCURED_MAX = 0.8
+
+
+class ProfileAccumulator:
+    """Band histograms of the clear pixels and class counts of a scene (or of chips).
+
+    Only pixels that are valid (no band equals ``nodata``) and predicted as a surface class
+    (not one of :data:`OBSCURING`) enter the band histograms: weather changes how much of a
+    scene is cloud from day to day, which the class fractions record, while the surface under
+    it is what a model was trained on.
+    """
+
+    def __init__(self, bands: Sequence[str], classes: Sequence[str], nodata: float = 0) -> None:
+        self.bands = list(bands)
+        self.classes = list(classes)
+        self.nodata = nodata
+        self.surface = np.array([c not in OBSCURING for c in self.classes] + [False] * 256)[:256]
+        self.hist = np.zeros((len(self.bands), FINE_BINS), np.int64)
+        self.class_counts = np.zeros(len(self.classes), np.int64)
+        self.pixels = 0
+        self.valid = 0
+
+    def add(self, bands: npt.NDArray[Any], classes: npt.NDArray[Any]) -> None:
+        """Add raw DN ``(C, ...)`` and the predicted classes ``(...)`` of the same pixels
+        (class values outside the schema, e.g. nodata 255, count as unclassified)."""
+        arr = np.asarray(bands)
+        cls = np.asarray(classes)
+        if arr.shape[0] != len(self.bands) or arr.shape[1:] != cls.shape:
+            raise InputError(
+                f"drift profile: bands {arr.shape} and classes {cls.shape} must be (C, ...) and "
+                f"(...) with C = {len(self.bands)} ({self.bands})."
+            )
+        flat = arr.reshape(arr.shape[0], -1)
+        cls = cls.reshape(-1).astype(np.int64)
+        valid = (flat != self.nodata).all(axis=0)
+        self.pixels += flat.shape[1]
+        self.valid += int(valid.sum())
+        counts = np.bincount(cls[valid], minlength=256)
+        self.class_counts += counts[: len(self.classes)]
+        clear = valid & self.surface[np.clip(cls, 0, 255)]
+        if np.asarray(classes).ndim == 2 and CLOUD_BUFFER_PX:
+            # cloud and shadow edges and the thin haze around them are not clear surface
+            from scipy.ndimage import binary_dilation
+
+            obscured = ~self.surface[np.clip(cls, 0, 255)].reshape(np.asarray(classes).shape)
+            near = binary_dilation(obscured, np.ones((3, 3), bool), iterations=CLOUD_BUFFER_PX)
+            clear &= ~near.reshape(-1)
+        for b in range(flat.shape[0]):
+            values = flat[b, clear].astype(np.float64)
+            idx = np.clip(values // FINE_STEP, 0, FINE_BINS - 1).astype(np.int64)
+            self.hist[b] += np.bincount(idx, minlength=FINE_BINS)
+
+    def profile(self) -> dict[str, Any]:
+        """The profile as a JSON-able dict."""
+        totals = np.maximum(self.hist.sum(axis=1, keepdims=True), 1)
+        classified = max(int(self.class_counts.sum()), 1)
+        obscured = sum(
+            int(n) for c, n in zip(self.classes, self.class_counts, strict=True) if c in OBSCURING
+        )
+        return {
+            "format": FORMAT,
+            "bands": self.bands,
+            "classes": self.classes,
+            "fine_step": FINE_STEP,
+            "fine_max": FINE_MAX,
+            "histograms": self.hist.tolist(),
+            "quantiles": {
+                name: _quantiles(self.hist[b] / totals[b]) for b, name in enumerate(self.bands)
+            },
+            "pixels": self.pixels,
+            "valid_fraction": self.valid / max(self.pixels, 1),
+            "class_fractions": (self.class_counts / classified).tolist(),
+            "obscured_fraction": obscured / classified,
+        }
+
+
+def merge(accumulators: Sequence[ProfileAccumulator]) -> ProfileAccumulator:
+    """One accumulator holding the pixels of all of them (same bands and classes)."""
+    if not accumulators:
+        raise InputError("drift reference: no scenes to build it from; pass training scenes.")
+    first = accumulators[0]
+    out = ProfileAccumulator(first.bands, first.classes, first.nodata)
+    for acc in accumulators:
+        if acc.bands != out.bands or acc.classes != out.classes:
+            raise InputError("drift reference: scenes with different bands or classes.")
+        out.hist += acc.hist
+        out.class_counts += acc.class_counts
+        out.pixels += acc.pixels
+        out.valid += acc.valid
+    return out
+
+
+def reference_profile(scenes: Sequence[ProfileAccumulator]) -> dict[str, Any]:
+    """The model's reference: the pooled profile of its training scenes, plus how far each
+    scene's band quantiles lie from the pooled ones (the natural spread between dates that a
+    new scene is measured in, see :func:`drift_scores`)."""
+    pooled = merge(scenes).profile()
+    center = _band_quantiles(pooled)
+    offsets = [np.abs(_band_quantiles(acc.profile()) - center) for acc in scenes if acc.hist.any()]
+    spread = np.max(offsets, axis=0) if offsets else np.zeros_like(center)
+    pooled["spread"] = {
+        name: dict(zip(SHIFT_QUANTILES, map(float, spread[b]), strict=True))
+        for b, name in enumerate(pooled["bands"])
+    }
+    pooled["scenes"] = len(scenes)
+    return pooled
+
+
+def _band_quantiles(profile: dict[str, Any]) -> npt.NDArray[np.float64]:
+    return np.array(
+        [[profile["quantiles"][b][q] for q in SHIFT_QUANTILES] for b in profile["bands"]]
+    )
+
+
+def profile_scene(
+    reader: SceneReader,
+    tif: Path,
+    bands: Sequence[str],
+    classes: Sequence[str],
+    nodata: float = 0,
+    strip: int = 512,
+) -> dict[str, Any]:
+    """Profile a predicted scene: its input rows and its class COG, strip by strip."""
+    import rasterio
+    from rasterio.windows import Window
+
+    acc = ProfileAccumulator(bands, classes, nodata)
+    _, height, width = reader.shape
+    with rasterio.open(tif) as src:
+        if (src.height, src.width) != (height, width):
+            raise InputError(
+                f"prediction '{tif}' is {src.height} x {src.width} px but its scene is "
+                f"{height} x {width}; predict the scene again."
+            )
+        for top in range(0, height, strip):
+            bottom = min(top + strip, height)
+            rows = reader.read_rows(top, bottom)
+            acc.add(rows, src.read(1, window=Window(0, top, width, bottom - top)))
+    return acc.profile()
+
+
+def _quantiles(p: npt.NDArray[np.float64]) -> dict[str, float]:
+    cdf = np.cumsum(p)
+    edges = np.arange(1, FINE_BINS + 1) * FINE_STEP
+    out = {}
+    for q in QUANTILES:
+        k = int(np.searchsorted(cdf, q))
+        k = min(k, FINE_BINS - 1)
+        below = cdf[k - 1] if k else 0.0
+        inside = max(cdf[k] - below, 1e-12)
+        out[f"p{round(q * 100):02d}"] = float(edges[k] - FINE_STEP * (1 - (q - below) / inside))
+    return out
+
+
+def _psi(p: npt.NDArray[np.float64], q: npt.NDArray[np.float64]) -> float:
+    p = np.maximum(p, _EPS)
+    q = np.maximum(q, _EPS)
+    return float(np.sum((p - q) * np.log(p / q)))
+
+
+def _psi_edges(ref_hist: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
+    """Fine-bin indices splitting the reference into ~equal-frequency bins."""
+    cdf = np.cumsum(ref_hist) / max(ref_hist.sum(), 1)
+    cuts = np.searchsorted(cdf, np.arange(1, PSI_BINS) / PSI_BINS) + 1
+    return np.unique(np.clip(cuts, 1, FINE_BINS - 1))
+
+
+def drift_scores(profile: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """Scores of a scene's profile against the model's reference profile (see the module).
+
+    Raises:
+        InputError: the profiles describe different bands or grids.
+    """
+    from scipy.stats import wasserstein_distance
+
+    for key in ("bands", "fine_step", "fine_max"):
+        if profile[key] != reference[key]:
+            raise InputError(
+                f"drift profile {key} {profile[key]} differs from the model reference's "
+                f"{reference[key]}; profile the scene with the model's bands."
+            )
+    centers = (np.arange(FINE_BINS) + 0.5) * FINE_STEP
+    psi, wass = [], []
+    for b, name in enumerate(reference["bands"]):
+        ref = np.asarray(reference["histograms"][b], np.float64)
+        cur = np.asarray(profile["histograms"][b], np.float64)
+        if cur.sum() == 0 or ref.sum() == 0:
+            psi.append(float("inf") if cur.sum() != ref.sum() else 0.0)
+            wass.append(float("inf") if cur.sum() != ref.sum() else 0.0)
+            continue
+        cuts = _psi_edges(ref)
+        psi.append(_psi(_coarse(ref, cuts), _coarse(cur, cuts)))
+        qs = reference["quantiles"][name]
+        iqr = max(qs["p75"] - qs["p25"], FINE_STEP)
+        wass.append(float(wasserstein_distance(centers, centers, ref, cur)) / iqr)
+    surface = [c not in OBSCURING for c in reference["classes"]]
+    ref_cls = np.asarray(reference["class_fractions"], np.float64)[surface]
+    cur_cls = np.asarray(profile["class_fractions"], np.float64)[surface]
+    class_psi = (
+        _psi(cur_cls / cur_cls.sum(), ref_cls / ref_cls.sum())
+        if cur_cls.sum() > 0 and ref_cls.sum() > 0
+        else 0.0
+    )
+    spread = np.maximum(
+        np.array(
+            [[reference["spread"][b][q] for q in SHIFT_QUANTILES] for b in reference["bands"]]
+        ),
+        MIN_SPREAD_DN,
+    )
+    shift = (np.abs(_band_quantiles(profile) - _band_quantiles(reference)) / spread).max(axis=1)
+    if not np.isfinite(shift).all() or sum(sum(h) for h in profile["histograms"]) == 0:
+        shift = np.zeros(len(reference["bands"]))  # no clear pixel: only the cloud rule speaks
+    reasons = [
+        f"band {name}: quantiles moved {v:.2f} x the training scenes' spread > {SHIFT_THRESHOLD}"
+        for name, v in zip(reference["bands"], shift, strict=True)
+        if v > SHIFT_THRESHOLD
+    ]
+    if profile["obscured_fraction"] > OBSCURED_MAX:
+        reasons.append(
+            f"{profile['obscured_fraction']:.0%} predicted {'/'.join(OBSCURING)} > {OBSCURED_MAX:.0%}"
+        )
+    return {
+        "band_psi": dict(zip(reference["bands"], psi, strict=True)),
+        "band_wasserstein_iqr": dict(zip(reference["bands"], wass, strict=True)),
+        "band_shift": dict(zip(reference["bands"], map(float, shift), strict=True)),
+        "max_band_shift": float(shift.max()),
+        "max_band_psi": max(psi),
+        "max_band_wasserstein_iqr": max(wass),
+        "class_psi": class_psi,
+        "obscured_fraction": profile["obscured_fraction"],
+        "valid_fraction_delta": profile["valid_fraction"] - reference["valid_fraction"],
+        "thresholds": {
+            "band_shift": SHIFT_THRESHOLD,
+            "psi": PSI_THRESHOLD,
+            "obscured_fraction": OBSCURED_MAX,
+        },
+        "drifted": bool(reasons),
+        "reasons": reasons,
+    }
+
+
+def _coarse(hist: npt.NDArray[np.float64], cuts: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+    sums = np.add.reduceat(hist, np.concatenate([[0], cuts]))
+    return np.asarray(sums / max(hist.sum(), 1), np.float64)
+
+
+def load_reference(model_dir: Path) -> dict[str, Any] | None:
+    """The model's reference profile, or None for a model stored without one."""
+    path = Path(model_dir) / REFERENCE_NAME
+    if not path.is_file():
+        return None
+    import json
+
+    try:
+        reference: dict[str, Any] = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(
+            f"drift reference '{path}' is not JSON ({exc}); re-export the model."
+        ) from exc
+    if reference.get("format") != FORMAT:
+        raise InputError(
+            f"drift reference '{path}' has format {reference.get('format')!r}, expected "
+            f"{FORMAT!r}; re-export the model."
+        )
+    return reference
+
+
+def item_summary(profile: dict[str, Any], scores: dict[str, Any]) -> dict[str, Any]:
+    """What goes into a prediction item (``eoforge:drift``): the profile without fine histograms."""
+    small = {k: v for k, v in profile.items() if k != "histograms"}
+    return {"profile": small, "scores": scores}
+
+
+def reference_from_chips(
+    session: Any,
+    x: npt.NDArray[Any],
+    scene_of_chip: Sequence[str],
+    bands: Sequence[str],
+    classes: Sequence[str],
+    per_scene: int = 48,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """The reference profile of a model from its training chips and its own predictions on them.
+
+    Args:
+        session: the model's ONNX Runtime session (input ``image``, output ``logits``).
+        x: training chips ``(N, C, h, w)`` raw DN.
+        scene_of_chip: the scene (item id) of each chip; each scene is one date of the spread.
+        bands: band names of ``C``.
+        classes: class names of the model's outputs.
+        per_scene: at most this many chips of each scene are profiled (seeded sample).
+        seed: sample seed.
+    """
+    from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME
+
+    if len(scene_of_chip) != len(x):
+        raise InputError(
+            f"drift reference: {len(scene_of_chip)} scene ids for {len(x)} chips; rebuild chips."
+        )
+    rng = np.random.default_rng(seed)
+    scenes = []
+    ids = np.asarray(scene_of_chip, dtype=object)
+    for scene in sorted(set(ids.tolist())):
+        rows = np.flatnonzero(ids == scene)
+        rows = np.sort(rng.choice(rows, size=min(per_scene, len(rows)), replace=False))
+        acc = ProfileAccumulator(bands, classes)
+        for start in range(0, len(rows), 8):
+            batch = np.ascontiguousarray(x[rows[start : start + 8]], dtype=np.float32)
+            (logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+            predicted = np.asarray(logits).argmax(axis=1).astype(np.uint8)
+            for chip, cls in zip(batch, predicted, strict=True):
+                acc.add(chip, cls)
+        scenes.append(acc)
+    return reference_profile(scenes)

@@ -1,0 +1,126 @@
+"""Drift profiles and scores on the bundled sample's real scenes and shifted variants of them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from eoforge.config import BUNDLED_CATALOG, LabelSpec
+from eoforge.errors import InputError
+from eoforge.inference.cog import write_prediction
+from eoforge.inference.drift import (
+    REFERENCE_NAME,
+    ProfileAccumulator,
+    drift_scores,
+    load_reference,
+    profile_scene,
+    reference_from_chips,
+    reference_profile,
+)
+from eoforge.inference.scene_io import ArrayReader
+from eoforge.labels.classes import scl_to_classes
+
+BANDS = ("blue", "green", "red", "nir")
+FILES = ("B02", "B03", "B04", "B08")
+REFERENCE_DATES = ("S2B_33TWL_20230813", "S2A_33TWL_20230818", "S2B_33TWL_20230820")
+HELD_OUT = "S2A_33TWL_20230815"
+LABELS = LabelSpec()
+
+
+def _scene(prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    folder = next(BUNDLED_CATALOG.glob(f"{prefix}_0_L2A"))
+    bands = []
+    for name in FILES:
+        with rasterio.open(folder / f"{name}.tif") as src:
+            bands.append(src.read(1))
+    with rasterio.open(folder / "SCL.tif") as src:
+        classes = scl_to_classes(src.read(1), LABELS)
+    return np.stack(bands), classes
+
+
+def _accumulate(x: np.ndarray, classes: np.ndarray) -> ProfileAccumulator:
+    acc = ProfileAccumulator(BANDS, LABELS.classes)
+    acc.add(x, classes)
+    return acc
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    return reference_profile([_accumulate(*_scene(d)) for d in REFERENCE_DATES])
+
+
+def test_a_real_date_passes_and_shifted_copies_of_it_drift(reference: dict) -> None:
+    x, classes = _scene(HELD_OUT)
+    same = drift_scores(_accumulate(x, classes).profile(), reference)
+    assert not same["drifted"], same["reasons"]
+
+    swapped = x[[0, 1, 3, 2]]
+    scores = drift_scores(_accumulate(swapped, classes).profile(), reference)
+    assert scores["drifted"] and any("band red" in r for r in scores["reasons"])
+
+    hazy = np.where(x > 0, x + np.array([900, 650, 450, 200], np.uint16)[:, None, None], 0)
+    assert drift_scores(_accumulate(hazy, classes).profile(), reference)["drifted"]
+
+    cloudy = classes.copy()
+    cloudy[: int(0.9 * len(cloudy))] = LABELS.classes.index("cloud")
+    scores = drift_scores(_accumulate(x, cloudy).profile(), reference)
+    assert scores["drifted"] and scores["obscured_fraction"] > 0.8
+    # every score the item carries is JSON
+    json.dumps(scores)
+
+
+def test_profile_scene_reads_the_scene_and_its_cog_strip_by_strip(tmp_path: Path) -> None:
+    x, classes = _scene(HELD_OUT)
+    tif = tmp_path / "pred.tif"
+    write_prediction(classes, "EPSG:32633", (120.0, 0, 500000.0, 0, -120.0, 5100000.0), tif)
+    streamed = profile_scene(ArrayReader(x), tif, BANDS, LABELS.classes, strip=100)
+    whole = _accumulate(x, classes).profile()
+    assert streamed["class_fractions"] == pytest.approx(whole["class_fractions"])
+    assert streamed["valid_fraction"] == whole["valid_fraction"]
+    # the cloud buffer is cut at strip edges: the clear-pixel histograms differ by a few pixels
+    a, b = np.asarray(streamed["histograms"]), np.asarray(whole["histograms"])
+    assert np.abs(a - b).sum() <= 0.02 * b.sum()
+
+    with pytest.raises(InputError, match="px but its scene"):
+        profile_scene(ArrayReader(x[:, :256]), tif, BANDS, LABELS.classes)
+
+
+def test_reference_from_chips_groups_chips_by_scene_and_predicts_them(tmp_path: Path) -> None:
+    import torch
+
+    from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME, open_session
+    from eoforge.training.models import build_model
+
+    x, _ = _scene(HELD_OUT)
+    chips = np.stack([x[:, r : r + 64, c : c + 64] for r in (0, 256) for c in (0, 256)])
+    torch.manual_seed(0)
+    model = build_model(4, len(LABELS.classes), 4, [1000.0] * 4, [500.0] * 4).eval()
+    torch.onnx.export(
+        model, (torch.zeros(1, 4, 64, 64),), str(tmp_path / "m.onnx"),
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamo=False,
+        dynamic_axes={INPUT_NAME: {0: "n"}, OUTPUT_NAME: {0: "n"}},
+    )  # fmt: skip
+    session = open_session(tmp_path / "m.onnx", 1, prefer_gpu=False)
+    ref = reference_from_chips(session, chips, ["a", "a", "b", "b"], BANDS, LABELS.classes)
+    assert ref["scenes"] == 2
+    logits = session.run([OUTPUT_NAME], {INPUT_NAME: chips.astype(np.float32)})[0]
+    expected = (
+        np.bincount(logits.argmax(1).ravel(), minlength=len(LABELS.classes)) / logits[:, 0].size
+    )
+    assert ref["class_fractions"] == pytest.approx(expected.tolist())
+    with pytest.raises(InputError, match="scene ids for 4 chips"):
+        reference_from_chips(session, chips, ["a"], BANDS, LABELS.classes)
+
+
+def test_bad_inputs_are_named(tmp_path: Path) -> None:
+    acc = ProfileAccumulator(BANDS, LABELS.classes)
+    with pytest.raises(InputError, match="must be"):
+        acc.add(np.ones((3, 4, 4), np.uint16), np.zeros((4, 4), np.uint8))
+    assert load_reference(tmp_path) is None
+    (tmp_path / REFERENCE_NAME).write_text('{"format": "other"}')
+    with pytest.raises(InputError, match="re-export the model"):
+        load_reference(tmp_path)
