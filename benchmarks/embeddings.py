@@ -1,0 +1,270 @@
+"""Embeddings benchmark: few-label classification, KMeans and throughput on the real sample.
+
+    python -m benchmarks.embeddings [--json OUT] [--catalog ../shared/data/s2-l2a-sample]
+
+On the full real sample (2 tiles x 5 dates, 915 x 915 px at 120 m) loaded into a Zarr cube
+with :func:`eoforge.cube.build.write_cube` (not timed):
+
+- **Reference land cover** (static, derived from the cube): per pixel, the most frequent
+  clear-sky SCL class among vegetation (4) / not vegetated = bare (5) / water (6) over the five
+  dates (ties: the lower code); pixels never seen as one of them are not scored.
+- **Encoder**: :mod:`eoforge.embeddings.encoder` trained without labels on pixels of 33TWL
+  only (the training tile), then the 64-d field of both tiles written to Zarr int8 + scale.
+- **Few-shot**: for 5, 10, 25, 50 labelled points per class drawn from 33TWL's reference,
+  5 seeds: kNN and a logistic-regression probe on the field vs a random forest (100 trees) on
+  the per-pixel temporal median of the clear bands, at the same points. mIoU over the three
+  classes on every scored pixel of 33TWM. Means and standard deviations over seeds.
+- **KMeans** (k = 8, MiniBatchKMeans): adjusted mutual information of the 33TWM cluster map
+  with the reference, on embeddings vs on standardised median bands.
+- **Throughput**: embedding (read cube -> encode -> int8 Zarr) and classification (ONNX kNN /
+  probe over the field -> COG) in Mpx/s on one whole tile; peak RSS of the process.
+
+The numbers are as measured; nothing is tuned to the issue's target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from benchmarks.chips import BANDS, DEFAULT_CATALOG, load_cube
+
+TRAIN_TILE, TEST_TILE = "33TWL", "33TWM"
+CLASSES = ("vegetation", "bare", "water")
+SHOTS = (5, 10, 25, 50)
+SEEDS = (0, 1, 2, 3, 4)
+K = 8
+IGNORE = 255
+
+
+def reference(scl: NDArray[np.uint8]) -> NDArray[np.uint8]:
+    """(time, h, w) SCL -> (h, w) majority of vegetation / bare / water (255 if never seen)."""
+    counts = np.stack([(scl == code).sum(axis=0) for code in (4, 5, 6)])
+    ref = counts.argmax(axis=0).astype(np.uint8)
+    ref[counts.max(axis=0) == 0] = IGNORE
+    return ref
+
+
+def miou(pred: NDArray[Any], truth: NDArray[Any], n: int = len(CLASSES)) -> float:
+    ious = []
+    for c in range(n):
+        inter = np.sum((pred == c) & (truth == c))
+        union = np.sum((pred == c) | (truth == c))
+        if union:
+            ious.append(inter / union)
+    return float(np.mean(ious))
+
+
+def tile_arrays(cube: Path, field: Path, tile: str) -> dict[str, NDArray[Any]]:
+    """Reference, field vectors, validity and median bands of one whole tile (benchmark only)."""
+    from eoforge.cube.tiles import open_cube_tile
+    from eoforge.embeddings.features import clear_median, read_block
+    from eoforge.embeddings.field import open_field_tile
+
+    ct = open_cube_tile(str(cube), tile)
+    block = read_block(ct, slice(0, ct.grid.height))
+    ft = open_field_tile(field, tile)
+    vec, ok = ft.rows(slice(0, ft.grid.height))
+    med = clear_median(block)
+    ref = reference(block.scl)
+    scored = (ref != IGNORE) & ok & np.isfinite(med).all(axis=-1)
+    return {"ref": ref, "vec": vec, "ok": ok, "med": med, "scored": scored}
+
+
+def draw_points(
+    ref: NDArray[np.uint8], scored: NDArray[np.bool_], n: int, seed: int
+) -> NDArray[np.int64]:
+    rng = np.random.default_rng(seed)
+    flat_ref, flat_ok = ref.ravel(), scored.ravel()
+    picks = []
+    for c in range(len(CLASSES)):
+        pool = np.flatnonzero((flat_ref == c) & flat_ok)
+        picks.append(rng.choice(pool, size=min(n, pool.size), replace=False))
+    return np.concatenate(picks)
+
+
+def fewshot(train: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
+    from sklearn.ensemble import RandomForestClassifier
+
+    from eoforge.embeddings.classify import fit_classifier
+
+    d = train["vec"].shape[-1]
+    xe_tr, xb_tr = train["vec"].reshape(-1, d), train["med"].reshape(-1, len(BANDS))
+    mask = test["scored"].ravel()
+    xe_te = test["vec"].reshape(-1, d)[mask]
+    xb_te = test["med"].reshape(-1, len(BANDS))[mask]
+    y_te = test["ref"].ravel()[mask]
+    out: dict[str, Any] = {}
+    for n in SHOTS:
+        scores: dict[str, list[float]] = {
+            "embeddings_knn": [],
+            "embeddings_linear": [],
+            "rf_bands": [],
+        }
+        for seed in SEEDS:
+            idx = draw_points(train["ref"], train["scored"], n, seed)
+            y = train["ref"].ravel()[idx]
+            for kind in ("knn", "linear"):
+                clf = fit_classifier(kind, xe_tr[idx], y, seed)
+                scores[f"embeddings_{kind}"].append(miou(clf.predict(xe_te), y_te))
+            rf = RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1)
+            rf.fit(xb_tr[idx], y)
+            scores["rf_bands"].append(miou(rf.predict(xb_te), y_te))
+        row = {}
+        for key, vals in scores.items():
+            row[f"{key}_miou"] = statistics.mean(vals)
+            row[f"{key}_miou_std"] = statistics.pstdev(vals)
+            row[f"{key}_miou_runs"] = vals
+        out[str(n)] = row
+        print(
+            f"  {n:>2} pts/class: "
+            + "  ".join(f"{k} {row[k + '_miou']:.3f}±{row[k + '_miou_std']:.3f}" for k in scores)
+        )
+    return out
+
+
+def kmeans_ami(field: Path, test: dict[str, Any]) -> dict[str, float]:
+    from sklearn.cluster import MiniBatchKMeans
+    from sklearn.metrics import adjusted_mutual_info_score
+
+    from eoforge.embeddings.field import open_field_tile
+    from eoforge.embeddings.unsupervised import fit_kmeans
+
+    mask = test["scored"]
+    km = fit_kmeans([open_field_tile(field, TEST_TILE)], K, seed=0)
+    emb_labels = km.predict(test["vec"][mask])
+    med = test["med"][mask]
+    z = (med - med.mean(axis=0)) / (med.std(axis=0) + 1e-9)
+    kb = MiniBatchKMeans(n_clusters=K, random_state=0, batch_size=4096, n_init=3).fit(z)
+    truth = test["ref"][mask]
+    return {
+        "k": K,
+        "ami_embeddings": float(adjusted_mutual_info_score(truth, emb_labels)),
+        "ami_bands": float(adjusted_mutual_info_score(truth, kb.labels_)),
+    }
+
+
+def run(catalog: Path, work: Path) -> dict[str, Any]:
+    from eoforge.cube.tiles import open_cube_tile
+    from eoforge.embeddings.classify import apply_classifier, export_classifier, fit_classifier
+    from eoforge.embeddings.encoder import EncoderConfig, sample_pixels, save_encoder, train_encoder
+    from eoforge.embeddings.field import check_field, open_field_tile, write_field
+
+    cube, _ = load_cube(catalog, work / "cube.zarr")
+    tiles = [open_cube_tile(str(cube), t) for t in (TRAIN_TILE, TEST_TILE)]
+    t0 = time.perf_counter()
+    refl, clear = sample_pixels([tiles[0]], per_tile=150_000, seed=0)
+    config = EncoderConfig(dates=refl.shape[1])
+    model = train_encoder(
+        refl,
+        clear,
+        config,
+        progress=lambda e, n, loss: print(f"  encoder epoch {e}/{n} loss {loss:.4f}"),
+    )
+    train_s = time.perf_counter() - t0
+    record = save_encoder(model, work / "encoder", train_s)
+
+    field = work / "field.zarr"
+    t0 = time.perf_counter()
+    stats = write_field(
+        [tiles[1]], model, work / "field-one.zarr", encoder_sha256=record["weights_sha256"]
+    )
+    embed_s = time.perf_counter() - t0
+    write_field(tiles, model, field, encoder_sha256=record["weights_sha256"])
+    contract = check_field(field)
+    px = stats[TEST_TILE]["pixels"]
+
+    train = tile_arrays(cube, field, TRAIN_TILE)
+    test = tile_arrays(cube, field, TEST_TILE)
+    counts = np.bincount(test["ref"][test["scored"]], minlength=3).tolist()
+    print(f"reference 33TWM: {dict(zip(CLASSES, counts, strict=True))}")
+    results = fewshot(train, test)
+
+    idx = draw_points(train["ref"], train["scored"], 10, 0)
+    xe = train["vec"].reshape(-1, train["vec"].shape[-1])[idx]
+    clf = fit_classifier("knn", xe, train["ref"].ravel()[idx])
+    check = test["vec"][test["scored"]][:: max(1, int(test["scored"].sum()) // 2000)]
+    exported = export_classifier(clf, xe.shape[1], work / "knn.onnx", check)
+    ft = open_field_tile(field, TEST_TILE)
+    t0 = time.perf_counter()
+    apply_classifier(work / "knn.onnx", ft, work / "knn.tif", exported["classes"])
+    knn_s = time.perf_counter() - t0
+    lin = fit_classifier("linear", xe, train["ref"].ravel()[idx])
+    exported_lin = export_classifier(lin, xe.shape[1], work / "linear.onnx", check)
+    t0 = time.perf_counter()
+    apply_classifier(work / "linear.onnx", ft, work / "linear.tif", exported_lin["classes"])
+    lin_s = time.perf_counter() - t0
+
+    km = kmeans_ami(field, test)
+    ten = results["10"]
+    best = max(ten["embeddings_knn_miou"], ten["embeddings_linear_miou"])
+    return {
+        "fewshot": results,
+        "kmeans": km,
+        "done_when": {
+            "best_embedding_miou_at_10": best,
+            "rf_bands_miou_at_10": ten["rf_bands_miou"],
+            "margin": best - ten["rf_bands_miou"],
+            "target_margin": 0.05,
+            "met": best >= ten["rf_bands_miou"] + 0.05,
+        },
+        "throughput": {
+            "tile": TEST_TILE,
+            "pixels": px,
+            "encoder_train_s": train_s,
+            "embedding_s": embed_s,
+            "embedding_mpx_s": px / embed_s / 1e6,
+            "knn_onnx_classify_s": knn_s,
+            "knn_classification_mpx_s": px / knn_s / 1e6,
+            "linear_onnx_classify_s": lin_s,
+            "linear_classification_mpx_s": px / lin_s / 1e6,
+            "onnx_parity": {"knn": exported["parity"], "linear": exported_lin["parity"]},
+        },
+        "field_contract": contract,
+        "encoder": {k: record[k] for k in ("objective", "parameters")} | {"dims": config.dims},
+        "reference_pixels_33TWM": dict(zip(CLASSES, counts, strict=True)),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    args = parser.parse_args(argv)
+    if not (args.catalog / "catalog.json").is_file():
+        print(f"the full sample is not at {args.catalog} (../shared/data beside the checkout)")
+        return 2
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="eoforge-embeddings-") as tmp:
+        summary = run(args.catalog, Path(tmp))
+    summary["machine"] = {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpus": os.cpu_count(),
+        "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg(),
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "wall_s": time.perf_counter() - t0,
+    }
+    print(json.dumps({k: summary[k] for k in ("done_when", "kmeans", "throughput")}, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
