@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import sys
 import tempfile
 import time
@@ -37,118 +36,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.typing import NDArray
 
-from benchmarks.chips import BANDS, DEFAULT_CATALOG, load_cube
+from benchmarks.chips import DEFAULT_CATALOG, load_cube
+from eoforge.embeddings.evaluate import CLASSES, TileTruth, draw_points, fewshot_curves
 
 TRAIN_TILE, TEST_TILE = "33TWL", "33TWM"
-CLASSES = ("vegetation", "bare", "water")
-SHOTS = (5, 10, 25, 50)
-SEEDS = (0, 1, 2, 3, 4)
 K = 8
-IGNORE = 255
 
 
-def reference(scl: NDArray[np.uint8]) -> NDArray[np.uint8]:
-    """(time, h, w) SCL -> (h, w) majority of vegetation / bare / water (255 if never seen)."""
-    counts = np.stack([(scl == code).sum(axis=0) for code in (4, 5, 6)])
-    ref = counts.argmax(axis=0).astype(np.uint8)
-    ref[counts.max(axis=0) == 0] = IGNORE
-    return ref
-
-
-def miou(pred: NDArray[Any], truth: NDArray[Any], n: int = len(CLASSES)) -> float:
-    ious = []
-    for c in range(n):
-        inter = np.sum((pred == c) & (truth == c))
-        union = np.sum((pred == c) | (truth == c))
-        if union:
-            ious.append(inter / union)
-    return float(np.mean(ious))
-
-
-def tile_arrays(cube: Path, field: Path, tile: str) -> dict[str, NDArray[Any]]:
-    """Reference, field vectors, validity and median bands of one whole tile (benchmark only)."""
-    from eoforge.cube.tiles import open_cube_tile
-    from eoforge.embeddings.features import clear_median, read_block
-    from eoforge.embeddings.field import open_field_tile
-
-    ct = open_cube_tile(str(cube), tile)
-    block = read_block(ct, slice(0, ct.grid.height))
-    ft = open_field_tile(field, tile)
-    vec, ok = ft.rows(slice(0, ft.grid.height))
-    med = clear_median(block)
-    ref = reference(block.scl)
-    scored = (ref != IGNORE) & ok & np.isfinite(med).all(axis=-1)
-    return {"ref": ref, "vec": vec, "ok": ok, "med": med, "scored": scored}
-
-
-def draw_points(
-    ref: NDArray[np.uint8], scored: NDArray[np.bool_], n: int, seed: int
-) -> NDArray[np.int64]:
-    rng = np.random.default_rng(seed)
-    flat_ref, flat_ok = ref.ravel(), scored.ravel()
-    picks = []
-    for c in range(len(CLASSES)):
-        pool = np.flatnonzero((flat_ref == c) & flat_ok)
-        picks.append(rng.choice(pool, size=min(n, pool.size), replace=False))
-    return np.concatenate(picks)
-
-
-def fewshot(train: dict[str, Any], test: dict[str, Any]) -> dict[str, Any]:
-    from sklearn.ensemble import RandomForestClassifier
-
-    from eoforge.embeddings.classify import fit_classifier
-
-    d = train["vec"].shape[-1]
-    xe_tr, xb_tr = train["vec"].reshape(-1, d), train["med"].reshape(-1, len(BANDS))
-    mask = test["scored"].ravel()
-    xe_te = test["vec"].reshape(-1, d)[mask]
-    xb_te = test["med"].reshape(-1, len(BANDS))[mask]
-    y_te = test["ref"].ravel()[mask]
-    out: dict[str, Any] = {}
-    for n in SHOTS:
-        scores: dict[str, list[float]] = {
-            "embeddings_knn": [],
-            "embeddings_linear": [],
-            "rf_bands": [],
-        }
-        for seed in SEEDS:
-            idx = draw_points(train["ref"], train["scored"], n, seed)
-            y = train["ref"].ravel()[idx]
-            for kind in ("knn", "linear"):
-                clf = fit_classifier(kind, xe_tr[idx], y, seed)
-                scores[f"embeddings_{kind}"].append(miou(clf.predict(xe_te), y_te))
-            rf = RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=1)
-            rf.fit(xb_tr[idx], y)
-            scores["rf_bands"].append(miou(rf.predict(xb_te), y_te))
-        row = {}
-        for key, vals in scores.items():
-            row[f"{key}_miou"] = statistics.mean(vals)
-            row[f"{key}_miou_std"] = statistics.pstdev(vals)
-            row[f"{key}_miou_runs"] = vals
-        out[str(n)] = row
-        print(
-            f"  {n:>2} pts/class: "
-            + "  ".join(f"{k} {row[k + '_miou']:.3f}±{row[k + '_miou_std']:.3f}" for k in scores)
-        )
-    return out
-
-
-def kmeans_ami(field: Path, test: dict[str, Any]) -> dict[str, float]:
+def kmeans_ami(field: Path, test: TileTruth) -> dict[str, float]:
     from sklearn.cluster import MiniBatchKMeans
     from sklearn.metrics import adjusted_mutual_info_score
 
     from eoforge.embeddings.field import open_field_tile
     from eoforge.embeddings.unsupervised import fit_kmeans
 
-    mask = test["scored"]
+    mask = test.scored
     km = fit_kmeans([open_field_tile(field, TEST_TILE)], K, seed=0)
-    emb_labels = km.predict(test["vec"][mask])
-    med = test["med"][mask]
+    emb_labels = km.predict(test.vec[mask])
+    med = test.med[mask]
     z = (med - med.mean(axis=0)) / (med.std(axis=0) + 1e-9)
     kb = MiniBatchKMeans(n_clusters=K, random_state=0, batch_size=4096, n_init=3).fit(z)
-    truth = test["ref"][mask]
+    truth = test.ref[mask]
     return {
         "k": K,
         "ami_embeddings": float(adjusted_mutual_info_score(truth, emb_labels)),
@@ -186,22 +95,30 @@ def run(catalog: Path, work: Path) -> dict[str, Any]:
     contract = check_field(field)
     px = stats[TEST_TILE]["pixels"]
 
-    train = tile_arrays(cube, field, TRAIN_TILE)
-    test = tile_arrays(cube, field, TEST_TILE)
-    counts = np.bincount(test["ref"][test["scored"]], minlength=3).tolist()
+    train = TileTruth(tiles[0], open_field_tile(field, TRAIN_TILE))
+    test = TileTruth(tiles[1], open_field_tile(field, TEST_TILE))
+    counts = np.bincount(test.ref[test.scored], minlength=3).tolist()
     print(f"reference 33TWM: {dict(zip(CLASSES, counts, strict=True))}")
-    results = fewshot(train, test)
+    results = fewshot_curves(train, test)
+    for n, row in results.items():
+        print(
+            f"  {n:>2} pts/class: "
+            + "  ".join(
+                f"{k} {row[k + '_miou']:.3f}±{row[k + '_miou_std']:.3f}"
+                for k in ("embeddings_knn", "embeddings_linear", "rf_bands")
+            )
+        )
 
-    idx = draw_points(train["ref"], train["scored"], 10, 0)
-    xe = train["vec"].reshape(-1, train["vec"].shape[-1])[idx]
-    clf = fit_classifier("knn", xe, train["ref"].ravel()[idx])
-    check = test["vec"][test["scored"]][:: max(1, int(test["scored"].sum()) // 2000)]
+    idx = draw_points(train, 10, 0)
+    xe = train.vec.reshape(-1, train.vec.shape[-1])[idx]
+    clf = fit_classifier("knn", xe, train.ref.ravel()[idx])
+    check = test.vec[test.scored][:: max(1, int(test.scored.sum()) // 2000)]
     exported = export_classifier(clf, xe.shape[1], work / "knn.onnx", check)
     ft = open_field_tile(field, TEST_TILE)
     t0 = time.perf_counter()
     apply_classifier(work / "knn.onnx", ft, work / "knn.tif", exported["classes"])
     knn_s = time.perf_counter() - t0
-    lin = fit_classifier("linear", xe, train["ref"].ravel()[idx])
+    lin = fit_classifier("linear", xe, train.ref.ravel()[idx])
     exported_lin = export_classifier(lin, xe.shape[1], work / "linear.onnx", check)
     t0 = time.perf_counter()
     apply_classifier(work / "linear.onnx", ft, work / "linear.tif", exported_lin["classes"])
