@@ -68,7 +68,9 @@ def publish_collection(
     collection = {
         "type": "Collection", "stac_version": "1.1.0", "id": collection_id,
         "description": "Per-pixel embeddings (int8, vector = value / 127) written by eoforge.",
-        "license": "proprietary", "links": [],
+        "license": "proprietary",
+        "links": [{"rel": "item", "href": f"./{i['id']}/{i['id']}.json",
+                   "type": "application/geo+json"} for i in ids],
         "extent": {"spatial": {"bbox": [bbox]},
                    "temporal": {"interval": [["2023-08-01T00:00:00Z", "2023-08-31T00:00:00Z"]]}},
     }  # fmt: skip

@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import rasterio
+from matplotlib.ticker import NullFormatter
 from numpy.typing import NDArray
 
 from eoforge.io.atomic import staged_file, write_text_atomic
@@ -63,7 +64,9 @@ def raster_png(tif: Path, out: Path, title: str, kind: str) -> Path:
         data: NDArray[Any] = src.read(1)[::step, ::step]
     fig, ax = plt.subplots(figsize=(5.6, 5))
     if kind == "similarity":
-        im = ax.imshow(data, cmap="magma", vmin=-1, vmax=1, interpolation="nearest")
+        finite = data[np.isfinite(data)]
+        low = float(np.percentile(finite, 2)) if finite.size else -1.0
+        im = ax.imshow(data, cmap="magma", vmin=low, vmax=1, interpolation="nearest")
         fig.colorbar(im, ax=ax, shrink=0.8, label="cosine similarity")
     else:
         masked = np.ma.masked_equal(data, 255)
@@ -85,6 +88,7 @@ def fewshot_png(curves: Mapping[str, Mapping[str, Any]], out: Path, title: str) 
         ax.errorbar(shots, mean, yerr=std, marker="o", capsize=3, label=label)
     ax.set_xscale("log")
     ax.set_xticks(shots, [str(n) for n in shots])
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("labelled points per class")
     ax.set_ylabel("mIoU (vegetation / bare / water)")
     ax.set_title(title)
