@@ -23,7 +23,13 @@ from eoforge.runs.embed_stages import (
 )
 from eoforge.runs.progress import timed_stage
 
-__all__ = ["EMBED_STAGES", "publish_field_items", "run_embed", "stage_embed_report"]
+__all__ = [
+    "EMBED_STAGES",
+    "publish_field_items",
+    "run_embed",
+    "run_product",
+    "stage_embed_report",
+]
 
 EMBED_STAGES = ("search", "ingest", "encoder", "field", "classify", "clusters", "similarity",
                 "evaluate", "report")  # fmt: skip
@@ -156,3 +162,33 @@ def run_embed(
         }  # fmt: skip
         write_provenance(run_dir / "provenance.json", record)
     return results
+
+
+def run_product(
+    out: Path, name: str, fn: Callable[[Path], dict[str, Any]], call: StageCall | None = None
+) -> dict[str, Any]:
+    """One product stage over a stored field, published as the run folder ``out`` with its
+    provenance (``call`` wraps the stage, as in :func:`run_embed`)."""
+    from eoforge.runs.pipeline import run_context
+    from eoforge.runs.provenance import (
+        git_revision,
+        output_records,
+        package_versions,
+        write_provenance,
+    )
+
+    results: dict[str, dict[str, Any]] = {}
+    with run_context(out) as run_dir:
+        job = lambda: fn(run_dir)  # noqa: E731 - the stage sees the staging folder
+        result = call(name, job) if call else timed_stage(name, job, results)
+        record = {
+            "eoforge_run": f"embed-{name}",
+            "spec_fingerprint": "",
+            "finished": dt.datetime.now(dt.UTC).isoformat(),
+            "result": {k: v for k, v in result.items() if k != "query_vector"},
+            "packages": package_versions(),
+            "git": git_revision(),
+            "outputs": output_records(run_dir, Path(out).resolve()),
+        }
+        write_provenance(run_dir / "provenance.json", record)
+    return result

@@ -165,3 +165,97 @@ def publish(
         print(f"wrote {collection}")
 
     _guarded(go)
+
+
+_FIELD = Annotated[str, typer.Option("--field", help="An embedding field store (field-*.zarr, from `embed run` or `embed ingest`).")]  # fmt: skip
+
+
+def _product(out: Path, name: str, fn: Callable[[Path], dict[str, object]]) -> None:
+    from eoforge.runs.embed import run_product
+
+    with _progress():
+        run_product(out, name, fn)
+    console.print(f"[bold green]done[/]: {out.resolve()}")
+
+
+@embed_app.command("classify")
+def classify(
+    field: _FIELD,
+    out: Annotated[Path, typer.Option(help="Run folder to write.")] = Path("runs/embed-classify"),
+    labels: Annotated[str | None, typer.Option(help="Points or polygons with a class column.")] = None,
+    class_column: Annotated[str, typer.Option(help="Column of --labels with class names.")] = "class",
+    classes: Annotated[str, typer.Option(help="Comma-separated class names.")] = "vegetation,bare,water",
+    cube: Annotated[str | None, typer.Option(help="Without --labels: the field's cube, to draw points from its SCL reference.")] = None,
+    shots: Annotated[int, typer.Option(min=1, help="Reference points per class (with --cube).")] = 10,
+) -> None:  # fmt: skip
+    """kNN and linear probe from labelled points on a field -> ONNX, class COGs + STAC items.
+
+    **Example**
+
+      eoforge embed classify --field STORE/embeddings/field-....zarr --labels points.gpkg
+    """
+
+    def go() -> None:
+        from eoforge.runs.embed_stages import EmbedOptions, stage_classify
+
+        names = tuple(c.strip() for c in classes.split(",") if c.strip())
+        options = EmbedOptions(labels=labels, class_column=class_column, classes=names, shots=shots)
+        _product(out, "classify", lambda d: stage_classify(cube, field, d, options))
+
+    _guarded(go)
+
+
+@embed_app.command("clusters")
+def clusters(
+    field: _FIELD,
+    out: Annotated[Path, typer.Option(help="Run folder to write.")] = Path("runs/embed-clusters"),
+    k: Annotated[int, typer.Option(min=2, max=254, help="KMeans classes.")] = 8,
+) -> None:  # fmt: skip
+    """MiniBatchKMeans over a field -> cluster COGs + STAC items, centres.json."""
+
+    def go() -> None:
+        from eoforge.runs.embed_stages import EmbedOptions, stage_clusters
+
+        _product(out, "clusters", lambda d: stage_clusters(field, d, EmbedOptions(clusters=k)))
+
+    _guarded(go)
+
+
+@embed_app.command("similarity")
+def similarity(
+    field: _FIELD,
+    query: Annotated[str, typer.Option(help="Query point 'LON,LAT' in degrees.")],
+    out: Annotated[Path, typer.Option(help="Run folder to write.")] = Path("runs/embed-similarity"),
+) -> None:  # fmt: skip
+    """Cosine similarity of every pixel to the vector at a point -> float32 COGs + STAC items."""
+
+    def go() -> None:
+        from eoforge.runs.embed_stages import EmbedOptions, stage_similarity
+
+        options = EmbedOptions(query=_query(query))
+        _product(out, "similarity", lambda d: stage_similarity(field, d, options))
+
+    _guarded(go)
+
+
+@embed_app.command("ingest")
+def ingest(
+    api_url: Annotated[str, typer.Option(help="STAC API serving the embedding collection.")],
+    collection: Annotated[str, typer.Option(help="Collection id whose items carry one D-band 'embedding' COG.")],
+    out: Annotated[Path, typer.Option(help="Field store to write (a new *.zarr path).")],
+    bbox: Annotated[str | None, typer.Option(help="Search box 'W,S,E,N' in degrees (default: all).")] = None,
+) -> None:  # fmt: skip
+    """Load an embedding collection (int8 or float COGs) into a field store, window by window."""
+
+    def go() -> None:
+        import pystac_client
+
+        from eoforge.embeddings.collection import ingest_collection
+
+        box = [float(v) for v in bbox.split(",")] if bbox else None
+        search = pystac_client.Client.open(api_url).search(collections=[collection], bbox=box)
+        items = [it.to_dict() for it in search.items()]
+        for tile, row in ingest_collection(items, out).items():
+            print(f"{tile}: {row['dims']} x {row['dtype']}, coverage {row['coverage']:.1%}")
+
+    _guarded(go)

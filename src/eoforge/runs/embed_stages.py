@@ -131,7 +131,7 @@ def _reference_points(cube_uri: str, field_uri: str, options: EmbedOptions) -> t
 
 
 def stage_classify(
-    cube_uri: str, field_uri: str, run_dir: Path, options: EmbedOptions
+    cube_uri: str | None, field_uri: str, run_dir: Path, options: EmbedOptions
 ) -> dict[str, Any]:
     """kNN and linear probe from labelled points -> ONNX -> a class COG + STAC item per tile."""
     from eoforge.embeddings.classify import (
@@ -149,9 +149,14 @@ def stage_classify(
             options.labels, options.class_column, options.classes, tiles, options.seed
         )
         source = options.labels
-    else:
+    elif cube_uri is not None:
         x, y = _reference_points(cube_uri, field_uri, options)
         source = f"{options.shots} points per class drawn from the SCL land-cover reference"
+    else:
+        raise InputError(
+            "no labels to fit classifiers on: pass a points or polygons file (--labels), or "
+            "the cube the field came from (--cube) to draw points from its SCL reference."
+        )
     folder = Path(run_dir) / "classify"
     out: dict[str, Any] = {"labels": source, "points": len(y), "maps": {}}
     check = tiles[0].rows(slice(0, min(64, tiles[0].grid.height)))

@@ -11,14 +11,13 @@ from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from eoforge.config import RunSpec, default_store
-from eoforge.runs.embed import run_embed
+from eoforge.runs.embed import run_embed, run_product
 from eoforge.runs.embed_stages import (
     EmbedOptions,
     stage_classify,
     stage_clusters,
     stage_similarity,
 )
-from eoforge.runs.pipeline import run_context
 
 
 def _as_task(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
@@ -59,20 +58,13 @@ def embed_flow(
 
 
 def _product(out: str, name: str, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-    from eoforge.runs.provenance import output_records, write_provenance
-
-    with run_context(Path(out)) as run_dir:
-        result = _as_task(name, lambda: fn(run_dir))
-        write_provenance(run_dir / "provenance.json", {
-            "eoforge_run": f"embed-{name}", "spec_fingerprint": "", "result": result,
-            "outputs": output_records(run_dir, Path(out).resolve()),
-        })  # fmt: skip
-    return result
+    return run_product(Path(out), name, fn, call=_as_task)
 
 
 @flow(name="eoforge-embed-classify", log_prints=True)
 def embed_classify_flow(
-    cube_uri: str, field_uri: str, out: str = "runs/embed-classify", labels: str | None = None,
+    field_uri: str, out: str = "runs/embed-classify", labels: str | None = None,
+    cube_uri: str | None = None,
     class_column: str = "class",
     classes: list[str] = ["vegetation", "bare", "water"],  # noqa: B006 - shown in the UI form
     shots: int = 10,
