@@ -13,6 +13,7 @@ from typing import Any
 from eoforge.config import RunSpec
 from eoforge.io.atomic import write_json_atomic
 from eoforge.runs.embed_stages import (
+    Advance,
     EmbedOptions,
     stage_classify,
     stage_clusters,
@@ -83,7 +84,11 @@ def stage_embed_report(run_dir: Path, field_uri: str, results: dict[str, Any]) -
         tif = results.get("classify", {}).get("maps", {}).get(f"linear-{tile}")
         if tif:
             png = raster_png(
-                Path(tif), figs / f"linear-{tile}.png", f"{tile}: linear probe classes", "classes"
+                Path(tif),
+                figs / f"linear-{tile}.png",
+                f"{tile}: linear probe classes",
+                "classes",
+                names=results["classify"].get("classes"),
             )
             shown[f"{tile} linear probe classes"] = png.relative_to(run_dir).as_posix()
     curves = results.get("evaluate", {}).get("fewshot")
@@ -108,6 +113,7 @@ def run_embed(
     api_url: str | None = None,
     evaluate: bool = True,
     call: StageCall | None = None,
+    progress: Advance | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Run every embed stage and publish the run as ``out`` (plain Python unless ``call``
     wraps each stage, as the Prefect flow does)."""
@@ -135,8 +141,8 @@ def run_embed(
         key = found["keys"]["cube"]
         cube = step("ingest", lambda: stage_ingest(spec, found["items_uri"], store_s, key))
         cube_uri = cube["cube_uri"]
-        enc = step("encoder", lambda: stage_encoder(cube_uri, store_s, options))
-        fld = step("field", lambda: stage_field(cube_uri, enc["encoder_dir"], store_s))
+        enc = step("encoder", lambda: stage_encoder(cube_uri, store_s, options, progress))
+        fld = step("field", lambda: stage_field(cube_uri, enc["encoder_dir"], store_s, progress))
         field_uri = fld["field_uri"]
         items = _load_items(Path(found["items_uri"]))
         fld.update(publish_field_items(field_uri, enc, run_dir, items))

@@ -10,7 +10,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -36,8 +36,15 @@ def _guarded(fn: Callable[[], None]) -> None:
 
 
 @contextlib.contextmanager
-def _progress() -> Iterator[None]:
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """Stage lines, and a bar for the long stages (encoder epochs, field blocks per tile)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     from eoforge.runs.progress import listening
+
+    bar = Progress(TextColumn("    {task.description}"), BarColumn(), MofNCompleteColumn(),
+                   console=console, transient=True)  # fmt: skip
+    tasks: dict[str, Any] = {}
 
     def show(name: str, seconds: float | None) -> None:
         if seconds is None:
@@ -45,8 +52,13 @@ def _progress() -> Iterator[None]:
         else:
             console.print(f"  [green]✓[/] {name} ({seconds:.1f} s)")
 
-    with listening(show):
-        yield
+    def advance(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done)
+
+    with listening(show), bar:
+        yield advance
 
 
 def _query(value: str | None) -> tuple[float, float] | None:
@@ -117,8 +129,8 @@ def run(
         store_path = (store or default_store()).resolve()
         console.print(f"[bold]store[/] {store_path}")
         t0 = time.perf_counter()
-        with _progress():
-            results = run_embed(spec, out, store_path, options, api_url, evaluate)
+        with _progress() as advance:
+            results = run_embed(spec, out, store_path, options, api_url, evaluate, progress=advance)
         console.print(
             f"[bold green]done[/] in {time.perf_counter() - t0:.0f} s: {out.resolve() / 'report.html'}"
         )

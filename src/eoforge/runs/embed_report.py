@@ -5,7 +5,7 @@ similarity map and few-shot curves, each a deterministic PNG, on one HTML page.
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,8 +57,11 @@ def field_pca_png(field_uri: str, tile: str, out: Path, seed: int = 0) -> Path:
     return _save(fig, out)
 
 
-def raster_png(tif: Path, out: Path, title: str, kind: str) -> Path:
-    """A class / cluster map (``kind='classes'``) or a similarity map (``'similarity'``)."""
+def raster_png(
+    tif: Path, out: Path, title: str, kind: str, names: Sequence[str] | None = None
+) -> Path:
+    """A class / cluster map (``kind='classes'``; ``names`` gives class colours and a legend)
+    or a similarity map (``'similarity'``)."""
     with rasterio.open(tif) as src:
         step = max(1, max(src.height, src.width) // _MAX)
         data: NDArray[Any] = src.read(1)[::step, ::step]
@@ -68,6 +71,18 @@ def raster_png(tif: Path, out: Path, title: str, kind: str) -> Path:
         low = float(np.percentile(finite, 2)) if finite.size else -1.0
         im = ax.imshow(data, cmap="magma", vmin=low, vmax=1, interpolation="nearest")
         fig.colorbar(im, ax=ax, shrink=0.8, label="cosine similarity")
+    elif names:
+        from matplotlib.colors import ListedColormap
+        from matplotlib.patches import Patch
+
+        from eoforge.runs.report import CLASS_COLOURS
+
+        colours = [CLASS_COLOURS.get(n, f"C{i}") for i, n in enumerate(names)]
+        masked = np.ma.masked_equal(data, 255)
+        ax.imshow(masked, cmap=ListedColormap(colours), vmin=-0.5, vmax=len(names) - 0.5,
+                  interpolation="nearest")  # fmt: skip
+        ax.legend(handles=[Patch(color=c, label=n) for c, n in zip(colours, names, strict=True)],
+                  loc="lower right", fontsize=7)  # fmt: skip
     else:
         masked = np.ma.masked_equal(data, 255)
         im = ax.imshow(masked, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,9 @@ def _tiles(cube_uri: str) -> list[Any]:
     return list(iter_cube_tiles(cube_uri))
 
 
-def stage_encoder(cube_uri: str, store: str, options: EmbedOptions) -> dict[str, Any]:
+def stage_encoder(
+    cube_uri: str, store: str, options: EmbedOptions, progress: Advance | None = None
+) -> dict[str, Any]:
     """Train the encoder on the cube without labels, unless the store has it."""
     import time
 
@@ -86,13 +88,21 @@ def stage_encoder(cube_uri: str, store: str, options: EmbedOptions) -> dict[str,
     config = EncoderConfig(
         dates=refl.shape[1], dims=options.dims, epochs=options.epochs, seed=options.seed
     )
-    model = train_encoder(refl, clear, config)
+    model = train_encoder(
+        refl, clear, config, None if progress is None else lambda e, n, _: progress("epochs", e, n)
+    )
     with staged_dir(folder) as tmp:
         record = save_encoder(model, tmp, time.perf_counter() - t0)
     return {"encoder_dir": str(folder), "reused": False, "record": record, "pixels": len(refl)}
 
 
-def stage_field(cube_uri: str, encoder_dir: str, store: str) -> dict[str, Any]:
+#: Called with (what, done, total) as a stage advances (encoder epochs, field blocks of a tile).
+Advance = Callable[[str, int, int], None]
+
+
+def stage_field(
+    cube_uri: str, encoder_dir: str, store: str, progress: Advance | None = None
+) -> dict[str, Any]:
     """Embed every pixel of the cube into the stored field (unless it exists); check it."""
     from eoforge.embeddings.encoder import CONFIG, load_encoder
     from eoforge.embeddings.field import check_field, write_field
@@ -104,7 +114,11 @@ def stage_field(cube_uri: str, encoder_dir: str, store: str) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     if not reused:
         stats = write_field(
-            _tiles(cube_uri), load_encoder(Path(encoder_dir)), field, encoder_sha256=sha
+            _tiles(cube_uri),
+            load_encoder(Path(encoder_dir)),
+            field,
+            encoder_sha256=sha,
+            progress=progress,
         )
     return {
         "field_uri": str(field),
@@ -158,7 +172,8 @@ def stage_classify(
             "the cube the field came from (--cube) to draw points from its SCL reference."
         )
     folder = Path(run_dir) / "classify"
-    out: dict[str, Any] = {"labels": source, "points": len(y), "maps": {}}
+    out: dict[str, Any] = {"labels": source, "points": len(y), "maps": {},
+                           "classes": list(options.classes)}  # fmt: skip
     check = tiles[0].rows(slice(0, min(64, tiles[0].grid.height)))
     sample = check[0][check[1]]
     for kind in CLASSIFIERS:
