@@ -80,6 +80,7 @@ def run(
     seeds: Sequence[int] = SEEDS,
     epochs: int = 12,
     pixels: int = 150_000,
+    keep: float = 0.6,
 ) -> dict[str, Any]:
     from eoforge.cube.tiles import open_cube_tile
     from eoforge.embeddings.classify import apply_classifier, export_classifier, fit_classifier
@@ -90,7 +91,7 @@ def run(
     tiles = [open_cube_tile(str(cube), t) for t in (TRAIN_TILE, TEST_TILE)]
     t0 = time.perf_counter()
     refl, clear = sample_pixels([tiles[0]], per_tile=pixels, seed=0)
-    config = EncoderConfig(dates=refl.shape[1], epochs=epochs)
+    config = EncoderConfig(dates=refl.shape[1], epochs=epochs, keep=keep)
     model = train_encoder(
         refl,
         clear,
@@ -165,7 +166,8 @@ def run(
             "onnx_parity": {"knn": exported["parity"], "linear": exported_lin["parity"]},
         },
         "field_contract": contract,
-        "encoder": {k: record[k] for k in ("objective", "parameters")} | {"dims": config.dims},
+        "encoder": {k: record[k] for k in ("objective", "parameters")}
+        | {"dims": config.dims, "keep": keep, "epochs": epochs, "pixels": pixels},
         "reference_pixels_33TWM": dict(zip(CLASSES, counts, strict=True)),
     }
 
@@ -178,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=len(SEEDS), help="seeds per point count")
     parser.add_argument("--epochs", type=int, default=12, help="encoder training passes")
     parser.add_argument("--pixels", type=int, default=150_000, help="encoder training pixels")
+    parser.add_argument(
+        "--keep",
+        type=float,
+        default=0.6,
+        help="share of clear dates shown in training (1.0: no masking, an ablation)",
+    )
     args = parser.parse_args(argv)
     if not (args.catalog / "catalog.json").is_file():
         print(f"the full sample is not at {args.catalog} (../shared/data beside the checkout)")

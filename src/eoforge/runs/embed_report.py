@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import rasterio
+from rasterio.enums import Resampling
 from matplotlib.ticker import NullFormatter
 from numpy.typing import NDArray
 
@@ -39,8 +40,12 @@ def field_pca_png(field_uri: str, tile: str, out: Path, seed: int = 0) -> Path:
 
     ft = open_field_tile(field_uri, tile)
     step = max(1, max(ft.grid.height, ft.grid.width) // _MAX)
-    vec, ok = ft.rows(slice(0, ft.grid.height))
-    vec, ok = vec[::step, ::step], ok[::step, ::step]
+    # block by block (blocks start on multiples of step, so every step-th row is kept):
+    # memory is one block plus the picture, not the tile
+    rows = max(step, (256 // step) * step)
+    parts = [(v[::step, ::step], o[::step, ::step]) for _, v, o in ft.blocks(rows)]
+    vec = np.concatenate([v for v, _ in parts])
+    ok = np.concatenate([o for _, o in parts])
     rng = np.random.default_rng(seed)
     pool = vec[ok]
     fit = pool[rng.choice(len(pool), min(len(pool), 20000), replace=False)]
@@ -64,7 +69,9 @@ def raster_png(
     or a similarity map (``'similarity'``)."""
     with rasterio.open(tif) as src:
         step = max(1, max(src.height, src.width) // _MAX)
-        data: NDArray[Any] = src.read(1)[::step, ::step]
+        # a decimated read (GDAL uses the COG's overviews): never the whole band in memory
+        shape = (max(1, src.height // step), max(1, src.width // step))
+        data: NDArray[Any] = src.read(1, out_shape=shape, resampling=Resampling.nearest)
     fig, ax = plt.subplots(figsize=(5.6, 5))
     if kind == "similarity":
         finite = data[np.isfinite(data)]
