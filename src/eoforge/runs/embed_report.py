@@ -16,9 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import rasterio
-from rasterio.enums import Resampling
 from matplotlib.ticker import NullFormatter
 from numpy.typing import NDArray
+from rasterio.enums import Resampling
 
 from eoforge.io.atomic import staged_file, write_text_atomic
 
