@@ -36,6 +36,8 @@ __all__ = [
     "train_encoder",
 ]
 
+#: Pixels encoded at once when embedding a block.
+BATCH = 65536
 #: Files of an encoder folder.
 WEIGHTS = "encoder.safetensors"
 CONFIG = "encoder.json"
@@ -183,10 +185,14 @@ def embed_block(model: PixelEncoder, block: PixelBlock) -> NDArray[np.float32]:
     if t != model.config.dates:
         raise InputError(
             f"the cube has {t} dates but the encoder was trained on {model.config.dates}; train "
-            "an encoder on this cube (eoforge embed field trains one when none is given)."
+            "an encoder on this cube (eoforge embed run trains one for its cube)."
         )
     refl, clear = _pixels(block)
-    out = model.encode(torch.from_numpy(refl), torch.from_numpy(clear)).numpy()
+    out = np.empty((len(refl), model.config.dims), np.float32)
+    # batches bound the hidden activations (a 10980 px wide block would need gigabytes at once)
+    for i in range(0, len(refl), BATCH):
+        x, m = torch.from_numpy(refl[i : i + BATCH]), torch.from_numpy(clear[i : i + BATCH])
+        out[i : i + BATCH] = model.encode(x, m).numpy()
     out[~clear.any(axis=1)] = 0.0
     return out.reshape(h, w, -1)
 
