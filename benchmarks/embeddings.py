@@ -194,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="eoforge-embeddings-") as tmp:
         summary = run(
-            args.catalog, Path(tmp), args.shots, range(args.seeds), args.epochs, args.pixels
+            args.catalog,
+            Path(tmp),
+            args.shots,
+            range(args.seeds),
+            args.epochs,
+            args.pixels,
+            args.keep,
         )
     summary["machine"] = {
         "platform": platform.platform(),
