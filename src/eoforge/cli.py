@@ -37,6 +37,15 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
+def _register_embed() -> None:
+    from eoforge.runs.embed_cli import embed_app
+
+    app.add_typer(embed_app, name="embed")
+
+
+_register_embed()
+
+
 def _version(value: bool) -> None:
     if value:
         from importlib.metadata import version

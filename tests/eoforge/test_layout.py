@@ -16,6 +16,7 @@ WINGS = {
     "compute",
     "contracts",
     "cube",
+    "embeddings",
     "export",
     "inference",
     "io",

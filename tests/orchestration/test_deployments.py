@@ -41,6 +41,17 @@ def test_deployments_have_ui_forms_pools_and_schedule(deployed: Any) -> None:
     assert train["work_pool_name"] == "gpu"
     infer = deployed.request("GET", "/deployments/name/eoforge-infer/infer")
     assert infer["schedules"] and infer["schedules"][0]["schedule"]["cron"] == "0 * * * *"
+    # embeddings (ADR 0012): the whole run and one deployment per product, with UI forms
+    embed = deployed.request("GET", "/deployments/name/eoforge-embed/embed")
+    assert {"spec", "out", "dims", "labels", "classes"} <= set(
+        embed["parameter_openapi_schema"]["properties"]
+    )
+    for flow_name, name in (("eoforge-embed-classify", "embed-classify"),
+                            ("eoforge-embed-clusters", "embed-clusters"),
+                            ("eoforge-embed-similarity", "embed-similarity")):  # fmt: skip
+        dep = deployed.request("GET", f"/deployments/name/{flow_name}/{name}")
+        assert dep["work_pool_name"] == "cpu"
+        assert "field_uri" in dep["parameter_openapi_schema"]["required"]
 
 
 def test_pipeline_runs_on_workers_and_rerun_is_cached(
