@@ -41,7 +41,7 @@ def test_deployments_have_ui_forms_pools_and_schedule(deployed: Any) -> None:
     assert train["work_pool_name"] == "gpu"
     infer = deployed.request("GET", "/deployments/name/eoforge-infer/infer")
     assert infer["schedules"] and infer["schedules"][0]["schedule"]["cron"] == "0 * * * *"
-    # embeddings (ADR 0012): the whole run and one deployment per product, with UI forms
+    # embeddings (ADR 0013): the whole run and one deployment per product, with UI forms
     embed = deployed.request("GET", "/deployments/name/eoforge-embed/embed")
     assert {"spec", "out", "dims", "labels", "classes"} <= set(
         embed["parameter_openapi_schema"]["properties"]

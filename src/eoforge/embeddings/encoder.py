@@ -1,4 +1,4 @@
-"""A per-pixel encoder trained without labels: masked spectral-temporal reconstruction (ADR 0012).
+"""A per-pixel encoder trained without labels: masked spectral-temporal reconstruction (ADR 0013).
 
 Each pixel's dates are its tokens: the encoder sees the clear observations that survive a
 random date drop-out and must give a unit-length vector from which a small decoder rebuilds

@@ -1,6 +1,6 @@
 """Honest scores for embedding products against a static land-cover reference from the cube.
 
-The reference (documented in ADR 0012): per pixel, the most frequent clear-sky SCL class among
+The reference (documented in ADR 0013): per pixel, the most frequent clear-sky SCL class among
 vegetation (4), not vegetated = bare (5) and water (6) over the dates (ties: the lower code);
 pixels never seen as one of them are not scored. Few-shot scores draw ``n`` points per class
 from one tile's reference and score every scored pixel of another tile.

@@ -1,6 +1,6 @@
 """Embedding fields: per-pixel unit vectors stored as int8 with a per-pixel scale in Zarr v3.
 
-Layout (one group per cube tile, like the cube, ADR 0012)::
+Layout (one group per cube tile, like the cube, ADR 0013)::
 
     field.zarr/<tile>/embedding   int8 (D, y, x), chunks (D, 256, 256)
     field.zarr/<tile>/scale       float32 (y, x): vector = embedding * scale; 0 = no data
