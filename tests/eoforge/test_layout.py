@@ -20,6 +20,7 @@ WINGS = {
     "inference",
     "io",
     "labels",
+    "labelling",
     "ops",
     "orchestration",
     "runs",

@@ -1,0 +1,221 @@
+"""What to label next: points a human should label, picked from a run's uncertainty maps.
+
+Each scene's uncertainty COG is read strip by strip (memory bounded by a strip, never the
+scene) and cut into cells of ``cell`` pixels; the most uncertain pixel of each cell is a
+candidate. Points are then chosen greedily by ``entropy * (1 - exp(-d / spread))``, where ``d``
+is the distance to the nearest point already chosen or labelled: uncertainty first, with
+spatial spread so that the N points are not N neighbours on one ambiguous field edge.
+Already-labelled pixels are skipped. The result is a GeoParquet of points in the
+``labels.source`` points format (``class`` empty until a human fills it, ``item_id`` the scene).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+import rasterio
+from pyproj import Transformer
+from rasterio.windows import Window
+
+from eoforge.errors import InputError
+from eoforge.inference.scene_io import NODATA_CLASS
+from eoforge.inference.uncertainty import UNCERTAINTY_SCALE
+from eoforge.io.atomic import staged_file
+from eoforge.labelling.scenes import RunScene, run_scenes
+
+if TYPE_CHECKING:
+    import geopandas as gpd
+
+__all__ = ["Candidates", "candidates", "suggest_points", "write_points"]
+
+_POOL_PER_POINT = 200  # the greedy choice looks at the N * this most uncertain candidates
+
+
+@dataclass
+class Candidates:
+    """Candidate pixels of all scenes (one per cell), in a common projected CRS."""
+
+    x: npt.NDArray[np.float64]
+    y: npt.NDArray[np.float64]
+    entropy: npt.NDArray[np.float64]
+    margin: npt.NDArray[np.float64]
+    predicted: npt.NDArray[np.int64]
+    scene: npt.NDArray[np.int64]
+    crs: str
+
+
+def _scene_candidates(scene: RunScene, cell: int) -> tuple[npt.NDArray[np.float64], ...] | None:
+    """(col, row, entropy, margin, class) of the most uncertain pixel of each cell, and the
+    transform/crs of the scene."""
+    out: list[tuple[int, int, float, float, int]] = []
+    with rasterio.open(scene.uncertainty) as unc, rasterio.open(scene.prediction) as pred:
+        height, width = unc.height, unc.width
+        for top in range(0, height, cell):
+            rows = min(cell, height - top)
+            window = Window(0, top, width, rows)
+            ent, mar = unc.read(window=window).astype(np.int32)
+            cls = pred.read(1, window=window)
+            ent[(ent == NODATA_CLASS) | (cls == NODATA_CLASS)] = -1
+            n_cells = -(-width // cell)
+            pad = n_cells * cell - width
+            grid = np.pad(ent, ((0, 0), (0, pad)), constant_values=-1)
+            blocks = grid.reshape(rows, n_cells, cell).transpose(1, 0, 2).reshape(n_cells, -1)
+            best = blocks.argmax(axis=1)
+            for c, b in enumerate(best):
+                if blocks[c, b] < 0:
+                    continue
+                r, cc = divmod(int(b), cell)
+                col = c * cell + cc
+                out.append((col, top + r, ent[r, col], mar[r, col], int(cls[r, col])))
+    if not out:
+        return None
+    a = np.array(out, np.float64)
+    return a[:, 0], a[:, 1], a[:, 2] * UNCERTAINTY_SCALE, a[:, 3] * UNCERTAINTY_SCALE, a[:, 4]
+
+
+def candidates(scenes: list[RunScene], cell: int = 8) -> Candidates:
+    """The candidate pixels of ``scenes`` (see module doc), in the first scene's CRS.
+
+    Raises:
+        InputError: ``cell`` < 1, or no scene has a single valid pixel.
+    """
+    if cell < 1:
+        raise InputError(f"cell={cell} must be >= 1 pixel.")
+    parts: list[tuple[npt.NDArray[np.float64], ...]] = []
+    crs: str | None = None
+    for k, scene in enumerate(scenes):
+        found = _scene_candidates(scene, cell)
+        if found is None:
+            continue
+        col, row, ent, mar, cls = found
+        with rasterio.open(scene.prediction) as src:
+            xs, ys = rasterio.transform.xy(src.transform, row, col)
+            scene_crs = src.crs.to_string()
+        crs = crs or scene_crs
+        xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+        if scene_crs != crs:
+            xs, ys = Transformer.from_crs(scene_crs, crs, always_xy=True).transform(xs, ys)
+        parts.append((xs, ys, ent, mar, cls, np.full(len(xs), k, np.float64)))
+    if not parts or crs is None:
+        raise InputError("no predicted scene of the run has a single valid pixel to suggest.")
+    x, y, ent, mar, cls, scene_idx = (np.concatenate(p) for p in zip(*parts, strict=True))
+    return Candidates(x, y, ent, mar, cls.astype(np.int64), scene_idx.astype(np.int64), crs)
+
+
+def choose(
+    x: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+    score: npt.NDArray[np.float64],
+    n: int,
+    spread: float,
+    taken_x: npt.NDArray[np.float64] | None = None,
+    taken_y: npt.NDArray[np.float64] | None = None,
+) -> list[int]:
+    """Greedy choice of ``n`` indices by ``score * (1 - exp(-d / spread))`` (module doc);
+    ``spread`` 0 is pure uncertainty sampling."""
+    d = np.full(len(x), np.inf)
+    if taken_x is not None and taken_y is not None:
+        for tx, ty in zip(taken_x, taken_y, strict=True):
+            np.minimum(d, np.hypot(x - tx, y - ty), out=d)
+    chosen: list[int] = []
+    available = np.ones(len(x), bool)
+    for _ in range(min(n, len(x))):
+        weight = 1.0 - np.exp(-d / spread) if spread > 0 else np.ones(len(x))
+        value = np.where(available, score * weight + 1e-9 * score, -np.inf)
+        i = int(np.argmax(value))
+        if not np.isfinite(value[i]):
+            break
+        chosen.append(i)
+        available[i] = False
+        np.minimum(d, np.hypot(x - x[i], y - y[i]), out=d)
+    return chosen
+
+
+def suggest_points(
+    run_dir: Path,
+    n: int,
+    *,
+    labelled: Path | None = None,
+    spread_m: float = 1000.0,
+    cell: int = 8,
+) -> gpd.GeoDataFrame:
+    """The ``n`` points of ``run_dir`` to label next, best first (see module doc).
+
+    Args:
+        run_dir: a finished ``eoforge run`` / ``eoforge predict`` folder.
+        n: how many points.
+        labelled: points already labelled (any vector file of points): their pixels are
+            skipped and they count as chosen for the spread.
+        spread_m: distance (metres of the first scene's CRS) below which nearby points lose
+            weight; 0 = uncertainty only.
+        cell: candidate cell size in pixels (one candidate per cell).
+
+    Returns:
+        Points in EPSG:4326 with ``rank`` (1 = first), ``item_id``, ``class`` (empty),
+        ``predicted``, ``entropy``, ``margin``.
+
+    Raises:
+        InputError: bad ``n``, ``spread_m`` or run folder, or an unreadable ``labelled`` file.
+    """
+    import geopandas as gpd
+
+    if n < 1:
+        raise InputError(f"n={n} must be >= 1 (how many points to suggest).")
+    if spread_m < 0:
+        raise InputError(f"spread={spread_m} must be >= 0 metres.")
+    scenes = run_scenes(run_dir)
+    cand = candidates(scenes, cell)
+    tx = ty = None
+    if labelled is not None:
+        try:
+            done = gpd.read_file(labelled) if not str(labelled).endswith(".parquet") else None
+            done = done if done is not None else gpd.read_parquet(labelled)
+        except Exception as exc:
+            raise InputError(
+                f"labelled points '{labelled}' could not be read ({exc}); pass a GeoParquet or "
+                "GeoJSON of points with a CRS."
+            ) from exc
+        if done.crs is None:
+            raise InputError(f"labelled points '{labelled}' have no CRS; set one (EPSG:4326).")
+        done = done.to_crs(cand.crs)
+        tx, ty = done.geometry.x.to_numpy(), done.geometry.y.to_numpy()
+        with rasterio.open(scenes[0].prediction) as src:
+            pixel = abs(src.transform.a)
+        near = np.zeros(len(cand.x), bool)
+        for px, py in zip(tx, ty, strict=True):
+            near |= np.hypot(cand.x - px, cand.y - py) < pixel
+        cand.entropy = np.where(near, -np.inf, cand.entropy)
+    pool = np.argsort(-cand.entropy, kind="stable")[: n * _POOL_PER_POINT]
+    pool = pool[np.isfinite(cand.entropy[pool])]
+    picked = pool[choose(cand.x[pool], cand.y[pool], cand.entropy[pool], n, spread_m, tx, ty)]
+    frame = gpd.GeoDataFrame(
+        {
+            "rank": np.arange(1, len(picked) + 1),
+            "item_id": [scenes[s].item_id for s in cand.scene[picked]],
+            "class": [None] * len(picked),
+            "predicted": [
+                scenes[s].classes[c] if c < len(scenes[s].classes) else str(c)
+                for s, c in zip(cand.scene[picked], cand.predicted[picked], strict=True)
+            ],
+            "entropy": cand.entropy[picked].round(4),
+            "margin": cand.margin[picked].round(4),
+        },
+        geometry=gpd.points_from_xy(cand.x[picked], cand.y[picked]),
+        crs=cand.crs,
+    ).to_crs("EPSG:4326")
+    frame["class"] = frame["class"].astype("string")
+    return frame
+
+
+def write_points(frame: gpd.GeoDataFrame, out: Path) -> Path:
+    """Write points as GeoParquet, atomically (a reader never sees half a file)."""
+    out = Path(out)
+    if out.suffix != ".parquet":
+        raise InputError(f"'{out}' must end in .parquet (the points are written as GeoParquet).")
+    with staged_file(out) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return out
