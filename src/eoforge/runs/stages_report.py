@@ -79,6 +79,7 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
         confusion_png,
         learning_curves_png,
         true_colour_png,
+        uncertainty_png,
     )
     from eoforge.training.metrics import confusion_matrix, metrics_from_confusion
 
@@ -121,6 +122,12 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
                 ("Model prediction", "quicklooks/prediction.png"),
                 ("Random forest prediction", "quicklooks/baseline.png"),
             ]
+            unc = run / "uncertainty" / f"{item_id}.tif"
+            if unc.is_file():
+                with rasterio.open(unc) as src:
+                    entropy = src.read(1)
+                uncertainty_png(entropy, ql / "uncertainty.png", f"Model uncertainty, {item_id}")
+                images.append(("Model uncertainty", "quicklooks/uncertainty.png"))
     confusion_png(cm_model, names, ql / "confusion_model.png", "Model confusion (test tiles)")
     confusion_png(
         cm_base, names, ql / "confusion_baseline.png", "Random forest confusion (test tiles)"
