@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -294,6 +295,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # scikit-learn's own forest warns once per fit about its joblib use; nothing to act on here
+    warnings.filterwarnings("ignore", message=r".*sklearn\.utils\.parallel\.delayed.*")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, help="write the result here")
     parser.add_argument("--png", type=Path, help="write the learning curves here")

@@ -290,9 +290,10 @@ def infer_scene(
     """
     import dask
 
-    from eoforge.inference.cog import write_prediction
     from eoforge.inference.item import prediction_item
-    from eoforge.inference.predict import predict_scene
+    from eoforge.inference.predict import predict_to_cog
+    from eoforge.inference.scene_io import ArrayReader
+    from eoforge.inference.uncertainty import add_uncertainty_asset
     from eoforge.io.atomic import write_json_atomic
 
     t0 = time.perf_counter()
@@ -319,20 +320,20 @@ def infer_scene(
                 raise
     if error is not None:
         raise error
-    pred = predict_scene(session, arr, spec)
     crs, transform = str(ds.attrs["crs"]), tuple(float(v) for v in ds.attrs["transform"])
     tif = Path(out) / "predictions" / f"{item_id}.tif"
-    write_prediction(pred, crs, transform, tif)
-    stac_item = prediction_item(
-        tif, item, classes, model_href, crs, transform, (int(pred.shape[0]), int(pred.shape[1]))
-    )
+    unc = Path(out) / "uncertainty" / f"{item_id}.tif"
+    predict_to_cog(session, ArrayReader(arr), spec, tif, crs, transform, uncertainty_tif=unc)
+    shape = (int(arr.shape[1]), int(arr.shape[2]))
+    stac_item = prediction_item(tif, item, classes, model_href, crs, transform, shape)
+    add_uncertainty_asset(stac_item, unc, f"../uncertainty/{unc.name}")
     item_path = tif.with_suffix(".json")
     write_json_atomic(item_path, stac_item)
     return {
         "item_id": item_id,
         "cog": str(tif),
         "item": str(item_path),
-        "shape": [int(pred.shape[0]), int(pred.shape[1])],
+        "shape": list(shape),
         "seconds": time.perf_counter() - t0,
     }
 
