@@ -10,20 +10,25 @@
   var bounds = null;
   config.overlays.forEach(function (o) {
     var b = L.latLngBounds([o.bounds[0], o.bounds[1]], [o.bounds[2], o.bounds[3]]);
-    var name = o.layer + " · " + o.scene;
-    var opacity = o.layer === "true colour" ? 1.0 : 0.75;
-    layers[name] = L.imageOverlay(o.url, b, { opacity: opacity, alt: name });
-    if (o.layer !== "uncertainty") layers[name].addTo(map);
     bounds = bounds ? bounds.extend(b) : b;
   });
-  // true colour under the prediction: the prediction is shown at 0.75 opacity over it
-  Object.keys(layers).forEach(function (n) { if (n.indexOf("prediction") === 0) layers[n].bringToFront(); });
+  // the view first: Leaflet adds layers to a map without a view only later, in its own order
+  if (bounds) map.fitBounds(bounds); else map.setView([0, 0], 2);
+  var order = { "true colour": 0, "prediction": 1, "uncertainty": 2 };
+  config.overlays.slice().sort(function (a, b) { return order[a.layer] - order[b.layer]; })
+    .forEach(function (o) {
+      var b = L.latLngBounds([o.bounds[0], o.bounds[1]], [o.bounds[2], o.bounds[3]]);
+      var name = o.layer + " · " + o.scene;
+      var opacity = o.layer === "true colour" ? 1.0 : 0.6;
+      layers[name] = L.imageOverlay(o.url, b, { opacity: opacity, alt: name });
+      // true colour under the prediction; the uncertainty one click away, on top
+      if (o.layer !== "uncertainty") layers[name].addTo(map);
+    });
   L.control.layers(null, layers, { collapsed: false }).addTo(map);
   var markers = points.map(function (p) {
     return L.circleMarker([p.lat, p.lon], { radius: 5, color: "#ffffff", weight: 1, fillOpacity: 0.6 })
       .bindTooltip("#" + p.rank).addTo(map);
   });
-  if (bounds) map.fitBounds(bounds); else map.setView([0, 0], 2);
 
   function labelOf(rank) {
     for (var i = labels.length - 1; i >= 0; i--) if (labels[i].rank === rank) return labels[i]["class"];
