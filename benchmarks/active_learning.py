@@ -131,8 +131,10 @@ def run_strategy(
     test: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]],
     args: argparse.Namespace,
     n_classes: int,
+    held_out: tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]] | None = None,
 ) -> dict[str, Any]:
-    """One learning curve: labels and test mIoU after the start and after each round."""
+    """One learning curve: labels and test mIoU after the start and after each round (and the
+    mIoU on held-out pixels of the pool's own tile, ``miou_in_domain``, when given)."""
     from sklearn.ensemble import RandomForestClassifier
     from sklearn.metrics import jaccard_score
 
@@ -149,8 +151,18 @@ def run_strategy(
             n_estimators=args.trees, n_jobs=args.jobs, random_state=seed
         ).fit(x[labelled], y[labelled])
         pred = model.predict(test[0])
-        miou = jaccard_score(test[1], pred, labels=list(range(n_classes)), average="macro")
-        curve.append({"labels": int(labelled.sum()), "miou": round(float(miou), 4)})
+        classes = list(range(n_classes))
+        miou = jaccard_score(test[1], pred, labels=classes, average="macro")
+        point: dict[str, Any] = {"labels": int(labelled.sum()), "miou": round(float(miou), 4)}
+        if held_out is not None:
+            own = jaccard_score(
+                held_out[1], model.predict(held_out[0]), labels=classes, average="macro"
+            )
+            point["miou_in_domain"] = round(float(own), 4)
+        if r == args.rounds:
+            per_class = jaccard_score(test[1], pred, labels=classes, average=None)
+            point["per_class_iou"] = [round(float(v), 4) for v in per_class]
+        curve.append(point)
         if r < args.rounds:
             picked = _pick(strategy, model, x, xy, labelled, args.batch, rng, args.spread)
             labelled[picked] = True
@@ -165,15 +177,16 @@ def labels_to_reach(curve: list[dict[str, float]], target: float) -> int | None:
     return None
 
 
-def _mean_curve(runs: list[dict[str, Any]]) -> list[dict[str, float]]:
+def _mean_curve(runs: list[dict[str, Any]], key: str = "miou") -> list[dict[str, float]]:
     return [
         {
             "labels": runs[0]["curve"][i]["labels"],
-            "miou": round(float(np.mean([r["curve"][i]["miou"] for r in runs])), 4),
-            "min": float(np.min([r["curve"][i]["miou"] for r in runs])),
-            "max": float(np.max([r["curve"][i]["miou"] for r in runs])),
+            "miou": round(float(np.mean([r["curve"][i][key] for r in runs])), 4),
+            "min": float(np.min([r["curve"][i][key] for r in runs])),
+            "max": float(np.max([r["curve"][i][key] for r in runs])),
         }
         for i in range(len(runs[0]["curve"]))
+        if key in runs[0]["curve"][i]
     ]
 
 
@@ -184,30 +197,44 @@ def plot(result: dict[str, Any], out_png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    for name, colour in zip(STRATEGIES, ("#777777", "#d62728", "#1f77b4", "#2ca02c"), strict=True):
-        mean = result["strategies"][name]["mean_curve"]
-        labels = [p["labels"] for p in mean]
-        ax.plot(labels, [p["miou"] for p in mean], "-o", ms=3, color=colour, label=name)
-        lo, hi = [p["min"] for p in mean], [p["max"] for p in mean]
-        ax.fill_between(labels, lo, hi, color=colour, alpha=0.12)
-    target = result["random_final_miou"]
-    ax.axhline(target, color="#777777", ls=":", lw=1)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    panels = (
+        ("mean_curve", "mIoU on 33TWM (5 classes): the score", result["random_final_miou"]),
+        (
+            "mean_curve_in_domain",
+            "mIoU on held-out pixels of 33TWL (where labels come from)",
+            result.get("random_final_miou_in_domain"),
+        ),
+    )
+    for ax, (key, ylabel, target) in zip(axes, panels, strict=True):
+        colours = ("#777777", "#d62728", "#1f77b4", "#2ca02c")
+        for name, colour in zip(STRATEGIES, colours, strict=True):
+            mean = result["strategies"][name].get(key) or []
+            labels = [p["labels"] for p in mean]
+            ax.plot(labels, [p["miou"] for p in mean], "-o", ms=2, color=colour, label=name)
+            lo, hi = [p["min"] for p in mean], [p["max"] for p in mean]
+            ax.fill_between(labels, lo, hi, color=colour, alpha=0.10)
+        if target is not None:
+            ax.axhline(target, color="#777777", ls=":", lw=1)
+        ax.set_xlabel("labels (pixels of 33TWL, SCL as the oracle)")
+        ax.set_title(ylabel, fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("mIoU")
+    axes[0].legend(loc="lower right", fontsize=8)
     ratio = result["ratios"]["labels_to_match_random"]
     best = result["ratios"]["best_strategy"]
-    ax.set_xlabel("labels (pixels of 33TWL, SCL as the oracle)")
-    ax.set_ylabel("mIoU on 33TWM (5 classes)")
     reach = f"with {ratio:.2f} x the labels" if ratio is not None else "never"
-    ax.set_title(f"Active learning: {best or 'no strategy'} reaches random's final mIoU {reach}")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(
+        f"Active learning: {best or 'no strategy'} reaches random's final 33TWM mIoU {reach}",
+        fontsize=11,
+    )
     fig.text(
         0.01, 0.01,
         f"{len(result['seeds'])} seeds (mean, min..max shaded), random forest of "
         f"{result['params']['trees']} trees retrained per round; load {result['machine']['load_avg']}",
         fontsize=7, color="#555555",
     )  # fmt: skip
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.tight_layout(rect=(0, 0.03, 1, 0.96))
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=110, metadata={"Software": None})
     plt.close(fig)
@@ -222,15 +249,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     px, py, pxy = tile_pixels(catalog, "33TWL")
     tx, ty, _ = tile_pixels(catalog, "33TWM")
     rng = np.random.default_rng(12345)
-    pool_idx = rng.choice(len(py), min(args.pool, len(py)), replace=False)
+    order = rng.permutation(len(py))
+    pool_idx = order[: args.pool]
+    own_idx = order[args.pool : args.pool + args.in_domain_pixels]  # never in the pool
     test_idx = rng.choice(len(ty), min(args.test_pixels, len(ty)), replace=False)
     pool = (px[pool_idx], py[pool_idx], pxy[pool_idx])
     test = (tx[test_idx], ty[test_idx])
+    held_out = (px[own_idx], py[own_idx]) if len(own_idx) else None
     load_before = os.getloadavg()
     strategies: dict[str, Any] = {}
     for name in STRATEGIES:
-        runs = [run_strategy(name, s, pool, test, args, len(classes)) for s in args.seeds]
-        strategies[name] = {"runs": runs, "mean_curve": _mean_curve(runs)}
+        runs = [run_strategy(name, s, pool, test, args, len(classes), held_out) for s in args.seeds]
+        strategies[name] = {
+            "runs": runs,
+            "mean_curve": _mean_curve(runs),
+            "mean_curve_in_domain": _mean_curve(runs, "miou_in_domain"),
+            "final_per_class_iou_mean": dict(
+                zip(
+                    classes,
+                    np.mean([r["curve"][-1]["per_class_iou"] for r in runs], axis=0).round(4),
+                    strict=True,
+                )
+            ),
+        }
         print(f"{name:22s} final mIoU {strategies[name]['mean_curve'][-1]['miou']:.3f}", flush=True)
     random_final = strategies["random"]["mean_curve"][-1]
     reach = {
@@ -247,6 +288,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if n != "random"
     }
     reached = {n: v for n, v in reach.items() if v is not None}
+    own_final = strategies["random"]["mean_curve_in_domain"]
+    reach_own = {
+        n: labels_to_reach(s["mean_curve_in_domain"], own_final[-1]["miou"]) if own_final else None
+        for n, s in strategies.items()
+        if n != "random"
+    }
     best = min(reached, key=lambda n: reached[n]) if reached else None
     load = os.getloadavg()
     return {
@@ -257,6 +304,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "classes": classes,
         "pool_pixels": len(pool_idx),
         "test_pixels": len(test_idx),
+        "in_domain_pixels": len(own_idx),
         "class_share_pool": {
             c: round(float((pool[1] == k).mean()), 4) for k, c in enumerate(classes)
         },
@@ -282,7 +330,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 n: (round(v / random_final["labels"], 3) if v is not None else None)
                 for n, v in reach.items()
             },
+            # the same on held-out pixels of 33TWL (no change of place): what labels buy where
+            # they were taken, apart from how the forest transfers to 33TWM
+            "in_domain_per_strategy": {
+                n: (round(v / random_final["labels"], 3) if v is not None else None)
+                for n, v in reach_own.items()
+            },
         },
+        "random_final_miou_in_domain": own_final[-1]["miou"] if own_final else None,
         "seconds": round(time.perf_counter() - t0, 1),
         "machine": {
             "platform": platform.platform(),
@@ -305,14 +360,18 @@ def main(argv: list[str] | None = None) -> int:
         help="static catalog with 33TWL and 33TWM items (default ../shared/data/s2-l2a-sample)",
     )  # fmt: skip
     parser.add_argument("--start", type=int, default=3, help="labels per class to start with")
-    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--batch", type=int, default=10, help="labels per round")
     parser.add_argument("--trees", type=int, default=50)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--spread", type=float, default=2000.0, help="metres (spread strategy)")
     parser.add_argument("--pool", type=int, default=20000, help="candidate pixels of 33TWL")
     parser.add_argument("--test-pixels", type=int, default=100000, help="scored pixels of 33TWM")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument(
+        "--in-domain-pixels", type=int, default=50000,
+        help="held-out pixels of 33TWL also scored (0: off)",
+    )  # fmt: skip
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = parser.parse_args(argv)
     result = run(args)
     ratio = result["ratios"]["labels_to_match_random"]
