@@ -48,9 +48,13 @@ class Candidates:
     crs: str
 
 
-def _scene_candidates(scene: RunScene, cell: int) -> tuple[npt.NDArray[np.float64], ...] | None:
-    """(col, row, entropy, margin, class) of the most uncertain pixel of each cell, and the
-    transform/crs of the scene."""
+def _scene_candidates(
+    scene: RunScene, cell: int, edge: int
+) -> tuple[npt.NDArray[np.float64], ...] | None:
+    """(col, row, entropy, margin, class) of the most uncertain pixel of each cell, skipping
+    pixels within ``edge`` px of nodata (the model saw missing data there, not a hard case)."""
+    from scipy.ndimage import binary_erosion
+
     out: list[tuple[int, int, float, float, int]] = []
     with rasterio.open(scene.uncertainty) as unc, rasterio.open(scene.prediction) as pred:
         height, width = unc.height, unc.width
@@ -59,7 +63,14 @@ def _scene_candidates(scene: RunScene, cell: int) -> tuple[npt.NDArray[np.float6
             window = Window(0, top, width, rows)
             ent, mar = unc.read(window=window).astype(np.int32)
             cls = pred.read(1, window=window)
-            ent[(ent == NODATA_CLASS) | (cls == NODATA_CLASS)] = -1
+            # validity with ``edge`` rows of context above and below (outside the scene: nodata)
+            lo, hi = max(0, top - edge), min(height, top + rows + edge)
+            around = pred.read(1, window=Window(0, lo, width, hi - lo)) != NODATA_CLASS
+            around = np.pad(around, ((lo - (top - edge), top + rows + edge - hi), (0, 0)))
+            if edge > 0:
+                around = binary_erosion(around, np.ones((2 * edge + 1,) * 2), border_value=0)
+            ok = around[edge : edge + rows] & (ent != NODATA_CLASS)
+            ent[~ok] = -1
             n_cells = -(-width // cell)
             pad = n_cells * cell - width
             grid = np.pad(ent, ((0, 0), (0, pad)), constant_values=-1)
@@ -77,18 +88,19 @@ def _scene_candidates(scene: RunScene, cell: int) -> tuple[npt.NDArray[np.float6
     return a[:, 0], a[:, 1], a[:, 2] * UNCERTAINTY_SCALE, a[:, 3] * UNCERTAINTY_SCALE, a[:, 4]
 
 
-def candidates(scenes: list[RunScene], cell: int = 8) -> Candidates:
-    """The candidate pixels of ``scenes`` (see module doc), in the first scene's CRS.
+def candidates(scenes: list[RunScene], cell: int = 8, edge: int = 8) -> Candidates:
+    """The candidate pixels of ``scenes`` (see module doc), in the first scene's CRS; none
+    within ``edge`` pixels of nodata or the scene border.
 
     Raises:
         InputError: ``cell`` < 1, or no scene has a single valid pixel.
     """
-    if cell < 1:
-        raise InputError(f"cell={cell} must be >= 1 pixel.")
+    if cell < 1 or edge < 0:
+        raise InputError(f"cell={cell} must be >= 1 and edge={edge} >= 0 pixels.")
     parts: list[tuple[npt.NDArray[np.float64], ...]] = []
     crs: str | None = None
     for k, scene in enumerate(scenes):
-        found = _scene_candidates(scene, cell)
+        found = _scene_candidates(scene, cell, edge)
         if found is None:
             continue
         col, row, ent, mar, cls = found
@@ -142,6 +154,7 @@ def suggest_points(
     labelled: Path | None = None,
     spread_m: float = 1000.0,
     cell: int = 8,
+    edge: int = 8,
 ) -> gpd.GeoDataFrame:
     """The ``n`` points of ``run_dir`` to label next, best first (see module doc).
 
@@ -153,6 +166,7 @@ def suggest_points(
         spread_m: distance (metres of the first scene's CRS) below which nearby points lose
             weight; 0 = uncertainty only.
         cell: candidate cell size in pixels (one candidate per cell).
+        edge: pixels near nodata or the scene border skipped (the model saw padding there).
 
     Returns:
         Points in EPSG:4326 with ``rank`` (1 = first), ``item_id``, ``class`` (empty),
@@ -168,7 +182,7 @@ def suggest_points(
     if spread_m < 0:
         raise InputError(f"spread={spread_m} must be >= 0 metres.")
     scenes = run_scenes(run_dir)
-    cand = candidates(scenes, cell)
+    cand = candidates(scenes, cell, edge)
     tx = ty = None
     if labelled is not None:
         try:

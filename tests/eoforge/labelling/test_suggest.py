@@ -47,6 +47,12 @@ def test_suggested_points_are_the_uncertain_ones(tiny_run: Path, tmp_path: Path)
     with rasterio.open(tiny_run / "uncertainty" / f"{points['item_id'].iloc[0]}.tif") as src:
         ent = src.read(1)
     assert points["entropy"].min() > np.median(ent[ent != 255]) / 254 + 0.3
+    # none next to the scene border, where the model saw padding rather than a hard case
+    for _, p in points.iterrows():
+        with rasterio.open(tiny_run / "predictions" / f"{p['item_id']}.tif") as src:
+            pt = gpd.GeoSeries([p.geometry], crs=4326).to_crs(src.crs)
+            row, col = src.index(pt.x[0], pt.y[0])
+            assert 8 <= row < src.height - 8 and 8 <= col < src.width - 8
     # spread: no two points closer than a few pixels
     utm = points.to_crs(32633)
     d = utm.geometry.apply(lambda g: utm.geometry.distance(g).replace(0, np.inf).min())
