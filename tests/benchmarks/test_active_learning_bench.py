@@ -25,7 +25,7 @@ def test_active_learning_benchmark_tiny(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
     assert set(result["strategies"]) == {
-        "random", "uncertainty", "uncertainty+spread", "uncertainty+clusters"
+        "random", "uncertainty", "uncertainty+spread", "uncertainty+clusters", "uncertainty+random"
     }  # fmt: skip
     start = 3 * len(result["classes"])
     for name, strategy in result["strategies"].items():

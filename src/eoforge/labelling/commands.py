@@ -26,6 +26,10 @@ def suggest(
     spread: Annotated[
         float, typer.Option(help="Metres within which points crowd each other (0: off).", min=0)
     ] = 1000.0,
+    explore: Annotated[
+        float,
+        typer.Option(help="Share of points drawn at random instead (0..1).", min=0, max=1),
+    ] = 0.0,
 ) -> None:
     """Pick the N points to label next: the most uncertain pixels of the run's predictions,
     spread apart, skipping what is labelled; a GeoParquet of points (the `labels.source`
@@ -40,7 +44,7 @@ def suggest(
     from eoforge.labelling.suggest import suggest_points, write_points
 
     target = out or run_dir / "suggestions.parquet"
-    points = suggest_points(run_dir, n, labelled=labelled, spread_m=spread)
+    points = suggest_points(run_dir, n, labelled=labelled, spread_m=spread, explore=explore)
     write_points(points, target)
     sheet = quicklook_sheet(run_scenes(run_dir), points, target.with_suffix(".png"))
     print(f"suggestions: {target.resolve()}\nquicklook: {sheet.resolve()}")

@@ -155,6 +155,8 @@ def suggest_points(
     spread_m: float = 1000.0,
     cell: int = 8,
     edge: int = 8,
+    explore: float = 0.0,
+    seed: int = 0,
 ) -> gpd.GeoDataFrame:
     """The ``n`` points of ``run_dir`` to label next, best first (see module doc).
 
@@ -167,13 +169,18 @@ def suggest_points(
             weight; 0 = uncertainty only.
         cell: candidate cell size in pixels (one candidate per cell).
         edge: pixels near nodata or the scene border skipped (the model saw padding there).
+        explore: share of the points drawn at random among the candidates instead (ranked
+            alternately with the uncertain ones): pure uncertainty sampling skews the labels
+            towards rare, ambiguous pixels (see ``benchmarks/active_learning.py``).
+        seed: of the random draw.
 
     Returns:
         Points in EPSG:4326 with ``rank`` (1 = first), ``item_id``, ``class`` (empty),
-        ``predicted``, ``entropy``, ``margin``.
+        ``predicted``, ``entropy``, ``margin`` and ``reason`` (``uncertain`` or ``random``).
 
     Raises:
-        InputError: bad ``n``, ``spread_m`` or run folder, or an unreadable ``labelled`` file.
+        InputError: bad ``n``, ``spread_m``, ``explore`` or run folder, or an unreadable
+            ``labelled`` file.
     """
     import geopandas as gpd
 
@@ -181,6 +188,8 @@ def suggest_points(
         raise InputError(f"n={n} must be >= 1 (how many points to suggest).")
     if spread_m < 0:
         raise InputError(f"spread={spread_m} must be >= 0 metres.")
+    if not 0 <= explore <= 1:
+        raise InputError(f"explore={explore} must be a share between 0 and 1.")
     scenes = run_scenes(run_dir)
     cand = candidates(scenes, cell, edge)
     tx = ty = None
@@ -205,7 +214,19 @@ def suggest_points(
         cand.entropy = np.where(near, -np.inf, cand.entropy)
     pool = np.argsort(-cand.entropy, kind="stable")[: n * _POOL_PER_POINT]
     pool = pool[np.isfinite(cand.entropy[pool])]
-    picked = pool[choose(cand.x[pool], cand.y[pool], cand.entropy[pool], n, spread_m, tx, ty)]
+    n_random = round(n * explore)
+    chosen = choose(cand.x[pool], cand.y[pool], cand.entropy[pool], n - n_random, spread_m, tx, ty)
+    uncertain = pool[chosen] if chosen else np.zeros(0, np.int64)
+    eligible = np.setdiff1d(np.flatnonzero(np.isfinite(cand.entropy)), uncertain)
+    drawn = np.random.default_rng(seed).choice(
+        eligible, min(n_random, len(eligible)), replace=False
+    )
+    # alternate the two kinds, so that a labeller who stops early still has the mix
+    slots = [(2 * i, "uncertain", j) for i, j in enumerate(uncertain)]
+    slots += [(2 * i + 1, "random", j) for i, j in enumerate(drawn)]
+    slots.sort()
+    picked = np.array([j for _, _, j in slots], np.int64)
+    reasons = [r for _, r, _ in slots]
     frame = gpd.GeoDataFrame(
         {
             "rank": np.arange(1, len(picked) + 1),
@@ -217,6 +238,7 @@ def suggest_points(
             ],
             "entropy": cand.entropy[picked].round(4),
             "margin": cand.margin[picked].round(4),
+            "reason": reasons,
         },
         geometry=gpd.points_from_xy(cand.x[picked], cand.y[picked]),
         crs=cand.crs,

@@ -90,3 +90,18 @@ def test_suggest_command_writes_points_and_sheet(tiny_run: Path, tmp_path: Path)
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode != 0 and "no predictions" in bad.stderr
+
+
+def test_explore_mixes_random_points_in_alternately(tiny_run: Path) -> None:
+    pure = suggest_points(tiny_run, 6, spread_m=2000)
+    assert (pure["reason"] == "uncertain").all()
+    mixed = suggest_points(tiny_run, 6, spread_m=2000, explore=0.5, seed=1)
+    assert mixed["reason"].tolist() == ["uncertain", "random"] * 3
+    # the uncertain half is the best of the pure list; the random half is less uncertain
+    assert mixed["entropy"][mixed["reason"] == "uncertain"].tolist() == pure["entropy"][:3].tolist()
+    assert mixed["entropy"][mixed["reason"] == "random"].mean() < pure["entropy"].mean()
+    assert suggest_points(tiny_run, 6, explore=0.5, seed=1).equals(
+        suggest_points(tiny_run, 6, explore=0.5, seed=1)
+    )
+    with pytest.raises(InputError, match="explore"):
+        suggest_points(tiny_run, 3, explore=1.5)
