@@ -13,7 +13,9 @@ round a random forest is retrained (seconds) and scored. Strategies:
 - ``uncertainty+spread``: eoforge's own choice (:func:`eoforge.labelling.suggest.choose`, what
   ``eoforge suggest`` runs): entropy weighted down near points already chosen or labelled;
 - ``uncertainty+clusters``: the ``10 * batch`` most uncertain pixels cut into ``batch``
-  k-means clusters of their features, the most uncertain of each.
+  k-means clusters of their features, the most uncertain of each;
+- ``uncertainty+random``: half the batch drawn at random, half the most uncertain (keeps the
+  labelled set close to the pool's class mix, which pure uncertainty sampling skews).
 
 ``ratios.labels_to_match_random`` = labels the best strategy needs (mean curve over seeds) to
 reach random's final mIoU, divided by random's final label count (< 1: labels saved).
@@ -38,7 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT.parent / "shared" / "data" / "s2-l2a-sample"
 MINI = ROOT / "src" / "eoforge" / "stac" / "sample" / "s2-l2a-mini"
 BANDS = ("B02", "B03", "B04", "B08")
-STRATEGIES = ("random", "uncertainty", "uncertainty+spread", "uncertainty+clusters")
+STRATEGIES = (
+    "random",
+    "uncertainty",
+    "uncertainty+spread",
+    "uncertainty+clusters",
+    "uncertainty+random",
+)
 
 
 def _groups() -> tuple[list[str], dict[int, int]]:
@@ -108,6 +116,12 @@ def _pick(
     ent = ent + rng.uniform(0, 1e-9, len(ent))  # ties (many pixels at one entropy) broken at random
     if strategy == "uncertainty":
         return free[np.argsort(-ent)[:batch]]
+    if strategy == "uncertainty+random":
+        half = batch // 2
+        drawn = rng.choice(len(free), half, replace=False)
+        rest = np.setdiff1d(np.argsort(-ent), drawn, assume_unique=True)
+        by_entropy = rest[np.argsort(-ent[rest], kind="stable")][: batch - half]
+        return free[np.concatenate([drawn, by_entropy])]
     top = np.argsort(-ent)[: 10 * batch]
     if strategy == "uncertainty+spread":
         done = np.flatnonzero(labelled)
@@ -207,8 +221,10 @@ def plot(result: dict[str, Any], out_png: Path) -> Path:
         ),
     )
     for ax, (key, ylabel, target) in zip(axes, panels, strict=True):
-        colours = ("#777777", "#d62728", "#1f77b4", "#2ca02c")
+        colours = ("#777777", "#d62728", "#1f77b4", "#2ca02c", "#9467bd")
         for name, colour in zip(STRATEGIES, colours, strict=True):
+            if name not in result["strategies"]:
+                continue
             mean = result["strategies"][name].get(key) or []
             labels = [p["labels"] for p in mean]
             ax.plot(labels, [p["miou"] for p in mean], "-o", ms=2, color=colour, label=name)
@@ -258,7 +274,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     held_out = (px[own_idx], py[own_idx]) if len(own_idx) else None
     load_before = os.getloadavg()
     strategies: dict[str, Any] = {}
-    for name in STRATEGIES:
+    for name in args.strategies:
         runs = [run_strategy(name, s, pool, test, args, len(classes), held_out) for s in args.seeds]
         strategies[name] = {
             "runs": runs,
@@ -372,7 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         help="held-out pixels of 33TWL also scored (0: off)",
     )  # fmt: skip
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument(
+        "--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES,
+        help="strategies to run (random is always run: the others are compared with it)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    args.strategies = ["random", *(s for s in args.strategies if s != "random")]
     result = run(args)
     ratio = result["ratios"]["labels_to_match_random"]
     print(
