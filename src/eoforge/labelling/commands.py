@@ -28,8 +28,13 @@ def suggest(
     ] = 1000.0,
     explore: Annotated[
         float,
-        typer.Option(help="Share of points drawn at random instead (0..1).", min=0, max=1),
-    ] = 0.0,
+        typer.Option(
+            help="Share of points drawn at random instead (0..1): half random, half uncertain "
+            "saved the most labels in benchmarks/active_learning.py (docs/active-learning.md).",
+            min=0,
+            max=1,
+        ),
+    ] = 0.5,
 ) -> None:
     """Pick the N points to label next: the most uncertain pixels of the run's predictions,
     spread apart, skipping what is labelled; a GeoParquet of points (the `labels.source`
@@ -82,7 +87,7 @@ def label(
     if source.is_file():
         points = gpd.read_parquet(source)
     else:
-        points = suggest_points(run_dir, n)
+        points = suggest_points(run_dir, n, explore=0.5)
         write_points(points, source)
     page = build_page(scenes, points, run_dir / "labelling")
     server = LabelServer(page.parent, points, list(scenes[0].classes), out, port)

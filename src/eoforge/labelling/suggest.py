@@ -5,7 +5,10 @@ scene) and cut into cells of ``cell`` pixels; the most uncertain pixel of each c
 candidate. Points are then chosen greedily by ``entropy * (1 - exp(-d / spread))``, where ``d``
 is the distance to the nearest point already chosen or labelled: uncertainty first, with
 spatial spread so that the N points are not N neighbours on one ambiguous field edge.
-Already-labelled pixels are skipped. The result is a GeoParquet of points in the
+Already-labelled pixels are skipped; with ``explore`` a share of the points is drawn at random
+instead (``eoforge suggest`` draws half: the mix that saved labels in
+``benchmarks/active_learning.py``, where pure uncertainty sampling did worse than random). The
+result is a GeoParquet of points in the
 ``labels.source`` points format (``class`` empty until a human fills it, ``item_id`` the scene).
 """
 
