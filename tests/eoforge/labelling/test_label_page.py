@@ -8,11 +8,13 @@ from pathlib import Path
 import geopandas as gpd
 import pytest
 
+from eoforge.config import LabelSpec
 from eoforge.errors import InputError
 from eoforge.labelling.page import build_page
 from eoforge.labelling.scenes import run_scenes
 from eoforge.labelling.server import LabelServer, labels_frame
 from eoforge.labelling.suggest import suggest_points
+from eoforge.labels.points import PointLabels
 from eoforge.testing.browser import _ARGS as CHROMIUM_ARGS
 from eoforge.testing.browser import browser_missing, chromium_path
 
@@ -94,3 +96,25 @@ def test_label_three_points_in_the_browser(tiny_run: Path, tmp_path: Path) -> No
     first = points.sort_values("rank").iloc[:3]
     assert saved["item_id"].tolist() == first["item_id"].tolist()
     assert saved.geometry.geom_equals_exact(first.geometry.reset_index(drop=True), 1e-9).all()
+    # what the next `eoforge run` reads: a valid points label source for the run's classes
+    spec = LabelSpec(classes=scenes[0].classes, source={"kind": "points", "path": str(out)})
+    PointLabels(str(out)).check(spec)
+
+
+def test_save_keeps_the_labels_already_in_the_file(tiny_run: Path, tmp_path: Path) -> None:
+    points = suggest_points(tiny_run, 4)
+    classes = list(run_scenes(tiny_run)[0].classes)
+    out = tmp_path / "labels.parquet"
+    earlier = labels_frame(points, [{"rank": 4, "class": "bare"}], classes)
+    earlier.to_parquet(out)
+    server = LabelServer(tmp_path, points, classes, out)
+    try:
+        assert server.save([{"rank": 1, "class": "water"}]) == 1
+    finally:
+        server.httpd.server_close()
+    saved = gpd.read_parquet(out)
+    assert saved["class"].tolist() == ["bare", "water"]
+    (tmp_path / "notes.parquet").write_text("not parquet")
+    with pytest.raises(InputError, match="not GeoParquet"):
+        LabelServer(tmp_path, points, classes, tmp_path / "notes.parquet")
+    assert (tmp_path / "notes.parquet").read_text() == "not parquet"
