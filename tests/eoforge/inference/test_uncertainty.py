@@ -122,3 +122,33 @@ def test_uncertainty_asset_of_the_prediction_item(tmp_path: Path) -> None:
     assert asset.extra_fields["file:size"] == unc.stat().st_size
     with pytest.raises(InputError, match="does not exist"):
         add_uncertainty_asset(item, tmp_path / "missing.tif", "x")
+
+
+class _Rows:
+    """A writer that keeps only a row count and a checksum (nothing scene-sized)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.total = 0
+
+    def write_rows(self, top: int, rows: np.ndarray) -> None:
+        assert top == self.rows
+        self.rows += rows.shape[-2]
+        self.total += int(rows.astype(np.int64).sum())
+
+
+def test_uncertainty_streams_with_the_class_map_in_bounded_memory(tmp_path: Path) -> None:
+    from eoforge.inference.predict import predict_raster
+
+    rng = np.random.default_rng(5)
+    session = open_session(
+        _pixel_model(tmp_path / "m.onnx", rng.normal(size=(3, 3)), rng.normal(size=3)), threads=1
+    )
+    tall = rng.integers(1, 6000, (3, 3000, 96), dtype=np.uint16)  # 3000 rows, window 64
+    spec = InferSpec(window=64, overlap=16, batch_size=4)
+    alone = predict_raster(session, ArrayReader(tall), spec, _Rows())
+    classes, unc = _Rows(), _Rows()
+    both = predict_raster(session, ArrayReader(tall), spec, classes, uncertainty=unc)
+    assert unc.rows == classes.rows == 3000 and unc.total > 0
+    # the uncertainty rides on the same strips: no more rows held than for the class map alone
+    assert both.max_buffered_rows == alone.max_buffered_rows < 300
