@@ -118,3 +118,43 @@ def test_save_keeps_the_labels_already_in_the_file(tiny_run: Path, tmp_path: Pat
     with pytest.raises(InputError, match="not GeoParquet"):
         LabelServer(tmp_path, points, classes, tmp_path / "notes.parquet")
     assert (tmp_path / "notes.parquet").read_text() == "not parquet"
+
+
+def test_label_command_serves_and_saves(tiny_run: Path, tmp_path: Path) -> None:
+    import json
+    import re
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    out = tmp_path / "labels.parquet"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eoforge.cli", "label", str(run), "--out", str(out),
+         "--port", "0", "--n", "4"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        seen = ""
+        while "labelling page:" not in seen:
+            line = proc.stderr.readline()
+            assert line, f"the command ended before serving: {seen}"
+            seen += line
+        url = re.search(r"http://127\.0\.0\.1:\d+/", seen)
+        assert url is not None, seen
+        with urllib.request.urlopen(url.group(0), timeout=30) as page:
+            assert "eoforge: label points" in page.read().decode()
+        body = json.dumps({"labels": [{"rank": 2, "class": "bare"}]}).encode()
+        request = urllib.request.Request(url.group(0) + "save", data=body, method="POST")
+        with urllib.request.urlopen(request, timeout=30) as reply:
+            assert json.loads(reply.read())["saved"] == 1
+    finally:
+        proc.send_signal(signal.SIGINT)  # Ctrl-C: stops serving, exits cleanly
+        assert proc.wait(timeout=30) == 0
+    assert gpd.read_parquet(out)["class"].tolist() == ["bare"]
+    # the suggestions it made for itself sit in the run folder, beside the page
+    assert (run / "suggestions.parquet").is_file() and (run / "labelling" / "index.html").is_file()
