@@ -1,10 +1,13 @@
 """Chips benchmark: eoforge chip generation vs xbatcher, eoforge's loader vs rasterio windows.
 
-    python -m benchmarks.chips [--json OUT] [--catalog ../shared/data/s2-l2a-sample] [--repeats 5]
+    python -m benchmarks.chips [--json OUT] [--catalog DIR] [--repeats 5]
 
-Measured side by side in one process run, on this machine, medians of ``--repeats`` runs, on
-the full real sample (2 tiles x 5 dates, 915 x 915 px at 120 m) loaded into a Zarr cube with
-``eoforge.cube.build.write_cube`` (not timed):
+Measured side by side in one process run, on this machine, medians of ``--repeats`` runs, on a
+real sample loaded into a Zarr cube with ``eoforge.cube.build.write_cube`` (not timed): by default
+the mini sample the repository ships (``eoforge.config.BUNDLED_CATALOG``, 2 tiles x 5 dates,
+512 x 512 px at 120 m), so a fresh clone runs it; ``--catalog`` takes another static catalog,
+e.g. the full sample (915 x 915 px, ``s2-l2a-sample`` of the shared data). The JSON records
+which catalog, and its size, under ``sample``.
 
 1. **Chip generation.** The same chips, every 64 px window of a regular grid of every slice
    (x: 4 bands uint16, y: grouped SCL classes uint8), as numpy arrays, by
@@ -49,10 +52,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks._timing import median_seconds
-from eoforge.config import ChipSpec, LabelSpec
+from eoforge.config import BUNDLED_CATALOG, ChipSpec, LabelSpec
 from eoforge.labels.classes import scl_lookup
 
-DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "shared" / "data" / "s2-l2a-sample"
+#: The data the repository ships: the benchmark runs on a fresh clone.
+DEFAULT_CATALOG = BUNDLED_CATALOG
 BANDS = ("blue", "green", "red", "nir")
 BAND_FILES = {"blue": "B02", "green": "B03", "red": "B04", "nir": "B08", "scl": "SCL"}
 SIZE = 64
@@ -328,6 +332,21 @@ def bench_loader(cube: Path, assets: dict[str, dict[str, str]], repeats: int) ->
 # --------------------------------------------------------------------------- report
 
 
+def _sample(catalog: Path, assets: dict[str, dict[str, str]]) -> dict[str, Any]:
+    """Which data was measured: the catalog, its items and their pixel size."""
+    import rasterio
+
+    first = next(iter(assets.values()))
+    with rasterio.open(next(iter(first.values()))) as src:
+        height, width = src.shape
+    return {
+        "catalog": str(catalog),
+        "bundled": catalog.resolve() == BUNDLED_CATALOG.resolve(),
+        "items": len(assets),
+        "pixels_per_asset": [height, width],
+    }
+
+
 def run(catalog: Path, repeats: int = 5, lazy_batches: int = 20) -> dict[str, Any]:
     """Run both sections on ``catalog`` and return the summary (see module doc)."""
     work = Path(tempfile.mkdtemp(prefix="eoforge-bench-cube-"))
@@ -360,6 +379,7 @@ def run(catalog: Path, repeats: int = 5, lazy_batches: int = 20) -> dict[str, An
         "loader": loader,
         "cube_load_seconds": load_s,
         "catalog": str(catalog),
+        "sample": _sample(catalog, assets),
         "repeats": repeats,
         "machine": {
             "python": sys.version.split()[0],

@@ -18,7 +18,9 @@ fresh subprocess (peak resident memory from ``getrusage`` of that child):
 3. ``eoforge predict`` with that model over one whole 10980 x 10980 tile and date
    (``mpx_per_s.whole_tile_predict``, ``memory_mb.whole_tile_predict_peak``), next to the
    window rate of the same model in ONNX Runtime on the product's windows (512 px, batch 2)
-   (``ratios.whole_tile_vs_window_rate``; 64 px overlap alone costs (512/448)^2 = 1.31x).
+   (``ratios.whole_tile_vs_window_rate``; 64 px overlap alone costs (512/448)^2 = 1.31x);
+4. chipping that whole tile's cube (64 px chips, block split, read a chunk row at a time)
+   (``seconds.whole_tile_chips``, ``memory_mb.whole_tile_chips_peak``).
 
 The catalog (~1 GB) is written once into ``--work`` and reused; every run uses a fresh store
 (nothing is served from a cache) and removes it afterwards. ~10 minutes on 2 cores.
@@ -42,7 +44,11 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT.parent / "shared" / "data" / "s2-l2a-sample"
+#: The full sample is not in the repository (66 MB): ``--sample`` or ``EOFORGE_FULL_SAMPLE``
+#: names it; the default is where the shared data sits beside a checkout.
+SAMPLE = Path(
+    os.environ.get("EOFORGE_FULL_SAMPLE") or ROOT.parent / "shared" / "data" / "s2-l2a-sample"
+)
 ITEMS = [
     "S2A_33TWL_20230815_0_L2A",
     "S2A_33TWM_20230815_0_L2A",
@@ -193,6 +199,31 @@ def _window_rate(model_dir: Path, repeats: int) -> float:
     return spec.batch_size * spec.window**2 / 1e6 / statistics.median(times)
 
 
+def _whole_tile_chips(store: Path, out: Path) -> tuple[float, float, dict[str, int]]:
+    """Chip the whole-tile cube ``eoforge predict`` ingested: (seconds, peak MB, counts)."""
+    import zarr
+
+    for cube in sorted((store / "cubes").glob("*.zarr")):
+        root = zarr.open_group(str(cube), mode="r")
+        for tile in root.group_keys():
+            group = root[tile]
+            assert isinstance(group, zarr.Group)
+            if group["blue"].shape[-1] == 10980:
+                code = (
+                    "import json\n"
+                    "from eoforge.chips.cut import build_chips\n"
+                    "from eoforge.config import ChipSpec, LabelSpec, SamplingSpec\n"
+                    f"spec = ChipSpec(size=64, stride=512, train_tiles=({tile!r},), "
+                    f"test_tiles=({tile!r},))\n"
+                    f"info = build_chips({str(cube)!r}, {str(out)!r}, spec, LabelSpec(), "
+                    f"{VARS[:4]!r}, sampling=SamplingSpec(split='block', block_size=1024))\n"
+                    "print(json.dumps(info.counts))\n" + PEAK
+                )
+                seconds, peak, stdout = _child(code)
+                return seconds, peak, json.loads(stdout.strip().splitlines()[-2])
+    raise RuntimeError(f"no whole-tile cube in {store / 'cubes'}")
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -237,6 +268,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tile_px = src.width * src.height
     whole_tile_rate = tile_px / 1e6 / infer_s
     window_rate = _window_rate(run_dir / "model", 5)
+    chips_s, chips_peak, chips_counts = _whole_tile_chips(store, fresh / "tile-chips.zarr")
+    print(f"whole tile chips: {chips_s:.1f} s, peak {chips_peak:.0f} MB", flush=True)
     shutil.rmtree(fresh)  # created above by this run
     print(f"whole tile predict: {whole_tile_rate:.2f} Mpx/s, window {window_rate:.2f}", flush=True)
     return {
@@ -261,18 +294,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "aoi_pipeline": pipe_s,
             "whole_tile_predict_command": pred_s,
             "whole_tile_infer_stage": infer_s,
+            "whole_tile_chips": chips_s,
         },
         "memory_mb": {
             "aoi_ingest_eoforge_peak": max(p for _, p in ingest["runs"]["eoforge"]),
             "aoi_ingest_odc_stac_peak": max(p for _, p in ingest["runs"]["odc_stac"]),
             "aoi_pipeline_peak": pipe_peak,
             "whole_tile_predict_peak": pred_peak,
+            "whole_tile_chips_peak": chips_peak,
         },
         "pixels": {
             "cube_eoforge": ingest["pixels"]["eoforge"],
             "cube_odc_stac": ingest["pixels"]["odc_stac"],
             "whole_tile": tile_px,
         },
+        "whole_tile_chips": chips_counts,
         "mpx_per_s": {"whole_tile_predict": whole_tile_rate, "window_rate": window_rate},
         "ratios": {
             "ingest_vs_odc_stac": statistics.median(eo) / statistics.median(odc),
@@ -293,11 +329,20 @@ def main(argv: list[str] | None = None) -> int:
         "--work", type=Path, default=Path("/tmp/eoforge-scale-native"), help="work folder"
     )
     parser.add_argument("--repeats", type=int, default=3, help="ingest repeats (interleaved)")
+    parser.add_argument(
+        "--sample", type=Path, default=SAMPLE, help="the full sample's static catalog folder"
+    )
     args = parser.parse_args(argv)
-    if not SAMPLE.is_dir():
-        print(f"the full sample is not at {SAMPLE} (../shared/data beside the checkout)")
+    if not (args.sample / "collection.json").is_file():
+        print(
+            f"the full sample is not at {args.sample}: pass --sample DIR or set "
+            "EOFORGE_FULL_SAMPLE (the s2-l2a-sample folder of the shared data)"
+        )
         return 2
+    global SAMPLE  # read by the steps below
+    SAMPLE = args.sample
     result = run(args)
+    result["sample"] = str(args.sample)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     print(json.dumps({k: result[k] for k in ("seconds", "memory_mb", "ratios")}, indent=2))

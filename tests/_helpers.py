@@ -6,8 +6,11 @@ A module rather than fixtures because module-scoped fixtures and module-level na
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -95,3 +98,73 @@ def write_chip_store(
         band_std=train_std if band_std is None else band_std,
     )
     return path
+
+
+def asset_bands(item: dict[str, Any], bands: Sequence[str]) -> np.ndarray:
+    """A STAC item's bands (C, H, W) read straight from its ``file://`` or local asset files
+    with rasterio, not through eoforge: the reference a prediction is compared with."""
+    import rasterio
+
+    arrays = []
+    for band in bands:
+        href = str(item["assets"][band]["href"])
+        with rasterio.open(unquote(href.removeprefix("file://"))) as src:
+            arrays.append(src.read(1))
+    return np.stack(arrays)
+
+
+def check_quality(
+    metrics: dict[str, Any], support: dict[str, int], miou_margin: float, acc_margin: float
+) -> None:
+    """Quality floors from the data: the majority class and the random forest set the bar.
+
+    A model that always answers the majority class scores its rate in pixel accuracy and
+    ``rate / K`` in mIoU: the model must beat both clearly (accuracy halfway from that rate to a
+    perfect score, mIoU by 0.2), and trail the random forest trained on the same chips by at most
+    ``miou_margin`` / ``acc_margin`` (a short, clock-cut training may trail it).
+    """
+    total = sum(support.values())
+    majority = max(support.values()) / total
+    constant_miou = majority / len(support)
+    acc, miou = metrics["pixel_accuracy"], metrics["miou"]
+    base_acc, base_miou = metrics["baseline_pixel_accuracy"], metrics["baseline_miou"]
+    summary = (
+        f"model {miou:.3f} / {acc:.3f}, random forest {base_miou:.3f} / {base_acc:.3f}, "
+        f"majority-class rate {majority:.3f} (constant-model mIoU {constant_miou:.3f})"
+    )
+    assert acc >= majority + 0.5 * (1 - majority), summary
+    assert miou >= constant_miou + 0.2, summary
+    assert base_acc >= majority + 0.3 * (1 - majority), summary  # the baseline is no straw man
+    assert miou >= base_miou - miou_margin and acc >= base_acc - acc_margin, summary
+
+
+#: STAC extension schemas vendored as test data (see tests/data/stac-schemas/README.md).
+STAC_SCHEMAS = Path(__file__).with_name("data") / "stac-schemas"
+
+
+def vendored_validator() -> Any:
+    """A pystac JSON-schema validator that reads schemas only from pystac's bundled core schemas
+    and :data:`STAC_SCHEMAS`: it never touches the network, and a schema that is not vendored is
+    an error naming it (pass it to ``pystac.validation.validate_dict(..., validator=...)``)."""
+    from pystac.validation.stac_validator import GetSchemaError, JsonSchemaSTACValidator
+
+    vendored = {}
+    for path in sorted(STAC_SCHEMAS.glob("*/*/schema.json")):
+        name, version = path.parent.parent.name, path.parent.name
+        uri = f"https://stac-extensions.github.io/{name}/{version}/schema.json"
+        vendored[uri] = json.loads(path.read_text())
+
+    class Vendored(JsonSchemaSTACValidator):
+        def _get_schema(self, schema_uri: str) -> dict[str, Any]:
+            uri = schema_uri.removesuffix("#")
+            if uri in vendored:
+                return vendored[uri]
+            if schema_uri in self.schema_cache:
+                return self.schema_cache[schema_uri]
+            raise GetSchemaError(
+                schema_uri, FileNotFoundError(f"not vendored under {STAC_SCHEMAS}")
+            )
+
+    validator = Vendored()
+    validator.schema_cache.update(vendored)
+    return validator

@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_chips_benchmark_tiny(tmp_path: Path) -> None:
     out = tmp_path / "chips.json"
+    # no --catalog: the default is the data the repository ships (not ../shared beside it)
     cmd = [
         sys.executable, "-m", "benchmarks.chips", "--json", str(out),
-        "--catalog", str(BUNDLED_CATALOG), "--repeats", "1", "--lazy-batches", "2",
+        "--repeats", "1", "--lazy-batches", "2",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -29,3 +30,9 @@ def test_chips_benchmark_tiny(tmp_path: Path) -> None:
     assert set(ratios) >= {"chips_vs_xbatcher", "loader_vs_rasterio_windows"}
     assert all(v > 0 for v in ratios.values())
     assert summary["generation"]["same_chips"] and summary["loader"]["same_samples"]
+    assert summary["sample"] == {
+        "catalog": str(BUNDLED_CATALOG),
+        "bundled": True,
+        "items": 10,
+        "pixels_per_asset": [512, 512],
+    }

@@ -223,8 +223,19 @@ def test_landed_items_trigger_inference_of_exactly_those_items(
     promotion = json.loads((tmp_path / "pipeline" / "provenance.json").read_text())[
         "orchestration"
     ]["promotion"]
+    metrics = json.loads((tmp_path / "pipeline" / "metrics.json").read_text())
     model_dir = promotion["model_dir"]
-    if not promotion["promoted"]:
+    # the pipeline decided on its test metrics, and the store's pointer follows the decision
+    assert promotion["promoted"] == (metrics["miou"] >= metrics["baseline_miou"]), promotion
+    assert (promotion["miou"], promotion["baseline_miou"]) == (
+        metrics["miou"],
+        metrics["baseline_miou"],
+    )
+    assert (Path(model_dir) / "model.onnx").is_file()
+    if promotion["promoted"]:
+        assert json.loads((store / PRODUCTION_POINTER).read_text()) == promotion
+    else:
+        assert not (store / PRODUCTION_POINTER).exists()
         # A 2-epoch model may lose to the random forest and stay unpromoted; promote it by hand
         # (the pointer promote_model writes) so the triggered runs resolve it like production.
         write_json_atomic(

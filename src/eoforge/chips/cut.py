@@ -20,20 +20,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 from zarr.codecs import BloscCodec
 
 from eoforge.chips.index import chip_index_frame, chip_index_uri, cross_split_overlaps, index_bytes
 from eoforge.chips.sampling import TileSample, sample_tile
 from eoforge.chips.splits import SPLITS, assign_blocks, split_regions, temporal_mask
+from eoforge.chips.strips import (
+    gather_band_windows,
+    gather_windows,
+    nodata_mask,
+    tile_labels,
+    value_mask,
+)
 from eoforge.config import ChipSpec, LabelSpec, SamplingSpec
 from eoforge.cube.grid import exclude_covered
 from eoforge.cube.tiles import CubeTile, list_cube_tiles, open_cube_tile
 from eoforge.errors import InputError, InternalError
 from eoforge.io.atomic import transient_storage_errors
 from eoforge.io.stores import is_remote, open_group, staged_store, write_bytes_atomic
-from eoforge.labels.classes import CubeClassMap, LabelSource, TileLabelContext
+from eoforge.labels.classes import CubeClassMap, LabelSource
 
 __all__ = [
     "ChipsInfo",
@@ -88,32 +94,6 @@ def grid_origins(height: int, width: int, size: int, stride: int) -> list[tuple[
     ]
 
 
-def gather_windows(
-    cube: NDArray[Any],
-    t: NDArray[np.int64],
-    r: NDArray[np.int64],
-    c: NDArray[np.int64],
-    size: int,
-) -> NDArray[Any]:
-    """Copy square windows out of a ``(time, [bands,] h, w)`` array in one fancy-index.
-
-    Args:
-        cube: the tile, time first, rows and columns last.
-        t: time index of each window.
-        r: top row of each window.
-        c: left column of each window.
-        size: window edge.
-
-    Returns:
-        ``(n, [bands,] size, size)``, contiguous.
-    """
-    win = sliding_window_view(cube, (size, size), axis=(-2, -1))  # (t, [c,] h', w', s, s)
-    if cube.ndim == 3:
-        return np.ascontiguousarray(win[t, r, c])
-    # advanced indices separated by a slice: their dimension goes first -> (n, c, s, s)
-    return np.ascontiguousarray(win[t, :, r, c])
-
-
 def _split_of(tile: str, col: int, size: int, width: int, spec: ChipSpec) -> str | None:
     """Split of a grid chip under the tile split (kept for callers of the first layout)."""
     if tile in spec.test_tiles:
@@ -146,60 +126,23 @@ def _histograms(y: NDArray[np.uint8]) -> NDArray[np.int64]:
     return np.bincount(flat.ravel(), minlength=n * 256).reshape(n, 256)
 
 
-def tile_labels(
-    tile: CubeTile, source: LabelSource, labels: LabelSpec, nodata: NDArray[np.bool_]
-) -> NDArray[np.uint8]:
-    """Class indices ``(time, y, x)`` of one cube tile from ``source``, ignored under nodata.
-
-    Args:
-        tile: the open cube tile.
-        source: where labels come from.
-        labels: class schema.
-        nodata: ``(time, y, x)`` input nodata (any band == 0).
-
-    Raises:
-        InputError: the source labels no pixel of the tile that has input data.
-        InternalError: the source returned the wrong shape, dtype or class indices.
-    """
-    ctx = TileLabelContext(tile.grid, tile.item_ids, labels, tile.variable)
-    y = np.asarray(source.label_tile(ctx))
-    expected = (len(tile.item_ids), tile.grid.height, tile.grid.width)
-    if y.shape != expected or y.dtype != np.uint8:
-        raise InternalError(
-            f"label source {source.describe()} returned {y.dtype}{y.shape} for tile "
-            f"'{tile.grid.tile}', expected uint8{expected}."
-        )
-    y = np.where(nodata, np.uint8(labels.ignore_index), y)  # no label where the input is empty
-    bad = (y != labels.ignore_index) & (y >= len(labels.classes))
-    if bad.any():
-        raise InternalError(
-            f"label source {source.describe()} produced class indices out of range."
-        )
-    if not (y != labels.ignore_index).any():
-        raise InputError(
-            f"{source.describe()} label no pixel of tile '{tile.grid.tile}' that has input data: "
-            "the labels lie outside the area or only on nodata; check their extent and CRS, or "
-            "the tiles named in the chip spec."
-        )
-    return y
-
-
 def _cut_tile(
     tile: CubeTile,
     sample: TileSample,
-    cube_x: NDArray[np.uint16],
+    bands: Sequence[str],
     cube_y: NDArray[np.uint8],
     size: int,
     labels: LabelSpec,
     parts: dict[str, _SplitParts],
 ) -> None:
-    """Gather the sampled windows of one tile into ``parts``, split by split."""
+    """Gather the sampled windows of one tile (bands strip by strip) into ``parts``, by split."""
+    x_all = gather_band_windows(tile, bands, sample.t, sample.r, sample.c, size)
     for code, name in enumerate(SPLITS):
         sel = np.flatnonzero(sample.split == code)
         if sel.size == 0:
             continue
         t, r, c = sample.t[sel], sample.r[sel], sample.c[sel]
-        x = gather_windows(cube_x, t, r, c, size)
+        x = x_all[sel]
         y = gather_windows(cube_y, t, r, c, size)
         hist = _histograms(y)
         part = parts[name]
@@ -337,12 +280,12 @@ def build_chips(
         region = split_regions(
             name, cube_tile.grid.height, cube_tile.grid.width, spec, sampling, blocks, covered
         )
-        cube_x = np.stack([cube_tile.variable(b) for b in bands], axis=1)  # (t, c, h, w)
-        nodata = (cube_x == 0).any(axis=1)
+        # Bands are read a chunk row at a time; only the (time, y, x) masks and labels are whole.
+        nodata = nodata_mask(cube_tile, bands)
         cube_y = tile_labels(cube_tile, source, labels, nodata)
         cloud = None
         if sampling.max_cloud_fraction is not None:
-            cloud = np.isin(cube_tile.variable(sampling.cloud_variable), sampling.cloud_codes)
+            cloud = value_mask(cube_tile, sampling.cloud_variable, sampling.cloud_codes)
         sample = sample_tile(
             cube_y,
             nodata,
@@ -357,7 +300,8 @@ def build_chips(
         )
         for reason, count in sample.rejected.items():
             rejected[reason] = rejected.get(reason, 0) + count
-        _cut_tile(cube_tile, sample, cube_x, cube_y, spec.size, labels, parts)
+        _cut_tile(cube_tile, sample, bands, cube_y, spec.size, labels, parts)
+        del nodata, cube_y, cloud
         cube_tile.release()
     for name in ("train", "test"):
         if not parts[name].n():

@@ -45,19 +45,50 @@ class CubeTile:
             InputError: the tile has no such variable.
         """
         if name not in self._arrays:
-            if name not in self.variables:
-                raise InputError(
-                    f"cube '{self.cube}' tile '{self.grid.tile}' lacks variable '{name}' (it has "
-                    f"{self.variables}); re-run ingest with it or choose another variable."
-                )
-            arr = self.group[name]
-            assert isinstance(arr, zarr.Array)
-            self._arrays[name] = np.asarray(arr[...])
+            self._arrays[name] = np.asarray(self._array(name)[...])
         return self._arrays[name]
+
+    def _array(self, name: str) -> zarr.Array[Any]:
+        if name not in self.variables:
+            raise InputError(
+                f"cube '{self.cube}' tile '{self.grid.tile}' lacks variable '{name}' (it has "
+                f"{self.variables}); re-run ingest with it or choose another variable."
+            )
+        arr = self.group[name]
+        assert isinstance(arr, zarr.Array)
+        return arr
 
     def release(self) -> None:
         """Drop cached arrays (the next :meth:`variable` call reads again)."""
         self._arrays.clear()
+
+    @property
+    def strip_rows(self) -> int:
+        """Rows of one stored chunk row: the unit :meth:`read_rows` and :meth:`strips` read."""
+        if not self.variables:
+            return max(self.grid.height, 1)
+        return max(int(self._array(self.variables[0]).chunks[1]), 1)
+
+    def strips(self) -> Iterator[tuple[int, int]]:
+        """``(top, bottom)`` row ranges, one chunk row each, covering the tile top to bottom."""
+        step = self.strip_rows
+        for top in range(0, self.grid.height, step):
+            yield top, min(top + step, self.grid.height)
+
+    def read_rows(self, name: str, top: int, bottom: int, t: int | None = None) -> NDArray[Any]:
+        """Rows ``[top, bottom)`` of a variable, ``(time, rows, x)`` (or ``(rows, x)`` of slice
+        ``t``), read from the store and not kept: memory bounded by the strip, not the tile.
+
+        Raises:
+            InputError: the tile has no such variable.
+        """
+        if name in self._arrays:
+            cached = self._arrays[name]
+            return cached[:, top:bottom] if t is None else cached[t, top:bottom]
+        arr = self._array(name)
+        if t is None:
+            return np.asarray(arr[:, top:bottom, :])
+        return np.asarray(arr[t, top:bottom, :])
 
 
 def list_cube_tiles(cube: str, storage_options: Mapping[str, Any] | None = None) -> list[str]:

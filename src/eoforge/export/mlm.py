@@ -249,6 +249,8 @@ def model_item(
             "mlm:output": [_model_output(class_list)],
         }
     )
+    # MLM requires the input bands described on the item too (STAC 1.1 common ``bands``)
+    props["bands"] = [{"name": b} for b in band_list]
     if _SEMVER.match(version):
         props["mlm:framework_version"] = version
     if batch_size_suggestion:
@@ -281,7 +283,7 @@ def model_item(
             media_type="application/octet-stream; framework=pytorch; profile=safetensors",
             roles=["mlm:weights", "weights"],
             title="PyTorch state dict (safetensors); architecture in model.json",
-            extra_fields={"mlm:artifact_type": "safetensors"},
+            # no mlm:artifact_type: MLM allows it on ``mlm:model`` assets only
         )
         item.add_asset("weights", weights)
         _add_file_fields(weights, weights_path, _checksum(weights_path))
@@ -371,7 +373,10 @@ def _model_output(classes: list[str]) -> dict[str, Any]:
         },
         "description": "Class logits per pixel (log-probabilities for the random forest); the "
         "class map is the argmax of the softmax blended over overlapping windows.",
-        "classification:classes": [{"value": i, "name": n} for i, n in enumerate(classes)],
+        # the classification v1.1 schema MLM v1.4 refers to requires a description
+        "classification:classes": [
+            {"value": i, "name": n, "description": n} for i, n in enumerate(classes)
+        ],
         "post_processing_function": {
             "format": "python",
             "expression": "eoforge.inference.predict:predict_scene",

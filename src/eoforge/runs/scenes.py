@@ -27,16 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from eoforge.compute.cluster import (
     DEFAULT_CHUNKS,
     compute_error,
     load_tile_chunked,
     zarr_chunk_encoding,
 )
-from eoforge.config import InferSpec
-from eoforge.cube.build import cube_fingerprint, retry_reads
+from eoforge.config import CubeSpec, InferSpec
+from eoforge.cube.build import cube_fingerprint
 from eoforge.errors import EoforgeError, InputError
 from eoforge.io.atomic import staged_dir
 from eoforge.stac.items import item_tile
@@ -249,10 +247,6 @@ def _session(onnx_path: str, threads: int | None, mtime_ns: int) -> Any:
     return open_session(Path(onnx_path), threads)
 
 
-def _first_slice(ds: Any, band: str) -> np.ndarray[Any, Any]:
-    return np.asarray(ds[band].isel(time=0).values)
-
-
 def infer_scene(
     item: dict[str, Any],
     onnx_path: Path,
@@ -264,68 +258,90 @@ def infer_scene(
     model_href: str | None = None,
     chunks: dict[str, int] | None = None,
     scheduler: SceneScheduler = "threads",
+    cube: CubeSpec | None = None,
+    aoi: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Predict one scene straight from its STAC item (odc-stac) with ONNX Runtime.
+    """Predict one scene from its STAC item with ONNX Runtime, through the run's own path.
+
+    The scene is ingested like a run's cube (:func:`~eoforge.cube.build.write_cube`: the area of
+    interest, the grid and the units of ``cube``, chunk by chunk) into a hidden staging store
+    under ``out/scenes``, checked against the units the model was trained on (``model.json``
+    next to the model, when there is one), streamed window strip by strip into the COG, and the
+    staging store removed. Memory is bounded by the cube's chunks and the windows, not the scene.
 
     Writes ``predictions/<item_id>.tif`` (COG) and ``predictions/<item_id>.json`` (its STAC item,
-    ``derived_from`` the scene), both atomically.
+    ``derived_from`` the scene), both atomically. An item whose footprint misses ``aoi`` is
+    skipped (``"skipped": true``), never an error.
 
     Args:
         item: the scene's STAC item.
-        onnx_path: exported model (input ``image`` raw DN, output ``logits``).
+        onnx_path: exported model (input ``image`` in the cube's units, output ``logits``).
         out: work folder.
         bands: model input asset keys, in the model's order.
         classes: class names, index = class value.
         spec: sliding window, overlap, batch size and ORT threads.
         model_href: href of the model's STAC item, recorded as ``derived_from``.
-        chunks: odc-stac chunks (default :data:`~eoforge.compute.cluster.DEFAULT_CHUNKS`).
-        scheduler: Dask scheduler used to read this scene.
+        chunks: odc-stac chunks (e.g. ``DaskSpec.chunks``); their ``x`` / ``y`` edge sets the
+            staging cube's chunk (default ``cube.chunk``).
+        scheduler: Dask scheduler that reads this scene (never the distributed client of a
+            worker the task may run on: a task that submits to its own cluster can deadlock).
+        cube: resolution, CRS, resampling, chunking and units (default :class:`CubeSpec`).
+        aoi: area of interest, a lon/lat GeoJSON geometry (None: the whole scene).
 
     Returns:
-        ``{"item_id", "cog", "item", "shape" (y, x), "seconds"}``.
+        ``{"item_id", "cog", "item", "shape" (y, x), "seconds", "skipped"}``.
 
     Raises:
-        InputError: a bad item, model or missing raster.
+        InputError: a bad item, model, missing raster, or bands in other units than the model's.
         TransientError: reading failed in a way that may pass.
     """
-    import dask
+    import shutil
 
+    import dask
+    import shapely.geometry
+    import zarr
+
+    from eoforge.cube.build import write_cube
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
-    from eoforge.inference.scene_io import ArrayReader
+    from eoforge.inference.scene_io import ChunkRowReader
     from eoforge.inference.uncertainty import add_uncertainty_asset
-    from eoforge.io.atomic import write_json_atomic
+    from eoforge.io.atomic import staging_path, write_json_atomic
+    from eoforge.runs.stages_model import check_units, trained_units
+    from eoforge.stac.aoi import items_meeting
 
     t0 = time.perf_counter()
     item_id = _check_id(item)
     model = Path(onnx_path)
     if not model.is_file():
         raise InputError(f"ONNX model '{model}' does not exist; run the export stage first.")
+    area = shapely.geometry.shape(aoi) if aoi is not None else None
+    if area is not None and not items_meeting([item], area):
+        return {"item_id": item_id, "skipped": True, "seconds": time.perf_counter() - t0}
+    grid = cube or CubeSpec.model_validate({})
+    spatial = [int(v) for k, v in (chunks or {}).items() if k in ("x", "y")]
+    if spatial:
+        grid = grid.model_copy(update={"chunk": min(spatial)})
     session = _session(str(model.resolve()), spec.threads, model.stat().st_mtime_ns)
-    ds = load_tile_chunked([item], bands, chunks or DEFAULT_CHUNKS)
-    error: EoforgeError | None = None
-    with dask.config.set(scheduler=scheduler):
-        try:
-            arr = np.stack(
-                [
-                    retry_reads(
-                        functools.partial(_first_slice, ds, b), f"band '{b}' of scene '{item_id}'"
-                    )
-                    for b in bands
-                ]
-            )
-        except Exception as exc:
-            error = compute_error(exc, f"scene '{item_id}'")
-            if error is None:
-                raise
-    if error is not None:
-        raise error
-    crs, transform = str(ds.attrs["crs"]), tuple(float(v) for v in ds.attrs["transform"])
-    tif = Path(out) / "predictions" / f"{item_id}.tif"
-    unc = Path(out) / "uncertainty" / f"{item_id}.tif"
-    predict_to_cog(session, ArrayReader(arr), spec, tif, crs, transform, uncertainty_tif=unc)
-    shape = (int(arr.shape[1]), int(arr.shape[2]))
-    stac_item = prediction_item(tif, item, classes, model_href, crs, transform, shape)
+    staging = staging_path(scene_store(out, item_id))
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with dask.config.set(scheduler=scheduler):
+            info = write_cube([item], list(bands), staging, grid, area)
+        (tile,) = info.tiles
+        group = zarr.open_group(str(staging), mode="r")[tile]
+        assert isinstance(group, zarr.Group)
+        attrs: dict[str, Any] = dict(group.attrs)
+        check_units(trained_units(model.parent), dict(attrs.get("units") or {}), bands, tile)
+        reader = ChunkRowReader([group[b] for b in bands], 0)
+        _, height, width = reader.shape
+        crs, transform = str(attrs["crs"]), tuple(float(v) for v in attrs["transform"][:6])
+        tif = Path(out) / "predictions" / f"{item_id}.tif"
+        unc = Path(out) / "uncertainty" / f"{item_id}.tif"
+        predict_to_cog(session, reader, spec, tif, crs, transform, uncertainty_tif=unc)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # created above by this call
+    stac_item = prediction_item(tif, item, classes, model_href, crs, transform, (height, width))
     add_uncertainty_asset(stac_item, unc, f"../uncertainty/{unc.name}")
     item_path = tif.with_suffix(".json")
     write_json_atomic(item_path, stac_item)
@@ -333,8 +349,9 @@ def infer_scene(
         "item_id": item_id,
         "cog": str(tif),
         "item": str(item_path),
-        "shape": list(shape),
+        "shape": [height, width],
         "seconds": time.perf_counter() - t0,
+        "skipped": False,
     }
 
 
@@ -349,6 +366,8 @@ def infer_batch(
     model_href: str | None = None,
     chunks: dict[str, int] | None = None,
     scheduler: SceneScheduler = "threads",
+    cube: CubeSpec | None = None,
+    aoi: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`infer_scene` for every item of one batch file; one result per scene."""
     return [
@@ -362,6 +381,8 @@ def infer_batch(
             model_href=model_href,
             chunks=chunks,
             scheduler=scheduler,
+            cube=cube,
+            aoi=aoi,
         )
         for it in read_batch(batch_uri)
     ]

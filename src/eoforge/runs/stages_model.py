@@ -94,21 +94,37 @@ def _test_scenes(
     return scenes
 
 
-def _scene_bands(ds: Any, t: int, bands: Sequence[str]) -> np.ndarray:
-    return np.stack([ds[b].isel(time=t).values for b in bands])
+#: Pixels per strip of the random forest's per-pixel prediction (its feature table is
+#: ~13 float32 columns: ~50 MB a strip, whatever the scene's size).
+_BASELINE_STRIP_PX = 1 << 20
+
+#: Streams one scene (a strip reader) into a class-map COG: (reader, tif, crs, transform).
+ScenePredictor = Callable[[Any, Path, str, tuple[float, ...]], None]
 
 
-def _baseline_predictor(spec: RunSpec, rf: Any, chips: Path, staging: Path) -> Callable[[Any], Any]:
+def _baseline_predictor(spec: RunSpec, rf: Any, chips: Path, staging: Path) -> ScenePredictor:
     """sklearn's per-pixel prediction, or (``infer.serve_baseline_onnx``) the forest exported with
-    skl2onnx and served through the same ONNX Runtime sliding-window path as the model."""
+    skl2onnx and served through the same ONNX Runtime sliding-window path as the model; either
+    streams a scene strip by strip into its COG."""
+    from eoforge.inference.cog import CogWriter
     from eoforge.training import baseline
 
     if not spec.infer.serve_baseline_onnx:
-        return lambda bands: baseline.predict_scene(rf, bands)
+        band_names = list(spec.stac.bands)
+
+        def forest(reader: Any, tif: Path, crs: str, transform: tuple[float, ...]) -> None:
+            _, height, width = reader.shape
+            rows = max(1, _BASELINE_STRIP_PX // width)
+            with CogWriter(tif, crs, transform, (height, width)) as out:
+                for top in range(0, height, rows):
+                    strip = reader.read_rows(top, min(top + rows, height))
+                    out.write_rows(top, baseline.predict_scene(rf, strip, band_names=band_names))
+
+        return forest
     from eoforge.chips.cut import read_split
     from eoforge.export.baseline_onnx import baseline_config, export_random_forest, per_pixel_spec
     from eoforge.export.mlm import model_item
-    from eoforge.inference.predict import predict_scene
+    from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.session import open_session
     from eoforge.io.atomic import write_json_atomic
 
@@ -127,14 +143,21 @@ def _baseline_predictor(spec: RunSpec, rf: Any, chips: Path, staging: Path) -> C
     )
     session = open_session(staging / "baseline.onnx", spec.infer.threads)
     pixel_spec = per_pixel_spec(spec.infer)
-    return lambda b: predict_scene(session, b, pixel_spec)
+
+    def onnx(reader: Any, tif: Path, crs: str, transform: tuple[float, ...]) -> None:
+        predict_to_cog(session, reader, pixel_spec, tif, crs, transform)
+
+    return onnx
 
 
 def stage_baseline(
     spec: RunSpec, chips_uri: str, cube_uri: str, store: str, key: str
 ) -> dict[str, Any]:
-    """Fit the per-pixel random forest on the train chips and predict every test scene (stored)."""
-    from eoforge.inference.cog import write_prediction
+    """Fit the per-pixel random forest on the train chips and predict every test scene (stored),
+    streamed from the cube a chunk row at a time."""
+    import zarr
+
+    from eoforge.inference.scene_io import ChunkRowReader
     from eoforge.io.atomic import staged_dir, write_json_atomic
     from eoforge.training.baseline import train_random_forest
 
@@ -146,12 +169,13 @@ def stage_baseline(
             rf = train_random_forest(Path(chips_uri), spec.train)
             fit_s = time.perf_counter() - t0
             predict = _baseline_predictor(spec, rf, Path(chips_uri), staging)
-            for _tile, t, ds in _test_scenes(spec, Path(cube_uri)):
+            for tile, t, ds in _test_scenes(spec, Path(cube_uri)):
                 item_id = str(ds["item_id"].values[t])
-                pred = predict(_scene_bands(ds, t, spec.stac.bands))
-                write_prediction(
-                    pred, ds.attrs["crs"], tuple(ds.attrs["transform"]), staging / f"{item_id}.tif"
-                )
+                group = zarr.open_group(str(cube_uri), mode="r")[tile]
+                assert isinstance(group, zarr.Group)
+                reader = ChunkRowReader([group[b] for b in spec.stac.bands], t)
+                transform = tuple(float(v) for v in ds.attrs["transform"])
+                predict(reader, staging / f"{item_id}.tif", ds.attrs["crs"], transform)
             write_json_atomic(
                 staging / "baseline.json",
                 {"fit_seconds": fit_s, "seconds": time.perf_counter() - t0, "chips_uri": chips_uri},
@@ -227,12 +251,12 @@ def stage_infer(
         raise InputError(
             f"items {sorted(set(item_ids) - found)} are not in cube '{cube_uri}'; ingest them first."
         )
-    trained_units = _trained_units(run_model)
+    trained = trained_units(run_model)
     for tile, t, ds in scenes:
         item_id = str(ds["item_id"].values[t])
         if item_id not in items:
             raise InputError(f"cube slice '{item_id}' has no STAC item in {items_uri}.")
-        _check_units(trained_units, ds.attrs.get("units") or {}, spec.stac.bands, tile)
+        check_units(trained, ds.attrs.get("units") or {}, spec.stac.bands, tile)
         # Streamed strip by strip from the cube into the COG, each chunk row decoded once:
         # memory bounded by the window and the chunk, not the scene.
         group = zarr.open_group(str(cube_uri), mode="r")[tile]
@@ -275,15 +299,18 @@ def stage_infer(
     }
 
 
-def _trained_units(model_dir: Path) -> dict[str, Any] | None:
+def trained_units(model_dir: Path) -> dict[str, Any] | None:
     """The units the model was trained on (``input_units`` of model.json); None for a model
-    from before units were recorded."""
-    config = json.loads((Path(model_dir) / "model.json").read_text())
+    from before units were recorded, or a bare ONNX file without its model.json)."""
+    path = Path(model_dir) / "model.json"
+    if not path.is_file():
+        return None
+    config = json.loads(path.read_text())
     units = config.get("input_units")
     return dict(units) if isinstance(units, dict) else None
 
 
-def _check_units(
+def check_units(
     trained: dict[str, Any] | None, cube: dict[str, Any], bands: Sequence[str], tile: str
 ) -> None:
     """Refuse to predict bands stored in other units than the model was trained on.

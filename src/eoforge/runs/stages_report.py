@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from numpy.typing import NDArray
 from eoforge.config import RunSpec
 from eoforge.errors import InternalError
 from eoforge.runs.stages_data import _load_items
-from eoforge.runs.stages_model import _scene_bands, _test_scenes
+from eoforge.runs.stages_model import _test_scenes
 from eoforge.runs.store import ITEMS_FILE
 
 __all__ = [
@@ -42,37 +43,42 @@ class _TestTruth:
         self._tiles: dict[str, NDArray[np.uint8]] = {}
 
     def __call__(self, tile: str, t: int, ds: Any) -> NDArray[np.uint8]:
-        from eoforge.labels.classes import scl_to_classes
-
-        if self.from_scl:
-            return scl_to_classes(
-                ds[self.spec.stac.label_asset].isel(time=t).values, self.spec.labels
-            )
-        if tile not in self._tiles:
-            self._tiles[tile] = self._label_tile(tile, [str(i) for i in ds["item_id"].values])
-        truth: NDArray[np.uint8] = self._tiles[tile][t]
-        return truth
-
-    def _label_tile(self, tile: str, item_ids: list[str]) -> NDArray[np.uint8]:
-        from eoforge.chips.cut import tile_labels
+        """The truth of a whole scene (tests; evaluation reads it by :meth:`rows`)."""
         from eoforge.cube.tiles import open_cube_tile
 
         cube_tile = open_cube_tile(str(self.cube_uri), tile)
-        if cube_tile.item_ids != item_ids:
+        if cube_tile.item_ids != [str(i) for i in ds["item_id"].values]:
             raise InternalError(
                 f"tile '{tile}' of cube '{self.cube_uri}' lists its slices in two orders."
             )
-        x = np.stack([cube_tile.variable(b) for b in self.spec.stac.bands], axis=1)
-        labels = tile_labels(cube_tile, self.source, self.spec.labels, (x == 0).any(axis=1))
-        cube_tile.release()
-        return labels
+        return self.rows(cube_tile, t, 0, cube_tile.grid.height)
+
+    def rows(self, cube_tile: Any, t: int, top: int, bottom: int) -> NDArray[np.uint8]:
+        """Truth rows ``[top, bottom)`` of slice ``t`` of an open cube tile."""
+        from eoforge.labels.classes import scl_to_classes
+
+        if self.from_scl:
+            scl = cube_tile.read_rows(self.spec.stac.label_asset, top, bottom, t)
+            return scl_to_classes(scl, self.spec.labels)
+        tile = cube_tile.grid.tile
+        if tile not in self._tiles:
+            self._tiles = {tile: self._label_tile(tile)}  # one tile's labels held at a time
+        truth: NDArray[np.uint8] = self._tiles[tile][t, top:bottom]
+        return truth
+
+    def _label_tile(self, tile: str) -> NDArray[np.uint8]:
+        from eoforge.chips.strips import nodata_mask, tile_labels
+        from eoforge.cube.tiles import open_cube_tile
+
+        cube_tile = open_cube_tile(str(self.cube_uri), tile)
+        nodata = nodata_mask(cube_tile, self.spec.stac.bands)
+        return tile_labels(cube_tile, self.source, self.spec.labels, nodata)
 
 
 def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str) -> dict[str, Any]:
     """Score model and baseline on the test scenes against the run's label source; write
     ``metrics.json`` and quicklooks."""
-    import rasterio
-
+    from eoforge.cube.tiles import open_cube_tile
     from eoforge.io.atomic import write_json_atomic
     from eoforge.runs.report import (
         class_map_png,
@@ -81,7 +87,8 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
         true_colour_png,
         uncertainty_png,
     )
-    from eoforge.training.metrics import confusion_matrix, metrics_from_confusion
+    from eoforge.runs.scoring import score_scene
+    from eoforge.training.metrics import metrics_from_confusion
 
     run = Path(run_dir)
     k = len(spec.labels.classes)
@@ -94,26 +101,32 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
     scenes = _test_scenes(spec, Path(cube_uri))
     truth_of = _TestTruth(spec, Path(cube_uri))
     label_title = "grouped SCL" if truth_of.from_scl else spec.labels.source.kind
+    rgb_bands = [b for b in ("red", "green", "blue") if b in spec.stac.bands]
     for n, (tile, t, ds) in enumerate(scenes):
         item_id = str(ds["item_id"].values[t])
-        truth = truth_of(tile, t, ds)
-        with rasterio.open(run / "predictions" / f"{item_id}.tif") as src:
-            pred = src.read(1)
-        with rasterio.open(Path(baseline_dir) / f"{item_id}.tif") as src:
-            base = src.read(1)
-        cm_model += confusion_matrix(truth, pred, k, spec.labels.ignore_index)
-        cm_base += confusion_matrix(truth, base, k, spec.labels.ignore_index)
+        cube_tile = open_cube_tile(cube_uri, tile)
+        if cube_tile.item_ids[t] != item_id:
+            raise InternalError(
+                f"tile '{tile}' of cube '{cube_uri}' lists its slices in two orders."
+            )
+        # strip by strip: memory bounded by the cube's chunk rows, not the scene
+        score = score_scene(
+            cube_tile,
+            t,
+            functools.partial(truth_of.rows, cube_tile, t),
+            run / "predictions" / f"{item_id}.tif",
+            Path(baseline_dir) / f"{item_id}.tif",
+            k,
+            spec.labels.ignore_index,
+            rgb_bands if n == 0 and len(rgb_bands) == 3 else None,
+        )
+        cm_model += score.cm_model
+        cm_base += score.cm_base
         if n == 0:
-            order = [
-                spec.stac.bands.index(b) for b in ("red", "green", "blue") if b in spec.stac.bands
-            ]
-            if len(order) == 3:
-                true_colour_png(
-                    _scene_bands(ds, t, spec.stac.bands),
-                    ql / "true_colour.png",
-                    rgb=(order[0], order[1], order[2]),
-                )
+            if score.rgb is not None:
+                true_colour_png(score.rgb, ql / "true_colour.png", rgb=(0, 1, 2))
                 images.append((f"True colour, {item_id}", "quicklooks/true_colour.png"))
+            truth, pred, base = score.truth, score.pred, score.base
             class_map_png(truth, names, ql / "label.png", f"Label ({label_title}), {item_id}")
             class_map_png(pred, names, ql / "prediction.png", f"Model prediction, {item_id}")
             class_map_png(base, names, ql / "baseline.png", f"Random forest, {item_id}")
@@ -124,8 +137,12 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
             ]
             unc = run / "uncertainty" / f"{item_id}.tif"
             if unc.is_file():
-                with rasterio.open(unc) as src:
-                    entropy = src.read(1)
+                import rasterio
+
+                with rasterio.open(unc) as src:  # read at picture size (overviews), not whole
+                    step = max(1, -(-max(src.shape) // 1024))
+                    shape = (-(-src.height // step), -(-src.width // step))
+                    entropy = src.read(1, out_shape=shape)
                 uncertainty_png(entropy, ql / "uncertainty.png", f"Model uncertainty, {item_id}")
                 images.append(("Model uncertainty", "quicklooks/uncertainty.png"))
     confusion_png(cm_model, names, ql / "confusion_model.png", "Model confusion (test tiles)")

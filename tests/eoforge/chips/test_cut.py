@@ -213,8 +213,11 @@ def test_samplers_through_build_chips(tmp_path: Path, sampling: SamplingSpec) ->
     assert len(index) == sum(info.counts.values())
     assert not cross_split_overlaps(index).any()
     assert set(index["split"]) <= {"train", "val", "test"}
-    if sampling.split == "block":  # blocks of both tiles feed every split
-        assert set(index[index.split == "test"].tile) <= {"AAA", "BBB"}
+    tiles = {split: set(index[index.split == split].tile) for split in ("train", "test")}
+    if sampling.split == "block":  # blocks of both tiles feed the train and the test split
+        assert tiles == {"train": {"AAA", "BBB"}, "test": {"AAA", "BBB"}}
+    else:  # tile split: the test tile holds its ground alone
+        assert "BBB" not in tiles["train"] and tiles["test"] == {"BBB"}
 
 
 def test_overlapping_tiles_give_their_ground_to_the_test_tile(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import onnx
 import pystac
 import pytest
 import rasterio
+from eoforge_test_helpers import vendored_validator  # type: ignore[import-not-found]
 from onnx import TensorProto, helper, numpy_helper
 
 from eoforge.config import InferSpec
@@ -144,7 +145,8 @@ def test_axis_plan_shifts_last_window_inward_and_pads_short_axes() -> None:
         cover = np.zeros(starts[-1] + 64)
         for s, w in zip(starts, ws, strict=True):
             cover[s : s + 64] += w
-        assert cover.min() > 0.5  # no pixel is left with a near-zero total weight
+        # complementary ramps: every pixel's weights sum to exactly 1 (no seam, no bias)
+        np.testing.assert_allclose(cover, 1.0, rtol=1e-6)
         assert ws[0][0] == 1 and ws[-1][-1] == 1  # full weight at scene borders
 
 
@@ -166,6 +168,8 @@ def test_output_shape_equals_input_shape(pixel_model: Any, shape: tuple[int, int
 
 
 def test_shifted_scene_gives_shifted_prediction(pixel_model: Any) -> None:
+    """Window geometry only: a per-pixel model is blind to the blend weights, which
+    test_blend_weights_hide_each_windows_border checks with a model that sees its border."""
     big = scene(340, 560, seed=3)
     dy, dx = 13, 29
     a = predict_scene(pixel_model, big[:, :300, :517], SPEC)
@@ -183,6 +187,30 @@ def test_blend_has_no_seams_with_spatial_model(conv3_model: Any) -> None:
     # so only near-ties may differ from running the model on the whole scene at once
     np.testing.assert_array_equal(pred[confident], direct.argmax(axis=0)[confident])
     assert (pred == direct.argmax(axis=0)).mean() > 0.995
+
+
+def border_model(path: Path, k: int = 9, margin: float = 3.0) -> Path:
+    """A model that is wrong near a window's zero-padded border: class 1 where the whole
+    ``k x k`` neighbourhood is a scene of 1000 DN (logit ``margin``), class 0 where padding
+    cuts into it (each missing pixel lowers the class-1 logit by 0.4)."""
+    weight = np.zeros((2, 4, k, k))
+    weight[1] = 1.0
+    full = k * k * 4 * 0.1  # the neighbourhood sum of a 1000 DN scene, after / 1e4
+    return conv_model(path, weight, np.array([0.0, margin - full]))
+
+
+def test_blend_weights_hide_each_windows_border(tmp_path: Path) -> None:
+    """Where windows overlap, the one that sees a pixel away from its border must decide: the
+    blend's ramps give a window's border pixels little weight. Uniform weights would let the
+    border's wrong answer tie or win, leaving seams along every window edge."""
+    session = open_session(border_model(tmp_path / "border.onnx"), threads=1)
+    bands = np.full((4, 300, 517), 1000, np.uint16)
+    direct = session.run(["logits"], {"image": bands[None].astype(np.float32)})[0][0].argmax(0)
+    assert (direct[4:-4, 4:-4] == 1).all() and (direct[:4] == 0).all()  # only scene borders
+    alone = session.run(["logits"], {"image": bands[None, :, :64, 48:112].astype(np.float32)})
+    assert (alone[0][0].argmax(0)[:, :4] == 0).all()  # premise: a window's own border is wrong
+    pred = predict_scene(session, bands, SPEC)
+    np.testing.assert_array_equal(pred, direct)
 
 
 def test_nodata_pixels_and_empty_windows(pixel_model: Any) -> None:
@@ -365,11 +393,26 @@ def test_prediction_item(tmp_path: Path) -> None:
     assert pystac.validation.validate_dict(json.loads(json.dumps(d)), extensions=[])  # core schema
 
 
+def test_prediction_item_validates_against_vendored_extension_schemas(tmp_path: Path) -> None:
+    """Core + projection + file schemas, vendored as test data: runs offline, in CI."""
+    d = json.loads(json.dumps(_item(tmp_path)))
+    offline = [e for e in d["stac_extensions"] if "/classification/" not in e]
+    assert len(offline) == len(d["stac_extensions"]) - 1 == 2
+    validator = vendored_validator()
+    checked = pystac.validation.validate_dict(d, extensions=offline, validator=validator)
+    assert checked[1:] == offline  # each extension schema was applied
+    bad = json.loads(json.dumps(d))
+    bad["properties"]["proj:shape"] = [90]  # the projection schema wants two numbers
+    with pytest.raises(pystac.STACValidationError, match="projection"):
+        pystac.validation.validate_dict(bad, extensions=offline, validator=validator)
+
+
 @pytest.mark.skipif(
     not os.environ.get("EOFORGE_NETWORK_TESTS"),
-    reason="fetches STAC extension schemas from the network; set EOFORGE_NETWORK_TESTS=1",
+    reason="the classification v2.0.0 schema is not vendored (tests/data/stac-schemas/README.md); "
+    "set EOFORGE_NETWORK_TESTS=1 to fetch it",
 )
-def test_prediction_item_full_schema_validation(tmp_path: Path) -> None:
+def test_prediction_item_classification_schema(tmp_path: Path) -> None:
     pystac.Item.from_dict(_item(tmp_path)).validate()
 
 
@@ -471,7 +514,14 @@ def test_predict_raster_equals_predict_scene(conv3_model: Any, shape: tuple[int,
     rows = [r for a, b in spy.reads for r in range(a, b)]
     assert rows == list(range(shape[0]))  # every input row read exactly once, in order
     assert stats.pixels == shape[0] * shape[1] and stats.batches >= 1
-    assert stats.windows_run + stats.windows_skipped >= stats.windows_run > 0
+    # a window is skipped exactly when none of its pixels has every band
+    ys, xs = (_axis_plan(n, SPEC.window, SPEC.overlap, None) for n in shape)
+    valid = (bands != 0).all(axis=0)
+    empty = [not valid[y : y + ys[0], x : x + xs[0]].any() for y in ys[2] for x in xs[2]]
+    assert stats.windows_skipped == sum(empty)
+    assert stats.windows_run == len(empty) - sum(empty) > 0
+    if shape == (300, 517):  # the zeroed corner holds 2 x 3 whole windows
+        assert stats.windows_skipped == 6
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 4])

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,26 @@ def test_json_is_deterministic_and_hash_tree_stable(tmp_path: Path) -> None:
     h1 = write_json_atomic(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
     h2 = write_json_atomic(tmp_path / "a.json", {"a": [1, 2], "b": 1})
     assert h1 == h2
-    assert sha256_tree(tmp_path) == sha256_tree(tmp_path)
+
+
+def test_tree_hash_follows_content_and_names_only(tmp_path: Path) -> None:
+    a = tmp_path / "a"
+    (a / "sub").mkdir(parents=True)
+    (a / "x.json").write_text("1")
+    (a / "sub" / "y.bin").write_bytes(b"\0\1")
+    b = tmp_path / "b"
+    shutil.copytree(a, b)  # same files elsewhere, other mtimes: same hash
+    os.utime(b / "x.json", (0, 0))
+    assert sha256_tree(a) == sha256_tree(b)
+    (b / "sub" / "y.bin").write_bytes(b"\0\2")  # one byte
+    assert sha256_tree(a) != sha256_tree(b)
+    shutil.rmtree(b)
+    shutil.copytree(a, b)
+    (b / "sub" / "y.bin").rename(b / "sub" / "z.bin")  # one name
+    assert sha256_tree(a) != sha256_tree(b)
+    (b / "sub" / "z.bin").rename(b / "sub" / "y.bin")
+    (b / "sub" / "empty.txt").write_text("")  # one more (empty) file
+    assert sha256_tree(a) != sha256_tree(b)
 
 
 def test_clean_stale_staging_touches_only_names_eoforge_writes(tmp_path: Path) -> None:

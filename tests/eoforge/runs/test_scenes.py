@@ -11,14 +11,20 @@ import numpy as np
 import onnx
 import pytest
 import rasterio
+import rasterio.warp
+import shapely.geometry
 import xarray as xr
+from eoforge_test_helpers import asset_bands  # type: ignore[import-not-found]
 from onnx import TensorProto, helper, numpy_helper
 
 from eoforge.config import InferSpec
 from eoforge.cube.build import open_tile
 from eoforge.errors import InputError
+from eoforge.inference.predict import predict_scene
+from eoforge.inference.session import open_session
 from eoforge.runs.scenes import (
     infer_batch,
+    infer_scene,
     ingest_batch,
     ingest_scene,
     plan_scenes,
@@ -26,6 +32,7 @@ from eoforge.runs.scenes import (
     run_serial,
     scene_store,
 )
+from eoforge.stac.aoi import item_footprint
 from eoforge.stac.items import item_tile
 
 VARIABLES = ["blue", "green", "red", "nir", "scl"]
@@ -128,22 +135,27 @@ def test_infer_batch_writes_cog_and_item_per_scene(
     model = _conv_model(tmp_path / "model.onnx")
     plan = plan_scenes(real_items[:2], tmp_path, scenes_per_task=2)
     classes = ["vegetation", "bare", "water", "cloud", "shadow"]
+    spec = InferSpec(window=256, overlap=32, batch_size=4, threads=1)
     fn = functools.partial(
         infer_batch,
         onnx_path=model,
         out=tmp_path,
         bands=BANDS,
         classes=classes,
-        spec=InferSpec(window=256, overlap=32, batch_size=4, threads=1),
+        spec=spec,
     )
     results = run_serial(fn, plan.batches)
     assert [r["item_id"] for r in results] == [it["id"] for it in real_items[:2]]
-    for r in results:
+    session = open_session(model, threads=1)
+    for r, source in zip(results, real_items[:2], strict=True):
         with rasterio.open(r["cog"]) as src:
             pred = src.read(1)
             assert src.crs.to_epsg() == 32633
         assert pred.shape == (512, 512) and pred.dtype == np.uint8
-        assert set(np.unique(pred)) <= {*range(len(classes)), 255}
+        # the COG holds the model's class map of this scene's own bands
+        expected = predict_scene(session, asset_bands(source, BANDS), spec)
+        np.testing.assert_array_equal(pred, expected)
+        assert len(np.unique(pred)) >= 2  # a class map with content, not one class
         item = json.loads(Path(r["item"]).read_text())
         assert item["id"] == f"{r['item_id']}-prediction"
         assert any(lk["rel"] == "derived_from" for lk in item["links"])
@@ -173,3 +185,72 @@ def test_ingest_batch_runs_every_scene(real_items: list[dict[str, Any]], tmp_pat
     results = ingest_batch(plan.batches[0], ["scl"], tmp_path, scheduler="threads")
     assert [r["item_id"] for r in results] == [it["id"] for it in real_items[:3]]
     assert all(scene_store(tmp_path, it["id"]).is_dir() for it in real_items[:3])
+
+
+# ---- the scale path's per-scene inference goes through the run's own path: the cube's grid
+# and units, the area of interest, the model's units, strip-by-strip prediction
+
+AOI_CLASSES = ["vegetation", "bare", "water", "cloud", "shadow"]
+AOI_SPEC = InferSpec(window=256, overlap=32, batch_size=4, threads=1)
+
+
+def _leftovers(out: Path) -> list[str]:
+    scenes = out / "scenes"
+    return sorted(p.name for p in scenes.iterdir()) if scenes.exists() else []
+
+
+def test_scene_prediction_equals_the_cube_path(
+    real_items: list[dict[str, Any]], real_cube: Path, tmp_path: Path
+) -> None:
+    model = _conv_model(tmp_path / "model.onnx")
+    item = real_items[0]
+    res = infer_scene(item, model, tmp_path, bands=BANDS, classes=AOI_CLASSES, spec=AOI_SPEC)
+    tile = open_tile(real_cube, item_tile(item))
+    t = [str(i) for i in tile["item_id"].values].index(item["id"])
+    bands = np.stack([tile[b].isel(time=t).values for b in BANDS])
+    expected = predict_scene(open_session(model, 1), bands, AOI_SPEC)
+    with rasterio.open(res["cog"]) as src:
+        assert np.array_equal(src.read(1), expected)
+    assert res["skipped"] is False and res["shape"] == list(expected.shape)
+    assert _leftovers(tmp_path) == []  # the staging cube is gone
+
+
+def test_the_area_of_interest_bounds_the_scene_and_misses_are_skipped(
+    real_items: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    model = _conv_model(tmp_path / "model.onnx")
+    item = real_items[0]
+    west, south, east, north = item_footprint(item).bounds
+    w, h = east - west, north - south
+    aoi = shapely.geometry.box(west + w / 4, south + h / 4, west + w / 2, south + h / 2)
+    res = infer_scene(
+        item, model, tmp_path, bands=BANDS, classes=AOI_CLASSES, spec=AOI_SPEC,
+        aoi=shapely.geometry.mapping(aoi),
+    )  # fmt: skip
+    height, width = res["shape"]
+    assert 100 < height < 200 and 100 < width < 200  # about a quarter of 512 px each way
+    with rasterio.open(res["cog"]) as src:
+        b = rasterio.warp.transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    pad = 0.01  # under a pixel of 120 m, in degrees
+    assert aoi.buffer(pad).contains(shapely.geometry.box(*b))
+    far = shapely.geometry.box(-60.0, -10.0, -59.0, -9.0)
+    other = real_items[1]
+    skipped = infer_scene(
+        other, model, tmp_path, bands=BANDS, classes=AOI_CLASSES, spec=AOI_SPEC,
+        aoi=shapely.geometry.mapping(far),
+    )  # fmt: skip
+    assert skipped["skipped"] is True
+    assert not (tmp_path / "predictions" / f"{other['id']}.tif").exists()
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_model_trained_in_other_units_is_refused_before_anything_is_written(
+    real_items: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    model = _conv_model(tmp_path / "model.onnx")
+    raw = {b: {"scale": 1.0, "offset": 0.0} for b in BANDS}
+    (tmp_path / "model.json").write_text(json.dumps({"input_units": raw}))
+    with pytest.raises(InputError, match="other units than the model was trained on"):
+        infer_scene(real_items[0], model, tmp_path, bands=BANDS, classes=AOI_CLASSES, spec=AOI_SPEC)
+    assert not (tmp_path / "predictions").exists()
+    assert _leftovers(tmp_path) == []

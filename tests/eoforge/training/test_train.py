@@ -60,11 +60,22 @@ def test_model_directory_holds_safetensors_and_json(trained: TrainResult) -> Non
     assert set(record) >= {"epoch", "train_loss", "val_loss", "val_miou", "lr", "seconds"}
     best = max(h["val_miou"] for h in config["history"])
     assert config["best_val_miou"] == pytest.approx(best)
-    # The weights saved are those of the best epoch.
     assert (
         load_file(str(trained.weights_path)).keys()
         == load_model(trained.model_dir).state_dict().keys()
     )
+
+
+def test_saved_weights_are_the_best_epochs_not_the_last(trained: TrainResult, chips: Path) -> None:
+    """Checkpoint selection: the saved model reproduces the recorded best validation mIoU, which
+    the last epoch did not reach (so the last epoch's weights would score otherwise)."""
+    scores = [(h["val_miou"], h["val_accuracy"]) for h in trained.history]
+    best, last = scores[trained.best_epoch - 1], scores[-1]
+    # the fixture's premise: a later epoch scored lower than the best one
+    assert trained.best_epoch < trained.epochs_run and best[0] == trained.best_val_miou, scores
+    assert best[0] == max(s[0] for s in scores) > last[0], scores
+    metrics, _ = evaluate(load_model(trained.model_dir), read_chip_split(chips, "val"), CLASSES)
+    assert (metrics["miou"], metrics["pixel_accuracy"]) == best, scores
 
 
 def test_same_seed_same_weights_and_metrics(

@@ -16,7 +16,7 @@ from prefect.runtime import flow_run
 from prefect_dask.task_runners import DaskTaskRunner
 
 from eoforge.compute.cluster import DaskSpec
-from eoforge.config import InferSpec, StacSpec
+from eoforge.config import CubeSpec, InferSpec, StacSpec
 from eoforge.orchestration.tasks.scale import (
     infer_scenes_task,
     ingest_scenes_task,
@@ -76,13 +76,22 @@ def scale_infer_flow(
     infer: InferSpec | None = None,
     dask: DaskSpec | None = None,
     model_href: str | None = None,
+    cube: CubeSpec | None = None,
 ) -> dict[str, Any]:
     """Predict every scene a STAC search returns; ``<out>/predictions/<item_id>.tif`` + ``.json``.
 
-    Run it through :func:`run_scale_infer` so the task runner follows ``dask``.
+    Each scene is ingested over the search's area of interest (``stac.bbox`` / ``stac.aoi``)
+    on the grid and in the units of ``cube``, like a run's cube; scenes that miss the area are
+    skipped. Run it through :func:`run_scale_infer` so the task runner follows ``dask``.
     """
+    import shapely.geometry
+
+    from eoforge.stac.aoi import aoi_geometry
+
     dask = dask or DaskSpec()
     infer = infer or InferSpec()  # type: ignore[call-arg]
+    area = aoi_geometry(stac)
+    aoi = shapely.geometry.mapping(area) if area is not None else None
     batches = plan_scenes_task(stac, api_url, out, dask.scenes_per_task)
     t0 = time.perf_counter()
     futures = infer_scenes_task.map(
@@ -94,6 +103,8 @@ def scale_infer_flow(
         unmapped(infer),
         unmapped(dask),
         unmapped(model_href),
+        unmapped(cube),
+        unmapped(aoi),
     )
     return _summary(futures.result(), t0, len(batches))
 
@@ -117,9 +128,12 @@ def run_scale_infer(
     infer: InferSpec | None = None,
     dask: DaskSpec | None = None,
     model_href: str | None = None,
+    cube: CubeSpec | None = None,
 ) -> dict[str, Any]:
     """Run :func:`scale_infer_flow` on the cluster ``dask`` names."""
     dask = dask or DaskSpec()
     runner = scale_infer_flow.with_options(task_runner=task_runner_for(dask))  # type: ignore[arg-type]
-    result: dict[str, Any] = runner(stac, api_url, onnx_path, out, classes, infer, dask, model_href)
+    result: dict[str, Any] = runner(
+        stac, api_url, onnx_path, out, classes, infer, dask, model_href, cube
+    )
     return result

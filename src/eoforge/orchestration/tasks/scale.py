@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from eoforge.compute.cluster import DaskSpec
-from eoforge.config import InferSpec, StacSpec
+from eoforge.config import CubeSpec, InferSpec, StacSpec
 from eoforge.orchestration.tasks.stages import retry_unless_final
 from eoforge.runs import scenes
 from eoforge.stac.search import search_items
@@ -59,8 +59,11 @@ def infer_scenes_task(
     infer: InferSpec,
     dask: DaskSpec,
     model_href: str | None = None,
+    cube: CubeSpec | None = None,
+    aoi: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """Predict every scene of one batch; a COG and a STAC item per scene."""
+    """Predict every scene of one batch (over ``aoi``, a lon/lat GeoJSON geometry, on the grid
+    and in the units of ``cube``); a COG and a STAC item per scene."""
     return scenes.infer_batch(
         batch_uri,
         onnx_path,
@@ -71,4 +74,6 @@ def infer_scenes_task(
         model_href=model_href,
         chunks=dask.chunks,
         scheduler=dask.scene_scheduler,
+        cube=cube,
+        aoi=aoi,
     )

@@ -9,13 +9,18 @@ from typing import Any
 
 import numpy as np
 import pytest
+import rasterio
 import xarray as xr
+from eoforge_test_helpers import asset_bands  # type: ignore[import-not-found]
 from onnx import TensorProto, helper, numpy_helper
 
 from eoforge.compute.cluster import DaskSpec, dask_client
 from eoforge.config import InferSpec, StacSpec
+from eoforge.inference.predict import predict_scene
+from eoforge.inference.session import open_session
 from eoforge.orchestration.flows.scale import run_scale_infer, run_scale_ingest, task_runner_for
 from eoforge.runs.scenes import scene_store
+from eoforge.stac.search import search_items
 from eoforge.stac.server import LocalStacServer
 from eoforge.stac.synthetic import write_synthetic_catalog
 
@@ -91,18 +96,36 @@ def _model(path: Path) -> Path:
 def test_infer_flow_runs_on_a_scheduler_address(
     prefect_harness: None, synthetic_api: str, tmp_path: Path
 ) -> None:
+    from distributed import get_task_stream
+
     model = _model(tmp_path / "model.onnx")
+    stac = StacSpec(datetime=None, max_items=3)
+    infer = InferSpec(window=256, overlap=32, threads=1)
     with dask_client(DaskSpec(n_workers=1)) as client:
         address = str(client.scheduler.address)  # type: ignore[union-attr]
-        summary = run_scale_infer(
-            StacSpec(datetime=None, max_items=3),
-            synthetic_api,
-            str(model),
-            str(tmp_path),
-            ["vegetation", "bare", "water", "cloud", "shadow"],
-            InferSpec(window=256, overlap=32, threads=1),
-            DaskSpec(scheduler_address=address, scenes_per_task=3),
-        )
+        # the scheduler's own record of the tasks it ran while the flow was running
+        with get_task_stream(client) as stream:
+            summary = run_scale_infer(
+                stac,
+                synthetic_api,
+                str(model),
+                str(tmp_path),
+                ["vegetation", "bare", "water", "cloud", "shadow"],
+                infer,
+                DaskSpec(scheduler_address=address, scenes_per_task=3),
+            )
     assert summary["scenes"] == 3 and summary["tasks"] == 1
+    ran = [str(t["key"]) for t in stream.data]
+    # each scene batch ran on this scheduler, not on a cluster of the flow's own
+    assert len([k for k in ran if k.startswith("infer_scenes_task-")]) == summary["tasks"], ran
+    items = {it["id"]: it for it in search_items(stac, synthetic_api)}
+    session = open_session(model, threads=1)
+    assert sorted(r["item_id"] for r in summary["results"]) == sorted(items)
     for r in summary["results"]:
-        assert Path(r["cog"]).is_file() and Path(r["item"]).is_file()
+        assert Path(r["item"]).is_file()
+        with rasterio.open(r["cog"]) as src:
+            pred = src.read(1)
+        # the flow's class map is the model's on the scene's own bands
+        expected = predict_scene(session, asset_bands(items[r["item_id"]], stac.bands), infer)
+        np.testing.assert_array_equal(pred, expected)
+        assert len(np.unique(pred)) >= 2

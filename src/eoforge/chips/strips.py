@@ -1,0 +1,139 @@
+"""Tiles read a chunk row at a time: input masks, labels and chip windows with memory bounded by
+the strip (and the chips cut), never by the tile's band stack.
+
+A 10980 x 10980 tile of ten uint16 bands and two dates is 4.8 GB as one ``(time, band, y, x)``
+stack; chipping and evaluation need only a ``(time, y, x)`` nodata mask and the label raster of
+it (2 bytes per pixel and date) plus one band's chunk row at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from numpy.typing import NDArray
+
+from eoforge.config import LabelSpec
+from eoforge.cube.tiles import CubeTile
+from eoforge.errors import InputError, InternalError
+from eoforge.labels.classes import LabelSource, TileLabelContext
+
+__all__ = ["gather_band_windows", "gather_windows", "nodata_mask", "tile_labels", "value_mask"]
+
+
+def gather_windows(
+    cube: NDArray[Any],
+    t: NDArray[np.int64],
+    r: NDArray[np.int64],
+    c: NDArray[np.int64],
+    size: int,
+) -> NDArray[Any]:
+    """Copy square windows out of a ``(time, [bands,] h, w)`` array in one fancy-index.
+
+    Args:
+        cube: the tile, time first, rows and columns last.
+        t: time index of each window.
+        r: top row of each window.
+        c: left column of each window.
+        size: window edge.
+
+    Returns:
+        ``(n, [bands,] size, size)``, contiguous.
+    """
+    win = sliding_window_view(cube, (size, size), axis=(-2, -1))  # (t, [c,] h', w', s, s)
+    if cube.ndim == 3:
+        return np.ascontiguousarray(win[t, r, c])
+    # advanced indices separated by a slice: their dimension goes first -> (n, c, s, s)
+    return np.ascontiguousarray(win[t, :, r, c])
+
+
+def nodata_mask(tile: CubeTile, bands: Sequence[str]) -> NDArray[np.bool_]:
+    """``(time, y, x)``: True where any of ``bands`` is 0 (nodata), read strip by strip."""
+    n_t, h, w = len(tile.item_ids), tile.grid.height, tile.grid.width
+    out = np.zeros((n_t, h, w), dtype=np.bool_)
+    for top, bottom in tile.strips():
+        for band in bands:
+            out[:, top:bottom] |= tile.read_rows(band, top, bottom) == 0
+    return out
+
+
+def value_mask(tile: CubeTile, variable: str, codes: Sequence[int]) -> NDArray[np.bool_]:
+    """``(time, y, x)``: True where ``variable`` holds one of ``codes``, read strip by strip."""
+    n_t, h, w = len(tile.item_ids), tile.grid.height, tile.grid.width
+    out = np.empty((n_t, h, w), dtype=np.bool_)
+    for top, bottom in tile.strips():
+        out[:, top:bottom] = np.isin(tile.read_rows(variable, top, bottom), codes)
+    return out
+
+
+def gather_band_windows(
+    tile: CubeTile,
+    bands: Sequence[str],
+    t: NDArray[np.int64],
+    r: NDArray[np.int64],
+    c: NDArray[np.int64],
+    size: int,
+) -> NDArray[Any]:
+    """The ``(n, bands, size, size)`` windows of a tile, each stored chunk decoded once.
+
+    Strips go down the tile a chunk row at a time; each band keeps the last ``size - 1`` rows of
+    the strip before, so a window is cut from the strip holding its bottom row. Memory: the
+    windows, one band's chunk row and ``bands x (size - 1)`` carried rows.
+    """
+    dtypes = [tile.read_rows(b, 0, 0).dtype for b in bands]
+    dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.uint16)
+    out = np.empty((len(t), len(bands), size, size), dtype=dtype)
+    last_row = np.asarray(r, dtype=np.int64) + size - 1
+    carried: dict[str, NDArray[Any]] = {}
+    for top, bottom in tile.strips():
+        sel = np.flatnonzero((last_row >= top) & (last_row < bottom))
+        for i, band in enumerate(bands):
+            rows = tile.read_rows(band, top, bottom)
+            previous = carried.get(band)
+            buffer = rows if previous is None else np.concatenate([previous, rows], axis=1)
+            first = bottom - buffer.shape[1]  # tile row of the buffer's first row
+            if sel.size:
+                out[sel, i] = gather_windows(buffer, t[sel], r[sel] - first, c[sel], size)
+            carried[band] = buffer[:, max(buffer.shape[1] - (size - 1), 0) :].copy()
+    return out
+
+
+def tile_labels(
+    tile: CubeTile, source: LabelSource, labels: LabelSpec, nodata: NDArray[np.bool_]
+) -> NDArray[np.uint8]:
+    """Class indices ``(time, y, x)`` of one cube tile from ``source``, ignored under nodata.
+
+    Args:
+        tile: the open cube tile.
+        source: where labels come from.
+        labels: class schema.
+        nodata: ``(time, y, x)`` input nodata (any band == 0), e.g. :func:`nodata_mask`.
+
+    Raises:
+        InputError: the source labels no pixel of the tile that has input data.
+        InternalError: the source returned the wrong shape, dtype or class indices.
+    """
+    ctx = TileLabelContext(tile.grid, tile.item_ids, labels, tile.variable)
+    y = np.asarray(source.label_tile(ctx))
+    tile.release()  # the variables a source read (e.g. SCL) are not kept with the tile
+    expected = (len(tile.item_ids), tile.grid.height, tile.grid.width)
+    if y.shape != expected or y.dtype != np.uint8:
+        raise InternalError(
+            f"label source {source.describe()} returned {y.dtype}{y.shape} for tile "
+            f"'{tile.grid.tile}', expected uint8{expected}."
+        )
+    y = np.where(nodata, np.uint8(labels.ignore_index), y)  # no label where the input is empty
+    bad = (y != labels.ignore_index) & (y >= len(labels.classes))
+    if bad.any():
+        raise InternalError(
+            f"label source {source.describe()} produced class indices out of range."
+        )
+    if not (y != labels.ignore_index).any():
+        raise InputError(
+            f"{source.describe()} label no pixel of tile '{tile.grid.tile}' that has input data: "
+            "the labels lie outside the area or only on nodata; check their extent and CRS, or "
+            "the tiles named in the chip spec."
+        )
+    return y
