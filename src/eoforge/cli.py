@@ -461,6 +461,27 @@ def reap_zombies_command(
     _guarded(go)
 
 
+def _guarded_command(fn: Any) -> Any:
+    """``fn`` as a command whose eoforge errors print and exit like the others'."""
+    import functools
+
+    @functools.wraps(fn)
+    def command(*args: Any, **kwargs: Any) -> None:
+        _guarded(lambda: fn(*args, **kwargs))
+
+    return command
+
+
+def _register_labelling() -> None:
+    from eoforge.labelling import commands
+
+    for fn in (commands.suggest, commands.label):
+        app.command()(_guarded_command(fn))
+
+
+_register_labelling()
+
+
 def main() -> None:
     """Console-script entry point."""
     install_log_redaction()

@@ -22,7 +22,7 @@ def test_version() -> None:
     assert result.exit_code == 0 and result.stdout.strip() == f"eoforge {version('eoforge')}"
 
 
-@pytest.mark.parametrize("command", ["demo", "run", "report", "watch"])
+@pytest.mark.parametrize("command", ["demo", "run", "report", "watch", "suggest", "label"])
 def test_help_teaches_with_examples(command: str) -> None:
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
@@ -31,7 +31,7 @@ def test_help_teaches_with_examples(command: str) -> None:
 
 def test_top_level_help_lists_every_command() -> None:
     result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
-    for command in ("demo", "run", "report", "watch", "deploy", "reap-zombies"):
+    for command in ("demo", "run", "report", "watch", "deploy", "reap-zombies", "suggest", "label"):
         assert command in result.stdout
 
 

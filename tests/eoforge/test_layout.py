@@ -21,6 +21,7 @@ WINGS = {
     "inference",
     "io",
     "labels",
+    "labelling",
     "ops",
     "orchestration",
     "runs",

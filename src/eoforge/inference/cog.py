@@ -107,10 +107,20 @@ class CogWriter:
         crs: CRS of the scene grid, e.g. ``"EPSG:32633"``.
         transform: the grid's affine transform, 6 floats (rasterio order a, b, c, d, e, f).
         shape: (height, width) of the scene.
+        count: bands per row block: 1 takes ``(n, W)`` rows, more take ``(count, n, W)``.
+        overview_resampling: GDAL resampling of the overviews (``MODE`` for classes; e.g.
+            ``AVERAGE`` for continuous values such as uncertainty).
     """
 
     def __init__(
-        self, out_tif: Path, crs: str, transform: Sequence[float], shape: tuple[int, int]
+        self,
+        out_tif: Path,
+        crs: str,
+        transform: Sequence[float],
+        shape: tuple[int, int],
+        *,
+        count: int = 1,
+        overview_resampling: str = "MODE",
     ) -> None:
         if len(shape) != 2 or min(shape) < 1:
             raise InputError(f"shape {shape!r} of '{out_tif}' must be (height, width) >= 1.")
@@ -118,6 +128,8 @@ class CogWriter:
         self.crs = _parse_crs(crs)
         self.transform = _affine(transform)
         self.shape = (int(shape[0]), int(shape[1]))
+        self.count = int(count)
+        self._options = {**_COG_OPTIONS, "overview_resampling": overview_resampling}
         self.sha256: str | None = None
         self._rows_written = 0
         self._dst: Any = None
@@ -134,7 +146,7 @@ class CogWriter:
             driver="GTiff",
             width=self.shape[1],
             height=self.shape[0],
-            count=1,
+            count=self.count,
             dtype="uint8",
             crs=self.crs,
             transform=self.transform,
@@ -149,19 +161,25 @@ class CogWriter:
         """Write class rows ``[top, top + len(rows))`` (in order)."""
         if self._dst is None:
             raise InputError("CogWriter.write_rows called outside its `with` block.")
-        if rows.dtype != np.uint8 or rows.ndim != 2 or rows.shape[1] != self.shape[1]:
+        want = (self.shape[1],) if self.count == 1 else (self.count, self.shape[1])
+        if rows.dtype != np.uint8 or rows.shape[:-2] + rows.shape[-1:] != want:
+            lead = "" if self.count == 1 else f"{self.count}, "
             raise InputError(
-                f"rows for '{self.out_tif}' must be uint8 (n, {self.shape[1]}), got {rows.dtype} "
-                f"{rows.shape}."
+                f"rows for '{self.out_tif}' must be uint8 ({lead}n, {self.shape[1]}), got "
+                f"{rows.dtype} {rows.shape}."
             )
-        if top != self._rows_written or top + len(rows) > self.shape[0]:
+        n = rows.shape[-2]
+        if top != self._rows_written or top + n > self.shape[0]:
             raise InputError(
-                f"rows {top}..{top + len(rows)} for '{self.out_tif}' are out of order: "
+                f"rows {top}..{top + n} for '{self.out_tif}' are out of order: "
                 f"{self._rows_written} of {self.shape[0]} rows written so far."
             )
-        window = Window(0, top, self.shape[1], len(rows))
-        self._dst.write(rows, 1, window=window)
-        self._rows_written += len(rows)
+        window = Window(0, top, self.shape[1], n)
+        if self.count == 1:
+            self._dst.write(rows, 1, window=window)
+        else:
+            self._dst.write(rows, window=window)
+        self._rows_written += n
 
     def __exit__(
         self,
@@ -179,7 +197,7 @@ class CogWriter:
                         f"'{self.out_tif}'; the prediction is incomplete."
                     )
                 with staged_file(self.out_tif) as staged:
-                    rasterio.shutil.copy(self._tmp, staged, driver="COG", **_COG_OPTIONS)
+                    rasterio.shutil.copy(self._tmp, staged, driver="COG", **self._options)
                     self.sha256 = sha256_file(staged)
         finally:
             self._dst = None

@@ -14,7 +14,7 @@ This module is the streaming predictor; the rest lives in :mod:`eoforge.inferenc
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,10 +96,20 @@ def _pipelined(session: Any, spec: InferSpec) -> bool:
     return bool(providers) and providers[0] != "CPUExecutionProvider"
 
 
+#: Receives the blended class scores ``(K, n, W)`` and validity ``(n, W)`` of finished rows.
+ScoresSink = Callable[[int, npt.NDArray[np.float32], npt.NDArray[np.bool_]], None]
+
+
 def _stream(
-    session: Any, reader: SceneReader, spec: InferSpec, nodata: float, stats: dict[str, int]
+    session: Any,
+    reader: SceneReader,
+    spec: InferSpec,
+    nodata: float,
+    stats: dict[str, int],
+    scores_sink: ScoresSink | None = None,
 ) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
-    """Finished class rows ``(top, rows)`` of the scene, in order (see :func:`predict_raster`)."""
+    """Finished class rows ``(top, rows)`` of the scene, in order (see :func:`predict_raster`);
+    ``scores_sink`` also gets the blended scores of those rows, before they are yielded."""
     _check_spec(spec)
     io = _model_io(session, where="the ONNX session")
     channels, height, width = reader.shape
@@ -193,10 +203,14 @@ def _stream(
         valid = source.take_valid(ready)
         if acc is None:
             rows = np.full((ready, width), NODATA_CLASS, np.uint8)
+            if scores_sink is not None:
+                scores_sink(done, np.zeros((1, ready, width), np.float32), valid)
         else:
             if ready > acc.shape[1]:
                 acc = _grow_rows(acc, ready)
             rows = _argmax_classes(acc[:, :ready, :width])
+            if scores_sink is not None:
+                scores_sink(done, acc[:, :ready, :width], valid)
             acc = acc[:, ready:]
         rows[~valid] = NODATA_CLASS
         yield done, rows
@@ -231,6 +245,8 @@ def predict_raster(
     spec: InferSpec,
     writer: PredictionWriter,
     nodata: float = 0,
+    *,
+    uncertainty: PredictionWriter | None = None,
 ) -> PredictionStats:
     """Predict a scene of any size strip by strip, with memory bounded by the window, not the scene.
 
@@ -249,6 +265,8 @@ def predict_raster(
         spec: window, overlap and batch size.
         writer: receives uint8 class rows in order, e.g. a :class:`CogWriter`.
         nodata: input value marking missing data (class :data:`NODATA_CLASS` where any band has it).
+        uncertainty: if given, receives ``(2, n, W)`` uint8 rows of entropy and margin, in step
+            with ``writer`` (e.g. an :class:`~eoforge.inference.uncertainty.UncertaintyWriter`).
 
     Returns:
         :class:`PredictionStats`.
@@ -258,7 +276,14 @@ def predict_raster(
             static window size) or returns unusable logits.
     """
     stats = {"windows_run": 0, "windows_skipped": 0, "batches": 0, "max_buffered_rows": 0}
-    for top, rows in _stream(session, reader, spec, nodata, stats):
+    sink: ScoresSink | None = None
+    if uncertainty is not None:
+        from eoforge.inference.uncertainty import uncertainty_rows
+
+        def sink(top: int, scores: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]) -> None:
+            uncertainty.write_rows(top, uncertainty_rows(scores, valid))
+
+    for top, rows in _stream(session, reader, spec, nodata, stats, sink):
         writer.write_rows(top, rows)
     _, height, width = reader.shape
     return PredictionStats(pixels=height * width, **stats)
@@ -309,14 +334,28 @@ def predict_to_cog(
     crs: str,
     transform: Sequence[float],
     nodata: float = 0,
+    *,
+    uncertainty_tif: Path | None = None,
 ) -> tuple[str, PredictionStats]:
-    """Stream a scene through the model into a COG (:func:`predict_raster` + :class:`CogWriter`).
+    """Stream a scene through the model into a COG (:func:`predict_raster` + :class:`CogWriter`),
+    and its uncertainty into ``uncertainty_tif`` when given
+    (:class:`~eoforge.inference.uncertainty.UncertaintyWriter`).
 
     Returns:
         (sha256 of the COG, :class:`PredictionStats`).
     """
+    from contextlib import ExitStack
+
+    from eoforge.inference.uncertainty import UncertaintyWriter
+
     _, height, width = reader.shape
-    with CogWriter(Path(out_tif), crs, transform, (height, width)) as writer:
-        stats = predict_raster(session, reader, spec, writer, nodata)
+    with ExitStack() as stack:
+        unc = None
+        if uncertainty_tif is not None:
+            unc = stack.enter_context(
+                UncertaintyWriter(Path(uncertainty_tif), crs, transform, (height, width))
+            )
+        writer = stack.enter_context(CogWriter(Path(out_tif), crs, transform, (height, width)))
+        stats = predict_raster(session, reader, spec, writer, nodata, uncertainty=unc)
     assert writer.sha256 is not None
     return writer.sha256, stats

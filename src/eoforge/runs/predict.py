@@ -62,6 +62,7 @@ def run_predict(
         InputError: a bad model folder, spec or search.
     """
     from eoforge.cube.build import list_tiles, open_tile
+    from eoforge.inference.catalog import write_predictions_catalog
     from eoforge.runs.pipeline import run_context
     from eoforge.runs.progress import timed_stage
     from eoforge.runs.provenance import (
@@ -94,6 +95,7 @@ def run_predict(
                 spec, str(model_dir), str(cube), s["items_uri"], str(run_dir), in_cube
             ),
         )
+        write_predictions_catalog(run_dir)  # the run folder is a static STAC catalog
         items = json.loads(Path(s["items_uri"]).read_text())["features"]
         write_provenance(
             run_dir / "provenance.json",

@@ -31,6 +31,7 @@ __all__ = [
     "footprints_png",
     "learning_curves_png",
     "true_colour_png",
+    "uncertainty_png",
 ]
 
 #: Colour of each known class name; other names take matplotlib's tab10 colours in order.
@@ -184,6 +185,35 @@ def class_map_png(
     ]
     handles.append(Patch(facecolor=_NODATA_COLOUR, edgecolor="#777777", label="nodata / ignored"))
     fig.legend(handles=handles, loc="center right", frameon=False)
+    return _save(fig, Path(out_png))
+
+
+def uncertainty_png(
+    scaled: npt.NDArray[np.uint8], out_png: Path, title: str, *, max_size: int = 1024
+) -> Path:
+    """Write an uncertainty map (band of :mod:`eoforge.inference.uncertainty`: 0..254 = 0..1,
+    255 nodata, drawn black) with a colour bar.
+
+    Raises:
+        InputError: ``scaled`` is not a 2-D uint8 array.
+    """
+    if scaled.ndim != 2 or scaled.dtype != np.uint8 or min(scaled.shape) < 1:
+        raise InputError(
+            f"uncertainty map '{out_png}' must be a (H, W) uint8 array, got {scaled.dtype} "
+            f"{scaled.shape}."
+        )
+    small = _decimate(scaled, max_size)
+    values = np.ma.masked_equal(small, _NODATA).astype(np.float32) / 254.0
+    h, w = small.shape
+    width_in = 7.0
+    fig = plt.figure(figsize=(width_in + 2.0, max(3.0, width_in * h / w) + 0.6))
+    ax = fig.add_axes((0.02, 0.04, 0.72, 0.88))
+    cmap = plt.get_cmap("magma").with_extremes(bad=_NODATA_COLOUR)
+    shown = ax.imshow(values, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title)
+    bar = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("normalised entropy (1: all classes equally likely)")
     return _save(fig, Path(out_png))
 
 

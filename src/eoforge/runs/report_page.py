@@ -29,10 +29,15 @@ __all__ = [
 ]
 
 #: The quicklooks a run writes (file in ``quicklooks/``, caption), in the order they are shown;
-#: pairs in one tuple are shown side by side (model left, random forest right).
+#: those in one tuple are shown side by side (model left, random forest right; the model's
+#: uncertainty between them).
 QUICKLOOKS: tuple[tuple[tuple[str, str], ...], ...] = (
     (("true_colour.png", "True colour (first test scene)"), ("label.png", "Reference label")),
-    (("prediction.png", "Model prediction"), ("baseline.png", "Random forest prediction")),
+    (
+        ("prediction.png", "Model prediction"),
+        ("uncertainty.png", "Model uncertainty (entropy)"),
+        ("baseline.png", "Random forest prediction"),
+    ),
     (
         ("confusion_model.png", "Model confusion matrix (test tiles)"),
         ("confusion_baseline.png", "Random forest confusion matrix (test tiles)"),
@@ -58,6 +63,7 @@ th:first-child, td:first-child { text-align: left; }
 thead th { background: #f0f0f0; }
 td.best { font-weight: bold; }
 .pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; align-items: start; }
+.pair.trio { grid-template-columns: 1fr 1fr 1fr; }
 figure { margin: 0.5em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #555; }
@@ -364,7 +370,7 @@ def _figures(folder: Path) -> list[str]:
     for pair in QUICKLOOKS:
         present = [(name, caption) for name, caption in pair if (ql / name).is_file()]
         if present:
-            out.append("<div class='pair'>")
+            out.append("<div class='pair trio'>" if len(present) == 3 else "<div class='pair'>")
             out += [_figure(caption, ql / name, folder) for name, caption in present]
             out.append("</div>")
     return out

@@ -305,6 +305,7 @@ def infer_scene(
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.scene_io import ChunkRowReader
+    from eoforge.inference.uncertainty import add_uncertainty_asset
     from eoforge.io.atomic import staging_path, write_json_atomic
     from eoforge.runs.stages_model import check_units, trained_units
     from eoforge.stac.aoi import items_meeting
@@ -336,10 +337,12 @@ def infer_scene(
         _, height, width = reader.shape
         crs, transform = str(attrs["crs"]), tuple(float(v) for v in attrs["transform"][:6])
         tif = Path(out) / "predictions" / f"{item_id}.tif"
-        predict_to_cog(session, reader, spec, tif, crs, transform)
+        unc = Path(out) / "uncertainty" / f"{item_id}.tif"
+        predict_to_cog(session, reader, spec, tif, crs, transform, uncertainty_tif=unc)
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # created above by this call
     stac_item = prediction_item(tif, item, classes, model_href, crs, transform, (height, width))
+    add_uncertainty_asset(stac_item, unc, f"../uncertainty/{unc.name}")
     item_path = tif.with_suffix(".json")
     write_json_atomic(item_path, stac_item)
     return {

@@ -244,10 +244,12 @@ def stage_infer(
     from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.scene_io import ChunkRowReader
     from eoforge.inference.session import open_session
+    from eoforge.inference.uncertainty import add_uncertainty_asset
     from eoforge.io.atomic import clean_stale_staging, staged_dir, write_json_atomic
     from eoforge.stac.items import self_href
 
     run = Path(run_dir)
+    clean_stale_staging(run / "uncertainty")
     clean_stale_staging(run / "predictions")  # leftovers of killed runs; live writers' are kept
     run_model = run / "model"
     if copy_model and Path(model_dir).resolve() != run_model.resolve():
@@ -308,7 +310,8 @@ def stage_infer(
         pixels += height * width
         tif = run / "predictions" / f"{item_id}.tif"
         crs, transform = ds.attrs["crs"], tuple(ds.attrs["transform"])
-        predict_to_cog(session, reader, spec.infer, tif, crs, transform)
+        unc_tif = run / "uncertainty" / f"{item_id}.tif"
+        predict_to_cog(session, reader, spec.infer, tif, crs, transform, uncertainty_tif=unc_tif)
         drift = None
         if reference is not None:  # a second pass over the rows, strip by strip
             t_drift = time.perf_counter()
@@ -330,8 +333,13 @@ def stage_infer(
         item["properties"]["eoforge:precision"] = spec.infer.precision
         if drift is not None:
             item["properties"]["eoforge:drift"] = drift
+        add_uncertainty_asset(item, unc_tif, f"../uncertainty/{unc_tif.name}")
         write_json_atomic(tif.with_suffix(".json"), item)
-        written[item_id] = {"cog": str(tif), "item": str(tif.with_suffix(".json"))}
+        written[item_id] = {
+            "cog": str(tif),
+            "item": str(tif.with_suffix(".json")),
+            "uncertainty": str(unc_tif),
+        }
     seconds = time.perf_counter() - t0 - drift_s
     del session  # its memory arena (the largest share of inference memory) goes now
     tifs = [Path(v["cog"]) for v in written.values()]

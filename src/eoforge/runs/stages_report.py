@@ -85,6 +85,7 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
         confusion_png,
         learning_curves_png,
         true_colour_png,
+        uncertainty_png,
     )
     from eoforge.runs.scoring import score_scene
     from eoforge.training.metrics import metrics_from_confusion
@@ -134,6 +135,16 @@ def stage_evaluate(spec: RunSpec, cube_uri: str, baseline_dir: str, run_dir: str
                 ("Model prediction", "quicklooks/prediction.png"),
                 ("Random forest prediction", "quicklooks/baseline.png"),
             ]
+            unc = run / "uncertainty" / f"{item_id}.tif"
+            if unc.is_file():
+                import rasterio
+
+                with rasterio.open(unc) as src:  # read at picture size (overviews), not whole
+                    step = max(1, -(-max(src.shape) // 1024))
+                    shape = (-(-src.height // step), -(-src.width // step))
+                    entropy = src.read(1, out_shape=shape)
+                uncertainty_png(entropy, ql / "uncertainty.png", f"Model uncertainty, {item_id}")
+                images.append(("Model uncertainty", "quicklooks/uncertainty.png"))
     confusion_png(cm_model, names, ql / "confusion_model.png", "Model confusion (test tiles)")
     confusion_png(
         cm_base, names, ql / "confusion_baseline.png", "Random forest confusion (test tiles)"

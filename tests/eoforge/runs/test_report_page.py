@@ -19,6 +19,7 @@ from eoforge.runs.report import (
     confusion_png,
     learning_curves_png,
     true_colour_png,
+    uncertainty_png,
 )
 from eoforge.runs.report_page import rebuild_report, write_run_report
 from eoforge.testing.browser import browser_missing, check_page
@@ -41,6 +42,8 @@ def demo_like_run(run: Path) -> Path:
     class_map_png(truth, NAMES, ql / "label.png", "Label")
     class_map_png(truth, NAMES, ql / "prediction.png", "Model prediction")
     class_map_png(truth[::-1], NAMES, ql / "baseline.png", "Random forest")
+    entropy = rng.integers(0, 255, (32, 32)).astype(np.uint8)  # 255: nodata
+    uncertainty_png(entropy, ql / "uncertainty.png", "Model uncertainty")
     cm_model = np.diag([50, 40, 30, 20, 10]) + 2
     cm_base = np.diag([40, 30, 20, 10, 5]) + 5
     confusion_png(cm_model, NAMES, ql / "confusion_model.png", "Model confusion")
@@ -103,7 +106,10 @@ def test_run_report_shows_both_systems_inputs_timings_contracts(tmp_path: Path) 
     assert "<td>512</td>" in page
     # every picture is referenced relative to the page, whatever the working directory
     srcs = re.findall(r"<img src='([^']+)'", page)
-    assert len(srcs) == 8 and all(s.startswith("quicklooks/") for s in srcs)
+    assert len(srcs) == 9 and all(s.startswith("quicklooks/") for s in srcs)
+    # the model's uncertainty between its prediction and the random forest's
+    trio = page.split("<div class='pair trio'>")[1].split("</div>")[0]
+    assert re.findall(r"quicklooks/(\w+)\.png", trio) == ["prediction", "uncertainty", "baseline"]
 
 
 def test_rebuild_report_from_the_run_folder(tmp_path: Path) -> None:
@@ -135,7 +141,7 @@ def test_report_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.chdir(tmp_path)  # the page must not depend on the working directory
     seen = check_page(report, screenshot=tmp_path / "shot.png")
     assert seen.problems == [], seen.problems
-    assert seen.images == 8
+    assert seen.images == 9
     assert "random forest" in seen.text and "precision" in seen.text
     assert (tmp_path / "shot.png").stat().st_size > 10_000
 

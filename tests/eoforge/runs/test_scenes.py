@@ -159,6 +159,10 @@ def test_infer_batch_writes_cog_and_item_per_scene(
         item = json.loads(Path(r["item"]).read_text())
         assert item["id"] == f"{r['item_id']}-prediction"
         assert any(lk["rel"] == "derived_from" for lk in item["links"])
+        # the uncertainty is an asset of the same item, as on the single-process path
+        unc = (Path(r["item"]).parent / item["assets"]["uncertainty"]["href"]).resolve()
+        with rasterio.open(unc) as src:
+            assert src.count == 2 and src.shape == (512, 512)
 
 
 def test_infer_without_model_is_input_error(
