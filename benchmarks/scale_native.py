@@ -323,6 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    global SAMPLE  # read by the steps below
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, required=True, help="where to write the results")
     parser.add_argument(
@@ -339,7 +340,6 @@ def main(argv: list[str] | None = None) -> int:
             "EOFORGE_FULL_SAMPLE (the s2-l2a-sample folder of the shared data)"
         )
         return 2
-    global SAMPLE  # read by the steps below
     SAMPLE = args.sample
     result = run(args)
     result["sample"] = str(args.sample)
