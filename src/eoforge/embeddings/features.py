@@ -10,10 +10,8 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import zarr
 from numpy.typing import NDArray
 
 from eoforge.cube.tiles import CubeTile
@@ -67,22 +65,22 @@ def row_blocks(height: int, rows: int) -> list[slice]:
     return [slice(r, min(r + rows, height)) for r in range(0, height, rows)]
 
 
-def _array(tile: CubeTile, name: str) -> zarr.Array[Any]:
-    if name not in tile.variables:
+def _check_variables(tile: CubeTile, names: Sequence[str]) -> None:
+    missing = [n for n in names if n not in tile.variables]
+    if missing:
         raise InputError(
-            f"cube '{tile.cube}' tile '{tile.grid.tile}' lacks variable '{name}' (it has "
+            f"cube '{tile.cube}' tile '{tile.grid.tile}' lacks variable '{missing[0]}' (it has "
             f"{tile.variables}); ingest {list(BANDS)} and 'scl' to compute embeddings."
         )
-    arr = tile.group[name]
-    assert isinstance(arr, zarr.Array)
-    return arr
 
 
 def read_block(tile: CubeTile, rows: slice, bands: Sequence[str] = BANDS) -> PixelBlock:
     """Read rows ``rows`` of every date of ``tile`` (only those chunks are decoded)."""
-    scl = np.asarray(_array(tile, "scl")[:, rows, :], dtype=np.uint8)
+    _check_variables(tile, ["scl", *bands])
+    top, bottom = rows.start or 0, rows.stop
+    scl = np.asarray(tile.read_rows("scl", top, bottom), dtype=np.uint8)
     clear = _CLEAR[scl]
-    values = np.stack([np.asarray(_array(tile, b)[:, rows, :]) for b in bands], axis=1)
+    values = np.stack([tile.read_rows(b, top, bottom) for b in bands], axis=1)
     clear &= (values > 0).all(axis=1)
     refl = values.astype(np.float32) * np.float32(_REFLECTANCE)
     refl *= clear[:, None]
