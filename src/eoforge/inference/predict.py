@@ -26,7 +26,6 @@ import onnxruntime as ort
 
 from eoforge.config import InferSpec
 from eoforge.errors import InputError
-from eoforge.inference.cog import CogWriter
 from eoforge.inference.scene_io import (
     NODATA_CLASS,
     ArrayReader,
@@ -346,6 +345,8 @@ def predict_to_cog(
     """
     from contextlib import ExitStack
 
+    # rasterio only where a file is written: predicting into arrays needs no GDAL
+    from eoforge.inference.cog import CogWriter
     from eoforge.inference.uncertainty import UncertaintyWriter
 
     _, height, width = reader.shape

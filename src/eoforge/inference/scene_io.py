@@ -9,7 +9,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from rasterio.windows import Window
 
 from eoforge.errors import InputError
 
@@ -114,6 +113,8 @@ class RasterioReader:
 
     def read_rows(self, top: int, bottom: int) -> npt.NDArray[Any]:
         """Rows ``[top, bottom)`` of the selected bands."""
+        from rasterio.windows import Window  # rasterio only where files are read
+
         window = Window(0, top, self.dataset.width, bottom - top)
         return np.asarray(self.dataset.read(self.indexes, window=window))
 

@@ -1,0 +1,222 @@
+"""Window inference through PyTorch, for machines with a CUDA GPU but no onnxruntime-gpu.
+
+eoforge installs the CPU build of ONNX Runtime; its CUDA build (``onnxruntime-gpu``) is a
+separate, large install tied to one CUDA/cuDNN pair. PyTorch with CUDA is what most GPU
+machines already have. :class:`TorchSession` runs the trained model (``model.safetensors``, the
+same weights the ONNX file was exported from) and looks to
+:func:`eoforge.inference.predict.predict_raster` like an ONNX Runtime session with IO binding:
+the same windows, blending, nodata handling, streaming and pipelining (ADR 0008) apply, so the
+class maps match the ONNX path's up to floating-point rounding (and bf16 rounding with
+``amp=True``).
+
+Each batch is copied into a pinned host buffer, sent to the device asynchronously, run under
+``torch.inference_mode`` (optionally bf16 autocast, channels-last), and its logits come back as
+float32 into the buffer the predictor bound. The CUDA work releases the GIL, so with
+``infer.pipelined`` the next batch runs while the previous one is blended.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from eoforge.errors import InputError
+from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME
+from eoforge.training.files import load_model, read_model_config
+
+__all__ = ["TORCH_CPU", "TORCH_CUDA", "TorchSession", "open_torch_session"]
+
+#: What :meth:`TorchSession.get_providers` names (the predictor pipelines any non-CPU one).
+TORCH_CUDA = "TorchCUDA"
+TORCH_CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class _Arg:
+    """The slice of ``onnxruntime.NodeArg`` the predictor reads."""
+
+    name: str
+    type: str
+    shape: list[Any]
+
+
+class _Binding:
+    """The slice of ``onnxruntime.IOBinding`` the predictor uses, for a :class:`TorchSession`."""
+
+    def __init__(self) -> None:
+        self.input: npt.NDArray[np.float32] | None = None
+        self.output: npt.NDArray[np.float32] | None = None  # caller's buffer, or None
+        self.result: npt.NDArray[np.float32] | None = None
+
+    def bind_cpu_input(self, name: str, array: npt.NDArray[np.float32]) -> None:
+        if name != INPUT_NAME:
+            raise InputError(f"a TorchSession has one input, '{INPUT_NAME}', not '{name}'.")
+        self.input = array
+
+    def bind_output(
+        self,
+        name: str,
+        device_type: str = "cpu",
+        device_id: int = 0,
+        element_type: Any = None,
+        shape: list[int] | None = None,
+        buffer_ptr: int | None = None,
+    ) -> None:
+        if name != OUTPUT_NAME or device_type != "cpu":
+            raise InputError(
+                f"a TorchSession returns '{OUTPUT_NAME}' to the CPU; got '{name}' on {device_type}."
+            )
+        if buffer_ptr is None or shape is None:
+            self.output = None
+            return
+        if element_type not in (None, np.float32):
+            raise InputError(f"a TorchSession writes float32 logits, not {element_type}.")
+        count = int(np.prod(shape))
+        raw = (ctypes.c_float * count).from_address(buffer_ptr)
+        self.output = np.ctypeslib.as_array(raw).reshape(shape)
+
+    def copy_outputs_to_cpu(self) -> list[npt.NDArray[np.float32]]:
+        if self.result is None:
+            raise InputError("copy_outputs_to_cpu before run_with_iobinding.")
+        return [self.result]
+
+
+class TorchSession:
+    """A trained eoforge model on a torch device, run like an ONNX Runtime session.
+
+    Args:
+        model: the network (raw-DN ``(N, bands, H, W)`` float32 in, logits out), e.g. from
+            :func:`eoforge.training.files.load_model`.
+        device: where to run it (``cuda`` or ``cpu``).
+        amp: run the forward pass under bf16 autocast (CUDA only); logits come back float32.
+        channels_last: keep activations in NHWC (faster cuDNN convolutions on tensor cores).
+        in_channels: the bands the model takes (checked against scenes; None: not checked).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        *,
+        amp: bool = False,
+        channels_last: bool = True,
+        in_channels: int | None = None,
+    ) -> None:
+        if amp and device.type != "cuda":
+            raise InputError(f"amp=True needs a CUDA device; this session is on {device}.")
+        self.device = device
+        self.amp = amp
+        self.channels_last = channels_last and device.type == "cuda"
+        self.model = model.eval().to(device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.in_channels = in_channels
+        self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
+        self._lock = threading.Lock()  # two runners may call from the worker and the caller
+        self.batches = 0
+
+    # -- the onnxruntime.InferenceSession surface the predictor uses -----------------------
+
+    def get_inputs(self) -> list[_Arg]:
+        return [_Arg(INPUT_NAME, "tensor(float)", ["N", self.in_channels, "H", "W"])]
+
+    def get_outputs(self) -> list[_Arg]:
+        return [_Arg(OUTPUT_NAME, "tensor(float)", ["N", "K", "H", "W"])]
+
+    def get_providers(self) -> list[str]:
+        return [TORCH_CUDA if self.device.type == "cuda" else TORCH_CPU]
+
+    def io_binding(self) -> _Binding:
+        return _Binding()
+
+    def run_with_iobinding(self, binding: _Binding) -> None:
+        if binding.input is None:
+            raise InputError(f"no '{INPUT_NAME}' bound before run_with_iobinding.")
+        logits = self.logits(binding.input)
+        if binding.output is not None:
+            if binding.output.shape != logits.shape:
+                raise InputError(
+                    f"the bound output has shape {binding.output.shape}; the model returned "
+                    f"{logits.shape}."
+                )
+            binding.output[...] = logits
+            binding.result = binding.output
+        else:
+            binding.result = logits
+
+    def run(
+        self, output_names: list[str] | None, feeds: dict[str, npt.NDArray[Any]]
+    ) -> list[npt.NDArray[np.float32]]:
+        """``session.run``: logits of ``feeds['image']``."""
+        if INPUT_NAME not in feeds:
+            raise InputError(f"feeds {sorted(feeds)} lack '{INPUT_NAME}'.")
+        return [self.logits(np.asarray(feeds[INPUT_NAME], np.float32))]
+
+    # -- the work ---------------------------------------------------------------------------
+
+    def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        """Float32 logits ``(N, K, H, W)`` of a raw-DN batch ``(N, bands, H, W)``."""
+        if batch.ndim != 4:
+            raise InputError(f"a batch must be (N, bands, H, W), got shape {batch.shape}.")
+        with self._lock, torch.inference_mode():
+            x = self._to_device(batch)
+            autocast = torch.autocast("cuda", torch.bfloat16, enabled=self.amp)
+            with autocast:
+                out = self.model(x)
+            result: npt.NDArray[np.float32] = out.float().cpu().numpy()
+            self.batches += 1
+        return result
+
+    def _to_device(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
+        host = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
+        if self.device.type != "cuda":
+            return host
+        pinned = self._pinned.get(batch.shape)
+        if pinned is None:
+            pinned = self._pinned[batch.shape] = torch.empty(
+                batch.shape, dtype=torch.float32, pin_memory=True
+            )
+        pinned.copy_(host)
+        x = pinned.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+def open_torch_session(
+    model_dir: Path,
+    device: str | torch.device | None = None,
+    *,
+    amp: bool = False,
+    channels_last: bool = True,
+) -> TorchSession:
+    """A :class:`TorchSession` for the trained model in ``model_dir``.
+
+    Args:
+        model_dir: a model directory written by :func:`eoforge.training.train.train_model`.
+        device: ``cuda``, ``cpu`` or None (CUDA when torch can use it, else the CPU).
+        amp: bf16 autocast on CUDA.
+        channels_last: NHWC activations on CUDA.
+
+    Raises:
+        InputError: the model directory is unusable, or ``cuda`` was asked for and torch
+            cannot use a GPU.
+    """
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            f"device '{device}' was asked for but this torch ({torch.__version__}) sees no CUDA "
+            "GPU; use device 'cpu' or the ONNX session."
+        )
+    model = load_model(Path(model_dir))
+    in_channels = int(read_model_config(Path(model_dir))["architecture"]["in_channels"])
+    return TorchSession(model, dev, amp=amp, channels_last=channels_last, in_channels=in_channels)

@@ -1,0 +1,103 @@
+"""Tests of eoforge.inference.torch_session: the trained model run through torch by the same
+predictor as ONNX Runtime (CPU always; CUDA and bf16 under ``requires_gpu``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from eoforge_test_helpers import write_chip_store  # type: ignore[import-not-found]
+
+from eoforge.config import InferSpec, TrainSpec
+from eoforge.errors import InputError
+from eoforge.export.onnx import export_onnx
+from eoforge.inference.predict import predict_scene
+from eoforge.inference.session import open_session
+from eoforge.inference.torch_session import TORCH_CUDA, TorchSession, open_torch_session
+from eoforge.training.train import train_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    chips = write_chip_store(
+        tmp_path_factory.mktemp("chips") / "chips.zarr",
+        counts=(8, 4, 4),
+        nodata_corner=False,
+        band_mean=[1500.0, 1600.0, 1500.0, 2700.0],
+        band_std=[1600.0, 1600.0, 1700.0, 1800.0],
+    )
+    spec = TrainSpec(max_epochs=2, batch_size=4, base_channels=8, threads=1)
+    folder = train_model(chips, spec, tmp_path_factory.mktemp("model"), progress=False).model_dir
+    sample = np.random.default_rng(0).integers(1, 6000, (2, 4, 32, 32)).astype(np.uint16)
+    export_onnx(folder, folder / "model.onnx", sample)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def scene() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    bands = rng.integers(200, 5000, (4, 203, 317), dtype=np.uint16)
+    bands[:, :20, :40] = 0  # nodata corner
+    return bands
+
+
+SPEC = InferSpec(window=64, overlap=16, batch_size=3)
+
+
+def test_torch_cpu_matches_onnx_runtime(model_dir: Path, scene: np.ndarray) -> None:
+    torch_map = predict_scene(open_torch_session(model_dir, "cpu"), scene, SPEC)
+    ort_map = predict_scene(open_session(model_dir / "model.onnx", threads=1), scene, SPEC)
+    assert torch_map.shape == ort_map.shape == scene.shape[1:]
+    assert (torch_map == ort_map).mean() > 0.999  # float rounding near ties only
+    assert (torch_map[:20, :40] == 255).all()  # nodata handled by the predictor, as for ORT
+
+
+def test_torch_cpu_pipelined_is_bitwise_serial(model_dir: Path, scene: np.ndarray) -> None:
+    session = open_torch_session(model_dir, "cpu")
+    assert session.get_providers() == ["CPUExecutionProvider"]  # not pipelined by default
+    serial = predict_scene(session, scene, SPEC.model_copy(update={"pipelined": False}))
+    piped = predict_scene(session, scene, SPEC.model_copy(update={"pipelined": True}))
+    np.testing.assert_array_equal(serial, piped)
+
+
+def test_scene_with_other_bands_is_refused(model_dir: Path, scene: np.ndarray) -> None:
+    with pytest.raises(InputError, match="expects 4 input bands but the scene has 3"):
+        predict_scene(open_torch_session(model_dir, "cpu"), scene[:3], SPEC)
+
+
+def test_session_run_and_bad_feeds(model_dir: Path) -> None:
+    session = open_torch_session(model_dir, "cpu")
+    x = np.full((2, 4, 32, 32), 1000, np.float32)
+    (logits,) = session.run(None, {"image": x})
+    assert logits.dtype == np.float32 and logits.shape[0] == 2 and logits.shape[2:] == (32, 32)
+    with pytest.raises(InputError, match="lack 'image'"):
+        session.run(None, {"x": x})
+    with pytest.raises(InputError, match=r"\(N, bands, H, W\)"):
+        session.logits(x[0])
+
+
+def test_amp_and_cuda_are_refused_without_a_gpu(model_dir: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(InputError, match="sees no CUDA GPU"):
+        open_torch_session(model_dir, "cuda")
+    with pytest.raises(InputError, match="amp=True needs a CUDA device"):
+        TorchSession(torch.nn.Identity(), torch.device("cpu"), amp=True)
+
+
+@pytest.mark.requires_gpu
+def test_cuda_session_matches_cpu_and_pipelines(model_dir: Path, scene: np.ndarray) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("requires_gpu: torch is a CPU-only build here")
+    cpu_map = predict_scene(open_torch_session(model_dir, "cpu"), scene, SPEC)
+    cuda = open_torch_session(model_dir, "cuda")
+    assert cuda.get_providers() == [TORCH_CUDA]
+    piped = predict_scene(cuda, scene, SPEC)  # pipelined by default on a GPU session
+    serial = predict_scene(cuda, scene, SPEC.model_copy(update={"pipelined": False}))
+    np.testing.assert_array_equal(piped, serial)
+    assert (piped == cpu_map).mean() > 0.999  # cuDNN/TF32 may round near-ties differently
+    bf16 = predict_scene(open_torch_session(model_dir, "cuda", amp=True), scene, SPEC)
+    assert (bf16 == cpu_map).mean() > 0.98
+    assert next(cuda.model.parameters()).is_cuda
