@@ -52,8 +52,9 @@ import torch
 
 from eoforge.compute import gpu
 from eoforge.config import TRAIN_PRESETS, InferSpec, TrainSpec
+from eoforge.export.torch_session import open_torch_session
 from eoforge.inference.predict import predict_raster
-from eoforge.inference.torch_session import TorchSession, open_torch_session
+from eoforge.inference.torch_session import TorchSession
 from eoforge.training.files import read_model_config
 from eoforge.training.train import TrainResult, train_model
 

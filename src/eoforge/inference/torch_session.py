@@ -5,6 +5,7 @@ separate, large install tied to one CUDA/cuDNN pair. PyTorch with CUDA is what m
 machines already have. :class:`TorchSession` runs the trained model (``model.safetensors``, the
 same weights the ONNX file was exported from) and looks to
 :func:`eoforge.inference.predict.predict_raster` like an ONNX Runtime session with IO binding:
+(:func:`eoforge.export.torch_session.open_torch_session` opens one for a model directory)
 the same windows, blending, nodata handling, streaming and pipelining (ADR 0008) apply, so the
 class maps match the ONNX path's up to floating-point rounding (and bf16 rounding with
 ``amp=True``).
@@ -20,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,9 +29,8 @@ import torch
 
 from eoforge.errors import InputError
 from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME
-from eoforge.training.files import load_model, read_model_config
 
-__all__ = ["TORCH_CPU", "TORCH_CUDA", "TorchSession", "open_torch_session"]
+__all__ = ["TORCH_CPU", "TORCH_CUDA", "TorchSession"]
 
 #: What :meth:`TorchSession.get_providers` names (the predictor pipelines any non-CPU one).
 TORCH_CUDA = "TorchCUDA"
@@ -188,35 +187,3 @@ class TorchSession:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
-
-
-def open_torch_session(
-    model_dir: Path,
-    device: str | torch.device | None = None,
-    *,
-    amp: bool = False,
-    channels_last: bool = True,
-) -> TorchSession:
-    """A :class:`TorchSession` for the trained model in ``model_dir``.
-
-    Args:
-        model_dir: a model directory written by :func:`eoforge.training.train.train_model`.
-        device: ``cuda``, ``cpu`` or None (CUDA when torch can use it, else the CPU).
-        amp: bf16 autocast on CUDA.
-        channels_last: NHWC activations on CUDA.
-
-    Raises:
-        InputError: the model directory is unusable, or ``cuda`` was asked for and torch
-            cannot use a GPU.
-    """
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(
-            f"device '{device}' was asked for but this torch ({torch.__version__}) sees no CUDA "
-            "GPU; use device 'cpu' or the ONNX session."
-        )
-    model = load_model(Path(model_dir))
-    in_channels = int(read_model_config(Path(model_dir))["architecture"]["in_channels"])
-    return TorchSession(model, dev, amp=amp, channels_last=channels_last, in_channels=in_channels)

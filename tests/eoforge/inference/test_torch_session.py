@@ -13,9 +13,10 @@ from eoforge_test_helpers import write_chip_store  # type: ignore[import-not-fou
 from eoforge.config import InferSpec, TrainSpec
 from eoforge.errors import InputError
 from eoforge.export.onnx import export_onnx
+from eoforge.export.torch_session import open_torch_session
 from eoforge.inference.predict import predict_scene
 from eoforge.inference.session import open_session
-from eoforge.inference.torch_session import TORCH_CUDA, TorchSession, open_torch_session
+from eoforge.inference.torch_session import TORCH_CUDA, TorchSession
 from eoforge.training.train import train_model
 
 
