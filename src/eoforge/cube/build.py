@@ -302,6 +302,7 @@ def write_cube(
     aoi: Any | None = None,
     label_variables: Sequence[str] = (),
     s3: S3ReadSpec | None = None,
+    attrs: dict[str, Any] | None = None,
 ) -> CubeInfo:
     """Load every tile of ``items`` and write them as groups of one Zarr v3 store, atomically.
 
@@ -309,7 +310,8 @@ def write_cube(
     chunking and units; ``aoi`` (lon/lat shapely geometry) bounds each tile's pixels to the
     part of the area its items cover. ``label_variables`` are class rasters (never harmonised
     or interpolated unless the spec names a resampling for them); ``s3`` says how ``s3://``
-    hrefs are read (requester pays, anonymous, profile, region, endpoint).
+    hrefs are read (requester pays, anonymous, profile, region, endpoint); ``attrs`` are added
+    to the root group's attributes (before the manifest pins the files).
 
     The store is published (renamed into place) only once every slice was read and checked;
     its root attribute ``eoforge_manifest`` pins its files (see :func:`verify_cube`).
@@ -360,6 +362,8 @@ def write_cube(
             tiles[tile] = list(ds.attrs["item_ids"])
             shapes[tile] = (int(ds.sizes["time"]), int(ds.sizes["y"]), int(ds.sizes["x"]))
         root = zarr.open_group(str(staging), mode="r+")
+        if attrs:
+            root.attrs.update(attrs)
         root.attrs[MANIFEST_ATTR] = _manifest(staging)
     return CubeInfo(
         path=Path(out), tiles=tiles, fingerprint=cube_fingerprint(items, variables), shape=shapes

@@ -27,19 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from eoforge.compute.cluster import (
-    DEFAULT_CHUNKS,
-    compute_error,
-    load_tile_chunked,
-    zarr_chunk_encoding,
-)
 from eoforge.config import CubeSpec, InferSpec
 from eoforge.cube.build import cube_fingerprint
-from eoforge.errors import EoforgeError, InputError
+from eoforge.errors import InputError
 from eoforge.io.atomic import staged_dir
 from eoforge.stac.items import item_tile
 
 if TYPE_CHECKING:
+    import xarray as xr
     from distributed import Client
 
 __all__ = [
@@ -164,57 +159,87 @@ def ingest_scene(
     *,
     chunks: dict[str, int] | None = None,
     scheduler: SceneScheduler = "threads",
+    cube: CubeSpec | None = None,
+    aoi: dict[str, Any] | None = None,
+    label_variables: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Load one scene with odc-stac and write it as ``scenes/<item_id>.zarr``, atomically.
+    """Write one scene like a run's cube as ``scenes/<item_id>.zarr``, atomically.
 
-    A store already holding the same inputs (same :func:`~eoforge.cube.build.cube_fingerprint` of the
-    item and variables) is kept, so a re-run after a failure only does the missing scenes.
+    The scene goes through :func:`~eoforge.cube.build.write_cube`, the run's own ingest: the
+    area of interest bounds what is loaded, ``cube`` sets the grid (resolution, CRS,
+    resampling, chunks) and the units (scale/offset harmonised), and ``label_variables`` are
+    class rasters (nearest, never harmonised). The store holds one group, the scene's tile
+    (open it with :func:`open_scene`). An item whose footprint misses ``aoi`` is skipped and
+    nothing is written. A store already holding the same inputs (same item, variables, grid
+    and area) is kept, so a re-run after a failure only does the missing scenes.
 
     Args:
         item: the scene's STAC item.
         variables: asset keys to load (bands and label).
         out: work folder.
-        chunks: odc-stac chunks (default :data:`~eoforge.compute.cluster.DEFAULT_CHUNKS`); the
-            Zarr chunks follow them.
+        chunks: spatial chunk edge override (``x``/``y`` of the Dask spec's chunks); default
+            the cube spec's chunk.
         scheduler: Dask scheduler used *inside* this scene (see ``DaskSpec.scene_scheduler``).
+        cube: grid and units (default :class:`~eoforge.config.CubeSpec`).
+        aoi: area of interest, a lon/lat GeoJSON geometry (None: the whole scene).
+        label_variables: which of ``variables`` are class rasters.
 
     Returns:
-        ``{"item_id", "uri", "shape" (time, y, x), "seconds", "skipped"}``.
+        ``{"item_id", "uri", "shape" (time, y, x), "seconds", "skipped"}`` (``uri`` None and
+        ``reason`` set when the item misses the area).
 
     Raises:
         InputError: a bad item or a missing source raster.
         TransientError: reading or writing failed in a way that may pass.
     """
+    import hashlib
+
     import dask
+    import shapely.geometry
+
+    from eoforge.cube.build import write_cube
+    from eoforge.stac.aoi import items_meeting
 
     t0 = time.perf_counter()
     item_id = _check_id(item)
     target = scene_store(out, item_id)
-    fingerprint = cube_fingerprint([item], variables)
+    area = shapely.geometry.shape(aoi) if aoi is not None else None
+    if area is not None and not items_meeting([item], area):
+        return {
+            "item_id": item_id,
+            "uri": None,
+            "shape": [],
+            "seconds": time.perf_counter() - t0,
+            "skipped": True,
+            "reason": "the item's footprint misses the area of interest",
+        }
+    grid = _scene_grid(cube, chunks)
+    h = hashlib.sha256(cube_fingerprint([item], variables).encode())
+    h.update(grid.fingerprint().encode())
+    h.update(area.wkb_hex.encode() if area is not None else b"")
+    h.update("|".join(label_variables).encode())
+    fingerprint = h.hexdigest()
     if _stored_fingerprint(target) == fingerprint:
-        meta = json.loads((target / "zarr.json").read_text())["attributes"]
+        ds = open_scene(out, item_id)
         return {
             "item_id": item_id,
             "uri": str(target),
-            "shape": list(meta.get("shape", [])),
+            "shape": [int(ds.sizes["time"]), int(ds.sizes["y"]), int(ds.sizes["x"])],
             "seconds": time.perf_counter() - t0,
             "skipped": True,
         }
-    ds = load_tile_chunked([item], variables, chunks or DEFAULT_CHUNKS)
-    shape = [int(ds.sizes["time"]), int(ds.sizes["y"]), int(ds.sizes["x"])]
-    ds.attrs.update(tile=item_tile(item), fingerprint=fingerprint, shape=shape)
-    ds = ds.drop_vars("spatial_ref", errors="ignore")
-    encoding = zarr_chunk_encoding(ds)
-    with staged_dir(target) as staging, dask.config.set(scheduler=scheduler):
-        error: EoforgeError | None = None
-        try:
-            ds.to_zarr(staging, mode="w-", zarr_format=3, consolidated=False, encoding=encoding)
-        except Exception as exc:
-            error = compute_error(exc, f"scene '{item_id}'")
-            if error is None:
-                raise
-        if error is not None:
-            raise error
+    tile = item_tile(item)
+    with dask.config.set(scheduler=scheduler):
+        info = write_cube(
+            [item],
+            list(variables),
+            target,
+            grid,
+            area,
+            label_variables=tuple(label_variables),
+            attrs={"fingerprint": fingerprint, "tile": tile},
+        )
+    shape = list(info.shape[tile])
     return {
         "item_id": item_id,
         "uri": str(target),
@@ -224,6 +249,30 @@ def ingest_scene(
     }
 
 
+def _scene_grid(cube: CubeSpec | None, chunks: dict[str, int] | None) -> CubeSpec:
+    grid = cube or CubeSpec.model_validate({})
+    spatial = [int(v) for k, v in (chunks or {}).items() if k in ("x", "y")]
+    if spatial:
+        grid = grid.model_copy(update={"chunk": min(spatial)})
+    return grid
+
+
+def open_scene(out: Path, item_id: str) -> xr.Dataset:
+    """The scene :func:`ingest_scene` wrote for ``item_id`` under ``out``, lazily.
+
+    Raises:
+        InputError: no such scene store.
+    """
+    import xarray as xr
+
+    target = scene_store(out, item_id)
+    if not (target / "zarr.json").is_file():
+        raise InputError(f"scene store '{target}' does not exist; run the scale ingest first.")
+    tile = json.loads((target / "zarr.json").read_text())["attributes"].get("tile")
+    ds: xr.Dataset = xr.open_zarr(target, group=tile, consolidated=False)
+    return ds
+
+
 def ingest_batch(
     batch_uri: str,
     variables: Sequence[str],
@@ -231,10 +280,22 @@ def ingest_batch(
     *,
     chunks: dict[str, int] | None = None,
     scheduler: SceneScheduler = "threads",
+    cube: CubeSpec | None = None,
+    aoi: dict[str, Any] | None = None,
+    label_variables: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """:func:`ingest_scene` for every item of one batch file; one result per scene."""
     return [
-        ingest_scene(it, variables, Path(out), chunks=chunks, scheduler=scheduler)
+        ingest_scene(
+            it,
+            variables,
+            Path(out),
+            chunks=chunks,
+            scheduler=scheduler,
+            cube=cube,
+            aoi=aoi,
+            label_variables=label_variables,
+        )
         for it in read_batch(batch_uri)
     ]
 
@@ -318,10 +379,7 @@ def infer_scene(
     area = shapely.geometry.shape(aoi) if aoi is not None else None
     if area is not None and not items_meeting([item], area):
         return {"item_id": item_id, "skipped": True, "seconds": time.perf_counter() - t0}
-    grid = cube or CubeSpec.model_validate({})
-    spatial = [int(v) for k, v in (chunks or {}).items() if k in ("x", "y")]
-    if spatial:
-        grid = grid.model_copy(update={"chunk": min(spatial)})
+    grid = _scene_grid(cube, chunks)
     session = _session(str(model.resolve()), spec.threads, model.stat().st_mtime_ns)
     staging = staging_path(scene_store(out, item_id))
     staging.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,14 @@ from eoforge.compute.cluster import (
 )
 from eoforge.cube.build import load_tile
 from eoforge.errors import InputError, TransientError
-from eoforge.runs.scenes import ingest_batch, plan_scenes, run_on_dask, run_serial, scene_store
+from eoforge.runs.scenes import (
+    ingest_batch,
+    open_scene,
+    plan_scenes,
+    run_on_dask,
+    run_serial,
+    scene_store,
+)
 from eoforge.stac.items import item_tile
 
 if TYPE_CHECKING:
@@ -117,8 +124,8 @@ def test_scene_fanout_on_dask_equals_plain_loop(
     spread = run_on_dask(client, fn, dask_plan.batches)
     assert [r["item_id"] for r in spread] == [r["item_id"] for r in serial]
     for it in items:
-        a = xr.open_zarr(scene_store(plain.out, it["id"]), consolidated=False)
-        b = xr.open_zarr(scene_store(dask_plan.out, it["id"]), consolidated=False)
+        a = open_scene(plain.out, it["id"])
+        b = open_scene(dask_plan.out, it["id"])
         for v in VARIABLES:
             np.testing.assert_array_equal(a[v].values, b[v].values)
     again = run_on_dask(client, fn, dask_plan.batches)  # same inputs: kept, not rewritten

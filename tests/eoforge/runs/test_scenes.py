@@ -13,11 +13,10 @@ import pytest
 import rasterio
 import rasterio.warp
 import shapely.geometry
-import xarray as xr
 from eoforge_test_helpers import asset_bands  # type: ignore[import-not-found]
 from onnx import TensorProto, helper, numpy_helper
 
-from eoforge.config import InferSpec
+from eoforge.config import CubeSpec, InferSpec
 from eoforge.cube.build import open_tile
 from eoforge.errors import InputError
 from eoforge.inference.predict import predict_scene
@@ -27,6 +26,7 @@ from eoforge.runs.scenes import (
     infer_scene,
     ingest_batch,
     ingest_scene,
+    open_scene,
     plan_scenes,
     read_batch,
     run_serial,
@@ -86,7 +86,7 @@ def test_ingested_scene_equals_its_cube_slice(
     item = real_items[0]
     res = ingest_scene(item, VARIABLES, tmp_path, scheduler="synchronous")
     assert res["skipped"] is False and res["shape"] == [1, 512, 512]
-    got = xr.open_zarr(res["uri"], consolidated=False)
+    got = open_scene(tmp_path, item["id"])
     cube = open_tile(real_cube, item_tile(item))
     t = list(cube["item_id"].values).index(item["id"])
     for v in VARIABLES:
@@ -99,7 +99,7 @@ def test_ingested_scene_equals_its_cube_slice(
     assert same["skipped"] is True and same["shape"] == [1, 512, 512]
     other = ingest_scene(item, ["blue"], tmp_path)  # other inputs: rewritten
     assert other["skipped"] is False
-    assert list(xr.open_zarr(other["uri"], consolidated=False).data_vars) == ["blue"]
+    assert list(open_scene(tmp_path, item["id"]).data_vars) == ["blue"]
     assert sorted(p.name for p in (tmp_path / "scenes").iterdir()) == [f"{item['id']}.zarr"]
 
 
@@ -185,6 +185,39 @@ def test_ingest_batch_runs_every_scene(real_items: list[dict[str, Any]], tmp_pat
     results = ingest_batch(plan.batches[0], ["scl"], tmp_path, scheduler="threads")
     assert [r["item_id"] for r in results] == [it["id"] for it in real_items[:3]]
     assert all(scene_store(tmp_path, it["id"]).is_dir() for it in real_items[:3])
+
+
+def test_ingested_scene_follows_the_area_of_interest_and_the_cube_spec(
+    real_items: list[dict[str, Any]], real_cube: Path, tmp_path: Path
+) -> None:
+    item = real_items[0]
+    west, south, east, north = item_footprint(item).bounds
+    w, h = east - west, north - south
+    aoi = shapely.geometry.box(west + w / 4, south + h / 4, west + w / 2, south + h / 2)
+    grid = CubeSpec.model_validate({"resolution": 240})
+    res = ingest_scene(
+        item, VARIABLES, tmp_path, cube=grid, aoi=shapely.geometry.mapping(aoi),
+        label_variables=["scl"], scheduler="synchronous",
+    )  # fmt: skip
+    _, height, width = res["shape"]
+    assert 50 < height < 100 and 50 < width < 100  # a quarter of the scene each way, at 240 m
+    ds = open_scene(tmp_path, item["id"])
+    units = open_tile(real_cube, item_tile(item)).attrs.get("units")
+    assert ds.attrs.get("units") == units  # harmonised like a run's cube
+    assert "scl" not in (units or {})
+    assert ds["scl"].dtype == np.uint8  # the label stays a class raster
+    again = ingest_scene(
+        item, VARIABLES, tmp_path, cube=grid, aoi=shapely.geometry.mapping(aoi),
+        label_variables=["scl"],
+    )  # fmt: skip
+    assert again["skipped"] is True and again["shape"] == res["shape"]
+    whole = ingest_scene(item, VARIABLES, tmp_path, label_variables=["scl"])  # other area
+    assert whole["skipped"] is False and whole["shape"] == [1, 512, 512]
+    far = shapely.geometry.box(-60.0, -10.0, -59.0, -9.0)
+    other = real_items[1]
+    missed = ingest_scene(other, VARIABLES, tmp_path, aoi=shapely.geometry.mapping(far))
+    assert missed["skipped"] is True and missed["uri"] is None
+    assert not scene_store(tmp_path, other["id"]).exists()
 
 
 # ---- the scale path's per-scene inference goes through the run's own path: the cube's grid

@@ -52,16 +52,32 @@ def scale_ingest_flow(
     api_url: str,
     out: str,
     dask: DaskSpec | None = None,
+    cube: CubeSpec | None = None,
 ) -> dict[str, Any]:
     """Ingest every scene a STAC search returns into ``<out>/scenes/<item_id>.zarr``.
 
-    Run it through :func:`run_scale_ingest` so the task runner follows ``dask``.
+    Each scene is written like a run's cube: over the search's area of interest
+    (``stac.bbox`` / ``stac.aoi``), on the grid and in the units of ``cube``, the label asset
+    as a class raster; scenes that miss the area are skipped. Run it through
+    :func:`run_scale_ingest` so the task runner follows ``dask``.
     """
+    import shapely.geometry
+
+    from eoforge.stac.aoi import aoi_geometry
+
     dask = dask or DaskSpec()
+    area = aoi_geometry(stac)
+    aoi = shapely.geometry.mapping(area) if area is not None else None
     batches = plan_scenes_task(stac, api_url, out, dask.scenes_per_task)
     t0 = time.perf_counter()
     futures = ingest_scenes_task.map(
-        batches, unmapped([*stac.bands, stac.label_asset]), unmapped(out), unmapped(dask)
+        batches,
+        unmapped([*stac.bands, stac.label_asset]),
+        unmapped(out),
+        unmapped(dask),
+        unmapped(cube),
+        unmapped(aoi),
+        unmapped([stac.label_asset]),
     )
     return _summary(futures.result(), t0, len(batches))
 
@@ -110,12 +126,16 @@ def scale_infer_flow(
 
 
 def run_scale_ingest(
-    stac: StacSpec, api_url: str, out: str, dask: DaskSpec | None = None
+    stac: StacSpec,
+    api_url: str,
+    out: str,
+    dask: DaskSpec | None = None,
+    cube: CubeSpec | None = None,
 ) -> dict[str, Any]:
     """Run :func:`scale_ingest_flow` on the cluster ``dask`` names."""
     dask = dask or DaskSpec()
     runner = scale_ingest_flow.with_options(task_runner=task_runner_for(dask))  # type: ignore[arg-type]
-    result: dict[str, Any] = runner(stac, api_url, out, dask)
+    result: dict[str, Any] = runner(stac, api_url, out, dask, cube)
     return result
 
 

@@ -39,11 +39,25 @@ def plan_scenes_task(stac: StacSpec, api_url: str, out: str, scenes_per_task: in
 # cache is off: it would only hash inputs and could hide a deleted output.
 @task(name="ingest-scenes", cache_policy=NO_CACHE, **_RETRY)  # type: ignore[call-overload]
 def ingest_scenes_task(
-    batch_uri: str, variables: list[str], out: str, dask: DaskSpec
+    batch_uri: str,
+    variables: list[str],
+    out: str,
+    dask: DaskSpec,
+    cube: CubeSpec | None = None,
+    aoi: dict[str, Any] | None = None,
+    label_variables: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Ingest every scene of one batch into ``scenes/<item_id>.zarr``."""
+    """Ingest every scene of one batch into ``scenes/<item_id>.zarr`` (over ``aoi``, a lon/lat
+    GeoJSON geometry, on the grid and in the units of ``cube``)."""
     return scenes.ingest_batch(
-        batch_uri, variables, out, chunks=dask.chunks, scheduler=dask.scene_scheduler
+        batch_uri,
+        variables,
+        out,
+        chunks=dask.chunks,
+        scheduler=dask.scene_scheduler,
+        cube=cube,
+        aoi=aoi,
+        label_variables=label_variables or (),
     )
 
 

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
-import xarray as xr
 from eoforge_test_helpers import asset_bands  # type: ignore[import-not-found]
 from onnx import TensorProto, helper, numpy_helper
 
@@ -19,7 +18,7 @@ from eoforge.config import InferSpec, StacSpec
 from eoforge.inference.predict import predict_scene
 from eoforge.inference.session import open_session
 from eoforge.orchestration.flows.scale import run_scale_infer, run_scale_ingest, task_runner_for
-from eoforge.runs.scenes import scene_store
+from eoforge.runs.scenes import open_scene
 from eoforge.stac.search import search_items
 from eoforge.stac.server import LocalStacServer
 from eoforge.stac.synthetic import write_synthetic_catalog
@@ -69,7 +68,7 @@ def test_ingest_flow_fans_out_scene_batches_on_local_cluster(
     ids = [r["item_id"] for r in summary["results"]]
     assert len(set(ids)) == N_SCENES
     for item_id in ids:
-        ds = xr.open_zarr(scene_store(tmp_path, item_id), consolidated=False)
+        ds = open_scene(tmp_path, item_id)
         assert ds["blue"].shape == (1, 512, 512)
         assert int(np.asarray(ds["scl"].max())) > 0
     runs = _task_runs(summary["flow_run_id"])
