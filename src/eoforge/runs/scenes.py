@@ -363,6 +363,7 @@ def infer_scene(
     import zarr
 
     from eoforge.cube.build import write_cube
+    from eoforge.inference.drift import drift_scores, item_summary, load_reference, profile_scene
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.scene_io import ChunkRowReader
@@ -397,10 +398,17 @@ def infer_scene(
         tif = Path(out) / "predictions" / f"{item_id}.tif"
         unc = Path(out) / "uncertainty" / f"{item_id}.tif"
         predict_to_cog(session, reader, spec, tif, crs, transform, uncertainty_tif=unc)
+        drift = None
+        reference = load_reference(model.parent)
+        if reference is not None:  # a second pass over the rows, as the run's infer stage does
+            profile = profile_scene(reader, tif, bands, classes)
+            drift = item_summary(profile, drift_scores(profile, reference))
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # created above by this call
     stac_item = prediction_item(tif, item, classes, model_href, crs, transform, (height, width))
     add_uncertainty_asset(stac_item, unc, f"../uncertainty/{unc.name}")
+    if drift is not None:
+        stac_item["properties"]["eoforge:drift"] = drift
     item_path = tif.with_suffix(".json")
     write_json_atomic(item_path, stac_item)
     return {
@@ -410,6 +418,7 @@ def infer_scene(
         "shape": [height, width],
         "seconds": time.perf_counter() - t0,
         "skipped": False,
+        "drift": drift["scores"] if drift is not None else None,
     }
 
 

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from eoforge.config import CubeSpec, InferSpec
 from eoforge.cube.build import open_tile
 from eoforge.errors import InputError
+from eoforge.inference.drift import REFERENCE_NAME, ProfileAccumulator, reference_profile
 from eoforge.inference.predict import predict_scene
 from eoforge.inference.session import open_session
 from eoforge.runs.scenes import (
@@ -275,6 +276,31 @@ def test_the_area_of_interest_bounds_the_scene_and_misses_are_skipped(
     assert skipped["skipped"] is True
     assert not (tmp_path / "predictions" / f"{other['id']}.tif").exists()
     assert _leftovers(tmp_path) == []
+
+
+def test_scene_predictions_carry_drift_scores_against_the_models_reference(
+    real_items: list[dict[str, Any]], real_cube: Path, tmp_path: Path
+) -> None:
+    model = _conv_model(tmp_path / "model.onnx")
+    item, other = real_items[0], real_items[1]
+    tile = open_tile(real_cube, item_tile(item))
+    t = [str(i) for i in tile["item_id"].values].index(item["id"])
+    bands = np.stack([tile[b].isel(time=t).values for b in BANDS])
+    acc = ProfileAccumulator(BANDS, AOI_CLASSES)
+    acc.add(bands, predict_scene(open_session(model, 1), bands, AOI_SPEC))
+    reference = reference_profile([acc])
+    (tmp_path / REFERENCE_NAME).write_text(json.dumps(reference))
+    res = infer_scene(item, model, tmp_path, bands=BANDS, classes=AOI_CLASSES, spec=AOI_SPEC)
+    assert res["drift"] is not None and res["drift"]["drifted"] is False  # its own reference
+    stac_item = json.loads(Path(res["item"]).read_text())
+    assert stac_item["properties"]["eoforge:drift"]["scores"] == res["drift"]
+    # a model trained on 40 % brighter pixels: a real scene of the sample drifts from it
+    acc2 = ProfileAccumulator(BANDS, AOI_CLASSES)
+    bright = (bands.astype(np.float32) * 1.4).astype(np.uint16)
+    acc2.add(bright, predict_scene(open_session(model, 1), bright, AOI_SPEC))
+    (tmp_path / REFERENCE_NAME).write_text(json.dumps(reference_profile([acc2])))
+    moved = infer_scene(other, model, tmp_path, bands=BANDS, classes=AOI_CLASSES, spec=AOI_SPEC)
+    assert moved["drift"]["drifted"] is True, moved["drift"]
 
 
 def test_a_model_trained_in_other_units_is_refused_before_anything_is_written(

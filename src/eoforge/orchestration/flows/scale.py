@@ -9,6 +9,7 @@ or ``prefect_test_harness`` in tests), not the per-process ephemeral one.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, unmapped
@@ -17,6 +18,7 @@ from prefect_dask.task_runners import DaskTaskRunner
 
 from eoforge.compute.cluster import DaskSpec
 from eoforge.config import CubeSpec, InferSpec, StacSpec
+from eoforge.orchestration.tasks.drift import publish_drift
 from eoforge.orchestration.tasks.scale import (
     infer_scenes_task,
     ingest_scenes_task,
@@ -122,7 +124,11 @@ def scale_infer_flow(
         unmapped(cube),
         unmapped(aoi),
     )
-    return _summary(futures.result(), t0, len(batches))
+    summary = _summary(futures.result(), t0, len(batches))
+    drift = {str(r["item_id"]): r["drift"] for r in summary["results"] if r.get("drift")}
+    # a table artifact and an eoforge.model.drift event per drifted scene, as the infer flow
+    summary["drifted"] = publish_drift(drift, str(Path(onnx_path).parent))
+    return summary
 
 
 def run_scale_ingest(
