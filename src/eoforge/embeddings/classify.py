@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from eoforge.embeddings.field import FieldTile
 from eoforge.embeddings.rasters import RowCog
+from eoforge.embeddings.tiles import EmbeddingTile
 from eoforge.errors import InputError
 from eoforge.io.atomic import staged_file
 
@@ -24,25 +24,10 @@ NODATA = 255
 
 
 def vectors_at(
-    tile: FieldTile, rows: NDArray[np.integer[Any]], cols: NDArray[np.integer[Any]]
+    tile: EmbeddingTile, rows: NDArray[np.integer[Any]], cols: NDArray[np.integer[Any]]
 ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """Vectors at pixels (rows, cols) and whether each has one (inside the tile, not no-data)."""
-    rows = np.asarray(rows, np.int64)
-    cols = np.asarray(cols, np.int64)
-    inside = (rows >= 0) & (rows < tile.grid.height) & (cols >= 0) & (cols < tile.grid.width)
-    out = np.zeros((rows.size, tile.dims), np.float32)
-    ok = np.zeros(rows.size, bool)
-    emb: Any = tile.group["embedding"]
-    scale: Any = tile.group["scale"]
-    idx = np.flatnonzero(inside)
-    if idx.size:
-        r, c = rows[idx], cols[idx]
-        q = np.stack([np.asarray(emb.get_coordinate_selection((np.full(r.size, k), r, c)))
-                      for k in range(tile.dims)], axis=-1)  # fmt: skip
-        s = np.asarray(scale.get_coordinate_selection((r, c)), np.float32)
-        out[idx] = q.astype(np.float32) * s[:, None]
-        ok[idx] = s > 0
-    return out, ok
+    return tile.vectors_at(rows, cols)
 
 
 def fit_classifier(
@@ -93,7 +78,11 @@ def export_classifier(
 
 
 def apply_classifier(
-    onnx_path: Path, tile: FieldTile, out_tif: Path, class_values: Sequence[int], rows: int = 256
+    onnx_path: Path,
+    tile: EmbeddingTile,
+    out_tif: Path,
+    class_values: Sequence[int],
+    rows: int = 256,
 ) -> str:
     """Classify every pixel of ``tile`` into a uint8 class COG (255 = no data); return sha256."""
     import onnxruntime as ort

@@ -36,9 +36,9 @@ def _save(fig: Any, out: Path) -> Path:
 
 def field_pca_png(field_uri: str, tile: str, out: Path, seed: int = 0) -> Path:
     """The field's first three principal components as RGB (fitted on a pixel sample)."""
-    from eoforge.embeddings.field import open_field_tile
+    from eoforge.embeddings.tiles import open_embedding_tiles
 
-    ft = open_field_tile(field_uri, tile)
+    ft = next(t for t in open_embedding_tiles(field_uri) if t.grid.tile == tile)
     step = max(1, max(ft.grid.height, ft.grid.width) // _MAX)
     # block by block (blocks start on multiples of step, so every step-th row is kept):
     # memory is one block plus the picture, not the tile

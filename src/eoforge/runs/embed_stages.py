@@ -129,9 +129,10 @@ def stage_field(
 
 
 def _field_tiles(field_uri: str) -> list[Any]:
-    from eoforge.embeddings.field import list_field_tiles, open_field_tile
+    """The tiles of an embedding field or of a cube with a D-channel ``embedding`` variable."""
+    from eoforge.embeddings.tiles import open_embedding_tiles
 
-    return [open_field_tile(field_uri, t) for t in list_field_tiles(field_uri)]
+    return list(open_embedding_tiles(field_uri))
 
 
 def _reference_points(cube_uri: str, field_uri: str, options: EmbedOptions) -> tuple[Any, Any]:
