@@ -19,9 +19,10 @@ from urllib.parse import quote
 from eoforge.errors import InputError
 from eoforge.io.atomic import staged_file
 from eoforge.io.redact import redact
-from eoforge.runs.progress import STAGES
+from eoforge.runs.progress import EMBED_STAGES, STAGES
 
 __all__ = [
+    "EMBEDDINGS",
     "QUICKLOOKS",
     "rebuild_report",
     "write_report",
@@ -44,6 +45,9 @@ QUICKLOOKS: tuple[tuple[tuple[str, str], ...], ...] = (
     ),
     (("learning_curves.png", "Learning curves"), ("aoi.png", "Area of interest")),
 )
+
+#: Key of ``metrics.json`` holding an embed run's results (figures, few-shot curves).
+EMBEDDINGS = "embeddings"
 
 #: Display names of the systems compared (keys of ``metrics.json``).
 SYSTEM_NAMES = {"model": "model", "baseline": "random forest"}
@@ -317,7 +321,8 @@ def _ordered(mapping: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]
 
 
 def _timings(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    seconds = _ordered(record.get("stage_seconds", {}), STAGES)
+    order = EMBED_STAGES if record.get("eoforge_run") == "embed" else STAGES
+    seconds = _ordered(record.get("stage_seconds", {}), order)
     reused = record.get("reused_from_store", {})
     rows = [
         {"stage": k, "seconds": round(float(v or 0.0), 2), "reused from store": reused.get(k)}
@@ -343,13 +348,18 @@ def _contracts(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _cards(systems: Mapping[str, Mapping[str, Any]], record: Mapping[str, Any]) -> list[str]:
+def _cards(
+    systems: Mapping[str, Mapping[str, Any]],
+    record: Mapping[str, Any],
+    extra: Sequence[tuple[str, str]] = (),
+) -> list[str]:
     contracts = list(record.get("contracts", {}).values())
     passed = sum(bool(c.get("success")) for c in contracts)
     cards = [
         (f"{m.get('miou'):.3f}" if m.get("miou") is not None else "–", f"mIoU, {name}")
         for name, m in systems.items()
     ]
+    cards += extra
     cards.append((f"{passed}/{len(contracts)}", "data contracts passed"))
     seconds = sum(float(v or 0.0) for v in record.get("stage_seconds", {}).values())
     cards.append((f"{seconds:.0f} s", "stage time"))
@@ -373,6 +383,71 @@ def _figures(folder: Path) -> list[str]:
             out.append("<div class='pair trio'>" if len(present) == 3 else "<div class='pair'>")
             out += [_figure(caption, ql / name, folder) for name, caption in present]
             out.append("</div>")
+    return out
+
+
+#: The few-shot methods of an embed run: (key in the curves, column).
+_FEWSHOT = (
+    ("embeddings_knn", "kNN on embeddings"),
+    ("embeddings_linear", "linear probe on embeddings"),
+    ("rf_bands", "random forest on median bands"),
+)
+
+
+def _fewshot_rows(curves: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for n in sorted(curves, key=int):
+        row: dict[str, Any] = {"points per class": int(n)}
+        for key, label in _FEWSHOT:
+            row[label] = f"{curves[n][f'{key}_miou']:.3f} ± {curves[n][f'{key}_miou_std']:.3f}"
+        rows.append(row)
+    return rows
+
+
+def _embedding_cards(emb: Mapping[str, Any]) -> list[tuple[str, str]]:
+    curves = emb.get("fewshot") or {}
+    n = "10" if "10" in curves else next(iter(sorted(curves, key=int)), None)
+    if n is None:
+        return []
+    row = curves[n]
+    return [
+        (f"{row['embeddings_knn_miou']:.3f}", f"mIoU, kNN on embeddings ({n} points/class)"),
+        (f"{row['rf_bands_miou']:.3f}", f"mIoU, random forest on bands ({n} points/class)"),
+    ]
+
+
+def _embeddings(run: Path, emb: Mapping[str, Any]) -> list[str]:
+    """The section of an embed run: the field, its pictures, the few-shot scores."""
+    classify = emb.get("classify") or {}
+    parity = [classify.get(k, {}).get("parity") for k in ("knn", "linear")]
+    facts = [
+        ("dimensions", emb.get("dims")),
+        ("tiles", emb.get("tiles")),
+        ("KMeans clusters", emb.get("clusters")),
+        ("classifier labels", classify.get("labels")),
+        ("labelled points", classify.get("points")),
+        ("classes", classify.get("classes")),
+        (
+            "ONNX label agreement (kNN, linear)",
+            parity if any(p is not None for p in parity) else None,
+        ),
+        ("similarity query tile", emb.get("similarity_query_tile")),
+    ]
+    out = ["<h2>Embeddings</h2><table class='inputs'><tbody>"]
+    out += [f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in facts if v is not None]
+    out.append("</tbody></table>")
+    for group in emb.get("figures") or []:
+        present = [(str(c), run / str(p)) for c, p in group if (run / str(p)).is_file()]
+        if present:
+            out.append("<div class='pair trio'>" if len(present) == 3 else "<div class='pair'>")
+            out += [_figure(caption, png, run) for caption, png in present]
+            out.append("</div>")
+    if emb.get("fewshot"):
+        out.append(
+            f"<h3>Few-shot mIoU: points drawn on {_esc(emb.get('train_tile'))}, scored on "
+            f"{_esc(emb.get('test_tile'))} (mean ± std over seeds)</h3>"
+        )
+        out += _table(_fewshot_rows(emb["fewshot"]))
     return out
 
 
@@ -410,19 +485,33 @@ def write_run_report(
     """
     run = Path(run_dir)
     _area_map(run, record, items)
-    systems = _systems(metrics)
+    emb = metrics.get(EMBEDDINGS)
+    systems = _systems({k: v for k, v in metrics.items() if k != EMBEDDINGS})
     engine = record.get("orchestration", {}).get("engine", "plain-python")
-    body = [*_cards(systems, record)]
+    body = [*_cards(systems, record, _embedding_cards(emb) if emb else [])]
     body += _inputs({**record, "label_source": metrics.get("label_source")}, items)
-    body += ["<h2>Model vs random forest</h2>", *_comparison_table(systems)]
-    body += ["<h3>Per class (test tiles)</h3>", *_per_class_table(systems)]
+    if systems:
+        body += ["<h2>Model vs random forest</h2>", *_comparison_table(systems)]
+        body += ["<h3>Per class (test tiles)</h3>", *_per_class_table(systems)]
     body += _figures(run)
-    training = record.get("training", {})
+    if emb:
+        body += _embeddings(run, emb)
     body += [
         "<h2>Stage timings</h2>",
         *_table(_timings(record)),
         "<h2>Data contracts</h2>",
         *_table(_contracts(record)),
+    ]
+    if systems:
+        body += _model_tables(record)
+    body += _outputs(run, emb is not None)
+    subtitle = f"run {record.get('eoforge_run', run.name)} · engine {engine}"
+    return _write(run / "report.html", _page("eoforge run report", body, subtitle))
+
+
+def _model_tables(record: Mapping[str, Any]) -> list[str]:
+    training = record.get("training", {})
+    return [
         "<h2>Training and export</h2>",
         *_table(
             [
@@ -448,6 +537,9 @@ def write_run_report(
             ]
         ),
     ]
+
+
+def _outputs(run: Path, embeddings: bool) -> list[str]:
     links = {
         "provenance.json": "provenance.json",
         "metrics.json": "metrics.json",
@@ -460,7 +552,12 @@ def write_run_report(
             for p in sorted(run.glob("predictions/*.tif"))
         }
     )
-    body.append("<h2>Outputs</h2><ul class='links'>")
+    if embeddings:
+        for pattern in ("field/*.json", "classify/*.onnx", "classify/*.tif", "clusters/*.tif",
+                        "clusters/centres.json", "similarity/*.tif", "fewshot.json"):  # fmt: skip
+            links.update({p.relative_to(run).as_posix(): p.relative_to(run).as_posix()
+                          for p in sorted(run.glob(pattern))})  # fmt: skip
+    body = ["<h2>Outputs</h2><ul class='links'>"]
     body += [
         f"<li><a href='{html.escape(quote(href, safe='/'), quote=True)}'>{html.escape(label)}</a></li>"
         for label, href in links.items()
@@ -468,8 +565,7 @@ def write_run_report(
         if (run / href).exists() or href == "provenance.json"
     ]
     body.append("</ul>")
-    subtitle = f"run {record.get('eoforge_run', run.name)} · engine {engine}"
-    return _write(run / "report.html", _page("eoforge run report", body, subtitle))
+    return body
 
 
 def rebuild_report(run_dir: Path) -> Path:
