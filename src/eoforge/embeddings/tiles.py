@@ -201,7 +201,8 @@ def open_embedding_tiles(
         if time is None and n > 1:
             raise InputError(
                 f"cube '{uri}' tile '{name}' holds {n} slices of '{variable}' "
-                f"({source.item_ids}); choose one (time index, e.g. -1 for the latest)."
+                f"({source.item_ids}); ingest one date ('eoforge embed ingest --datetime 2024') or "
+                "pass a time index (open_embedding_tiles(..., time=-1) for the latest)."
             )
         t = 0 if time is None else time
         if not -n <= t < n:

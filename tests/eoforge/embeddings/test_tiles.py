@@ -66,7 +66,7 @@ def test_float_cube_and_time_slices(tmp_path: Path) -> None:
                        datetime=f"{y}-06-01T00:00:00Z") for y in (2023, 2024)
     ]  # fmt: skip
     write_channel_cube(items, "embedding", tmp_path / "two.zarr", chunk=CHUNK)
-    with pytest.raises(InputError, match=r"holds 2 slices.*choose one"):
+    with pytest.raises(InputError, match=r"holds 2 slices.*ingest one date"):
         open_embedding_tiles(tmp_path / "two.zarr")
     (latest,) = open_embedding_tiles(tmp_path / "two.zarr", time=-1)
     assert latest.attrs["item_ids"] == ["e2024"]
