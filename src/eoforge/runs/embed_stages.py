@@ -53,7 +53,11 @@ class EmbedOptions:
             for k, v in asdict(self).items()
             if k in ("dims", "epochs", "sample_pixels", "seed")
         }
-        text = json.dumps({"cube": Path(cube_uri).name, **keep}, sort_keys=True)
+        from eoforge.embeddings.encoder import ARCHITECTURE
+
+        text = json.dumps(
+            {"cube": Path(cube_uri).name, "architecture": ARCHITECTURE, **keep}, sort_keys=True
+        )
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -84,12 +88,16 @@ def stage_encoder(
                 "record": json.loads((folder / CONFIG).read_text())}  # fmt: skip
     t0 = time.perf_counter()
     tiles = _tiles(cube_uri)
-    refl, clear = sample_pixels(tiles, options.sample_pixels, options.seed)
+    refl, clear, doy = sample_pixels(tiles, options.sample_pixels, options.seed)
     config = EncoderConfig(
         dates=refl.shape[1], dims=options.dims, epochs=options.epochs, seed=options.seed
     )
     model = train_encoder(
-        refl, clear, config, None if progress is None else lambda e, n, _: progress("epochs", e, n)
+        refl,
+        clear,
+        doy,
+        config,
+        None if progress is None else lambda e, n, _: progress("epochs", e, n),
     )
     with staged_dir(folder) as tmp:
         record = save_encoder(model, tmp, time.perf_counter() - t0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,10 @@ from eoforge.errors import InputError
 from eoforge.io.atomic import staged_file
 from eoforge.io.redact import redact
 from eoforge.runs.progress import EMBED_STAGES, STAGES
+from eoforge.runs.report_html import embedding_cards, embeddings_section
+from eoforge.runs.report_html import esc as _esc
+from eoforge.runs.report_html import figure as _figure
+from eoforge.runs.report_html import table as _table
 
 __all__ = [
     "EMBEDDINGS",
@@ -72,22 +75,6 @@ figure { margin: 0.5em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #555; }
 """
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "✓" if value else "✗"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
-    if isinstance(value, list | tuple):
-        return ", ".join(_fmt(v) for v in value)
-    return str(value)
-
-
-def _esc(value: Any) -> str:
-    return html.escape(_fmt(value), quote=True)
 
 
 def _systems(metrics: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -178,38 +165,6 @@ def _per_class_table(systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
         out.append(f"<td>{_esc(support)}</td></tr>")
     out.append("</tbody></table>")
     return out
-
-
-def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    if not rows:
-        return ["<p>(none)</p>"]
-    columns: list[str] = []
-    for row in rows:
-        columns += [str(k) for k in row if str(k) not in columns]
-    out = ["<table><thead><tr>", *(f"<th>{_esc(c)}</th>" for c in columns), "</tr></thead><tbody>"]
-    for row in rows:
-        out.append("<tr>")
-        out += [f"<td>{_esc(row.get(c))}</td>" for c in columns]
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return out
-
-
-def _relative(path: Path, start: Path) -> str:
-    """``path`` as a URL relative to the page's folder ``start``; a relative ``path`` is taken
-    as relative to that folder already (never to the process's working directory)."""
-    path = Path(path)
-    if not path.is_absolute():
-        path = start / path
-    rel = Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
-    return html.escape(quote(rel, safe="/"), quote=True)
-
-
-def _figure(caption: str, png: Path, folder: Path) -> str:
-    return (
-        f"<figure><img src='{_relative(png, folder)}' alt='{html.escape(caption, quote=True)}'>"
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-    )
 
 
 def _page(title: str, body: Sequence[str], subtitle: str | None = None) -> str:
@@ -386,71 +341,6 @@ def _figures(folder: Path) -> list[str]:
     return out
 
 
-#: The few-shot methods of an embed run: (key in the curves, column).
-_FEWSHOT = (
-    ("embeddings_knn", "kNN on embeddings"),
-    ("embeddings_linear", "linear probe on embeddings"),
-    ("rf_bands", "random forest on median bands"),
-)
-
-
-def _fewshot_rows(curves: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    rows = []
-    for n in sorted(curves, key=int):
-        row: dict[str, Any] = {"points per class": int(n)}
-        for key, label in _FEWSHOT:
-            row[label] = f"{curves[n][f'{key}_miou']:.3f} ± {curves[n][f'{key}_miou_std']:.3f}"
-        rows.append(row)
-    return rows
-
-
-def _embedding_cards(emb: Mapping[str, Any]) -> list[tuple[str, str]]:
-    curves = emb.get("fewshot") or {}
-    n = "10" if "10" in curves else next(iter(sorted(curves, key=int)), None)
-    if n is None:
-        return []
-    row = curves[n]
-    return [
-        (f"{row['embeddings_knn_miou']:.3f}", f"mIoU, kNN on embeddings ({n} points/class)"),
-        (f"{row['rf_bands_miou']:.3f}", f"mIoU, random forest on bands ({n} points/class)"),
-    ]
-
-
-def _embeddings(run: Path, emb: Mapping[str, Any]) -> list[str]:
-    """The section of an embed run: the field, its pictures, the few-shot scores."""
-    classify = emb.get("classify") or {}
-    parity = [classify.get(k, {}).get("parity") for k in ("knn", "linear")]
-    facts = [
-        ("dimensions", emb.get("dims")),
-        ("tiles", emb.get("tiles")),
-        ("KMeans clusters", emb.get("clusters")),
-        ("classifier labels", classify.get("labels")),
-        ("labelled points", classify.get("points")),
-        ("classes", classify.get("classes")),
-        (
-            "ONNX label agreement (kNN, linear)",
-            parity if any(p is not None for p in parity) else None,
-        ),
-        ("similarity query tile", emb.get("similarity_query_tile")),
-    ]
-    out = ["<h2>Embeddings</h2><table class='inputs'><tbody>"]
-    out += [f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in facts if v is not None]
-    out.append("</tbody></table>")
-    for group in emb.get("figures") or []:
-        present = [(str(c), run / str(p)) for c, p in group if (run / str(p)).is_file()]
-        if present:
-            out.append("<div class='pair trio'>" if len(present) == 3 else "<div class='pair'>")
-            out += [_figure(caption, png, run) for caption, png in present]
-            out.append("</div>")
-    if emb.get("fewshot"):
-        out.append(
-            f"<h3>Few-shot mIoU: points drawn on {_esc(emb.get('train_tile'))}, scored on "
-            f"{_esc(emb.get('test_tile'))} (mean ± std over seeds)</h3>"
-        )
-        out += _table(_fewshot_rows(emb["fewshot"]))
-    return out
-
-
 def _area_map(run: Path, record: Mapping[str, Any], items: Sequence[Mapping[str, Any]]) -> None:
     """``quicklooks/aoi.png``: the items' footprints and the search box."""
     from eoforge.runs.report import footprints_png
@@ -488,14 +378,14 @@ def write_run_report(
     emb = metrics.get(EMBEDDINGS)
     systems = _systems({k: v for k, v in metrics.items() if k != EMBEDDINGS})
     engine = record.get("orchestration", {}).get("engine", "plain-python")
-    body = [*_cards(systems, record, _embedding_cards(emb) if emb else [])]
+    body = [*_cards(systems, record, embedding_cards(emb) if emb else [])]
     body += _inputs({**record, "label_source": metrics.get("label_source")}, items)
     if systems:
         body += ["<h2>Model vs random forest</h2>", *_comparison_table(systems)]
         body += ["<h3>Per class (test tiles)</h3>", *_per_class_table(systems)]
     body += _figures(run)
     if emb:
-        body += _embeddings(run, emb)
+        body += embeddings_section(run, emb)
     body += [
         "<h2>Stage timings</h2>",
         *_table(_timings(record)),
