@@ -79,7 +79,12 @@ def test_cli_publish_ingest_and_products_on_the_ingested_field(field: Path, tmp_
     ingested = tmp_path / "ingested.zarr"
     with served_catalog(tmp_path / "cat", tmp_path / "served") as api:
         res = runner.invoke(app, ["embed", "ingest", "--api-url", api.url, "--collection",
-                                  "eoforge-embeddings", "--out", str(ingested)])  # fmt: skip
+                                  "eoforge-embeddings", "--datetime", "2024",
+                                  "--out", str(tmp_path / "none.zarr")])  # fmt: skip
+        assert res.exit_code == 2 and "no embedding items" in res.output
+        res = runner.invoke(app, ["embed", "ingest", "--api-url", api.url, "--collection",
+                                  "eoforge-embeddings", "--datetime", "2023-08",
+                                  "--out", str(ingested)])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert "16 x int8, 1 slice(s)" in res.output
 
