@@ -1,9 +1,9 @@
 """Multi-band assets (e.g. embedding COGs: one asset of D bands) as one cube variable with D
 channels, loaded through odc-stac like every other cube variable.
 
-odc-stac exposes the bands of a multi-band asset as ``<asset>.1`` .. ``<asset>.D``; they are
-loaded lazily (dask), stacked into one ``(time, channel, y, x)`` variable named after the asset
-and written chunk by chunk into one Zarr v3 group per tile (memory bounded by the chunk), with
+odc-stac loads the asset as one variable with a band dimension (a ``stac_cfg`` declaring the
+asset's ``dims``: every band of a window in one read), lazily (dask); it is transposed to
+``(time, channel, y, x)``, named after the asset and written chunk by chunk into one Zarr v3 group per tile (memory bounded by the chunk), with
 the same group attributes as a band cube (``crs``, ``transform``, ``item_ids``) and the store's
 integrity manifest (:func:`eoforge.cube.build.verify_cube`).
 """
@@ -103,7 +103,15 @@ def load_channels(
     from eoforge.cube.sources import decoded_local_hrefs, slice_item_ids
 
     d = asset_channels(items, asset)
-    bands = [f"{asset}.{i}" for i in range(1, d + 1)] if d > 1 else [asset]
+    first = (items[0]["assets"][asset].get("raster:bands") or [{}])[0]
+    # one variable with a band dimension: odc-stac reads every band of a window at once
+    # (without ``dims`` it splits the asset into D variables, each read on its own)
+    band_cfg: dict[str, Any] = {"dims": ["y", "x", CHANNEL_DIM]}
+    if "data_type" in first:
+        band_cfg["data_type"] = first["data_type"]
+    if first.get("nodata") is not None:
+        band_cfg["nodata"] = _number(first["nodata"])
+    stac_cfg = {"assets": {asset: band_cfg}, "dims": {CHANNEL_DIM: d}}  # any collection
     kwargs: dict[str, Any] = {"chunks": {"x": chunk, "y": chunk}}
     if grid is not None:
         kwargs["resampling"] = grid.resampling.get(asset, "nearest")
@@ -113,7 +121,8 @@ def load_channels(
             kwargs["crs"] = grid.crs
     py_items = [pystac.Item.from_dict(decoded_local_hrefs(it), preserve_dict=True) for it in items]
     try:
-        ds = odc.stac.load(py_items, bands=bands, groupby="solar_day", fail_on_error=True, **kwargs)
+        ds = odc.stac.load(py_items, bands=[asset], groupby="solar_day", fail_on_error=True,
+                           stac_cfg=stac_cfg, **kwargs)  # fmt: skip
     except ValueError as exc:
         raise InputError(
             f"odc-stac cannot load asset '{asset}' of items {[i['id'] for i in items]}: {exc}"
@@ -121,14 +130,18 @@ def load_channels(
     crs = ds.odc.geobox.crs
     if crs is None or crs.epsg is None:
         raise InputError(f"items {[i['id'] for i in items]} have no EPSG CRS; eoforge needs one.")
-    stacked = xr.concat([ds[b] for b in bands], dim=CHANNEL_DIM)
-    out = stacked.transpose("time", CHANNEL_DIM, "y", "x").rename(asset)
+    if ds[asset].sizes.get(CHANNEL_DIM) != d:
+        raise InputError(
+            f"odc-stac loaded {ds[asset].sizes.get(CHANNEL_DIM)} bands of asset '{asset}' for "
+            f"{d} listed in raster:bands; fix the items' band list."
+        )
+    out = ds[asset].transpose("time", CHANNEL_DIM, "y", "x")
     ((mid_lon, _),) = ds.odc.geobox.extent.centroid.to_crs("epsg:4326").points  # as odc-stac
     out.attrs.update(
         crs=f"EPSG:{crs.epsg}",
         transform=list(ds.odc.geobox.transform)[:6],
         item_ids=slice_item_ids(items, ds.time.values, float(mid_lon)),
-        nodata=ds[bands[0]].attrs.get("nodata"),
+        nodata=_number(ds[asset].attrs.get("nodata")),
     )
     return out
 
@@ -191,6 +204,11 @@ def write_channel_cube(
                            "source_items": json.dumps([str(i["id"]) for i in items])})  # fmt: skip
         root.attrs[MANIFEST_ATTR] = _manifest(staging)
     return stats
+
+
+def _number(nodata: Any) -> float | None:
+    """A nodata value as a number (STAC JSON writes NaN as the string "nan")."""
+    return None if nodata is None else float(nodata)
 
 
 def _valid(values: NDArray[Any], nodata: Any) -> NDArray[np.bool_]:
