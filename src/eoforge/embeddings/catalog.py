@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from eoforge.embeddings.field import FieldTile
 from eoforge.embeddings.rasters import raster_item
+from eoforge.embeddings.tiles import EmbeddingTile
 
 __all__ = ["encoder_item", "field_item"]
 
@@ -87,7 +87,7 @@ def encoder_item(
     }
 
 
-def field_item(tile: FieldTile, field_uri: str, encoder_href: str, datetime: str,
+def field_item(tile: EmbeddingTile, field_uri: str, encoder_href: str, datetime: str,
                source_hrefs: Sequence[str] = ()) -> dict[str, Any]:  # fmt: skip
     """The STAC item of one field tile: a Zarr v3 asset, int8 + per-pixel scale."""
     asset = {

@@ -1,5 +1,6 @@
 """Few-label classifiers on an embedding field: kNN and a linear probe (scikit-learn), exported
-through skl2onnx and applied block by block with onnxruntime to a class COG.
+through skl2onnx as scene models (``image`` (N, D, H, W) -> ``logits``, ADR 0001) and applied by
+the CNN's inference path (:mod:`eoforge.inference.predict`) to a class COG.
 """
 
 from __future__ import annotations
@@ -11,38 +12,23 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from eoforge.embeddings.field import FieldTile
-from eoforge.embeddings.rasters import RowCog
+from eoforge.config import InferSpec
+from eoforge.embeddings.tiles import EmbeddingTile
 from eoforge.errors import InputError
 from eoforge.io.atomic import staged_file
 
-__all__ = ["CLASSIFIERS", "apply_classifier", "export_classifier", "fit_classifier",
-           "vectors_at"]  # fmt: skip
+__all__ = ["CLASSIFIERS", "NODATA_VECTOR", "EmbeddingScene", "apply_classifier",
+           "export_classifier", "fit_classifier", "vectors_at"]  # fmt: skip
 
 CLASSIFIERS = ("knn", "linear")
 NODATA = 255
 
 
 def vectors_at(
-    tile: FieldTile, rows: NDArray[np.integer[Any]], cols: NDArray[np.integer[Any]]
+    tile: EmbeddingTile, rows: NDArray[np.integer[Any]], cols: NDArray[np.integer[Any]]
 ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """Vectors at pixels (rows, cols) and whether each has one (inside the tile, not no-data)."""
-    rows = np.asarray(rows, np.int64)
-    cols = np.asarray(cols, np.int64)
-    inside = (rows >= 0) & (rows < tile.grid.height) & (cols >= 0) & (cols < tile.grid.width)
-    out = np.zeros((rows.size, tile.dims), np.float32)
-    ok = np.zeros(rows.size, bool)
-    emb: Any = tile.group["embedding"]
-    scale: Any = tile.group["scale"]
-    idx = np.flatnonzero(inside)
-    if idx.size:
-        r, c = rows[idx], cols[idx]
-        q = np.stack([np.asarray(emb.get_coordinate_selection((np.full(r.size, k), r, c)))
-                      for k in range(tile.dims)], axis=-1)  # fmt: skip
-        s = np.asarray(scale.get_coordinate_selection((r, c)), np.float32)
-        out[idx] = q.astype(np.float32) * s[:, None]
-        ok[idx] = s > 0
-    return out, ok
+    return tile.vectors_at(rows, cols)
 
 
 def fit_classifier(
@@ -66,53 +52,134 @@ def fit_classifier(
     return LogisticRegression(C=10.0, max_iter=2000, random_state=seed).fit(x, y)
 
 
+#: Value of every channel of a pixel without a vector, as the inference path reads it
+#: (components of unit vectors lie in [-1, 1]; 0 is a valid component).
+NODATA_VECTOR = -2.0
+_EPS = 1e-6
+
+
+def _scene_graph(pixel_model: Any, dims: int, n_classes: int, fitted: Sequence[int]) -> Any:
+    """Wrap a per-pixel skl2onnx graph (``embedding`` (M, D) -> ``probabilities`` (M, k)) into
+    eoforge's scene model contract (ADR 0001): ``image`` (N, D, H, W) -> ``logits``
+    (N, K, H, W), K = every class (classes without points get probability 0), logits =
+    log(probability), so the inference path's softmax gives the probabilities back."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = pixel_model.graph
+    onehot = np.zeros((len(fitted), n_classes), np.float32)
+    onehot[np.arange(len(fitted)), np.asarray(fitted)] = 1.0
+    consts = [
+        numpy_helper.from_array(np.array([-1, dims], np.int64), "eoforge_flat_shape"),
+        numpy_helper.from_array(onehot, "eoforge_onehot"),
+        numpy_helper.from_array(np.array([_EPS], np.float32), "eoforge_eps"),
+        numpy_helper.from_array(np.array([0, 2, 3], np.int64), "eoforge_nhw_idx"),
+        numpy_helper.from_array(np.array([n_classes], np.int64), "eoforge_k"),
+    ]
+    before = [
+        helper.make_node("Transpose", ["image"], ["eoforge_nhwd"], perm=[0, 2, 3, 1]),
+        helper.make_node("Reshape", ["eoforge_nhwd", "eoforge_flat_shape"], ["embedding"]),
+    ]
+    after = [
+        helper.make_node("MatMul", ["probabilities", "eoforge_onehot"], ["eoforge_p"]),
+        helper.make_node("Add", ["eoforge_p", "eoforge_eps"], ["eoforge_p_eps"]),
+        helper.make_node("Log", ["eoforge_p_eps"], ["eoforge_logp"]),
+        helper.make_node("Shape", ["image"], ["eoforge_shape"]),
+        helper.make_node("Gather", ["eoforge_shape", "eoforge_nhw_idx"], ["eoforge_nhw"], axis=0),
+        helper.make_node("Concat", ["eoforge_nhw", "eoforge_k"], ["eoforge_nhwk"], axis=0),
+        helper.make_node("Reshape", ["eoforge_logp", "eoforge_nhwk"], ["eoforge_logits_nhwk"]),
+        helper.make_node("Transpose", ["eoforge_logits_nhwk"], ["logits"], perm=[0, 3, 1, 2]),
+    ]
+    graph = helper.make_graph(
+        [*before, *g.node, *after],
+        "eoforge_embedding_classifier",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", dims, "H", "W"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", n_classes, "H", "W"])],
+        [*g.initializer, *consts],
+    )
+    model = helper.make_model(graph, opset_imports=list(pixel_model.opset_import),
+                              producer_name="eoforge (skl2onnx inside)")  # fmt: skip
+    model.ir_version = pixel_model.ir_version
+    return model
+
+
 def export_classifier(
-    model: Any, dims: int, out: Path, sample: NDArray[np.float32]
+    model: Any, dims: int, out: Path, sample: NDArray[np.float32], n_classes: int | None = None
 ) -> dict[str, Any]:
-    """Write the classifier as ONNX (skl2onnx) and check its labels match scikit-learn's.
+    """Write the classifier as a scene model (ONNX: skl2onnx's graph inside eoforge's ``image``
+    -> ``logits`` contract, see :func:`_scene_graph`) and check its classes match
+    scikit-learn's on ``sample`` (the vectors fed as a 1 x M scene).
 
     Raises:
-        InputError: onnxruntime's labels differ from scikit-learn's on ``sample``.
+        InputError: onnxruntime's classes differ from scikit-learn's on ``sample``.
     """
+    import onnx
     import onnxruntime as ort
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
+    fitted = [int(c) for c in model.classes_]
+    k = n_classes if n_classes is not None else max(fitted) + 1
+    if max(fitted) >= k:
+        raise InputError(f"labels hold class {max(fitted)} but only {k} classes are named.")
     onx = to_onnx(model, initial_types=[("embedding", FloatTensorType([None, dims]))],
                   options={id(model): {"zipmap": False}}, target_opset=17)  # fmt: skip
+    scene = _scene_graph(onx, dims, k, fitted)
+    onnx.checker.check_model(scene)
     with staged_file(Path(out)) as tmp:
-        tmp.write_bytes(onx.SerializeToString())
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = sess.run(None, {"embedding": sample.astype(np.float32)})[0]
-    want = model.predict(sample)
-    agree = float(np.mean(np.asarray(got) == want)) if len(sample) else 1.0
+        tmp.write_bytes(scene.SerializeToString())
+    agree = 1.0
+    if len(sample):
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        image = np.ascontiguousarray(sample.astype(np.float32).T[None, :, None, :])
+        logits = np.asarray(sess.run(["logits"], {"image": image})[0])
+        agree = float(np.mean(logits[0, :, 0, :].argmax(axis=0) == model.predict(sample)))
     if agree < 0.99:
         Path(out).unlink(missing_ok=True)
         raise InputError(f"ONNX export of {type(model).__name__} agrees on {agree:.1%} of labels.")
-    return {"onnx": str(out), "parity": agree, "classes": [int(c) for c in model.classes_]}
+    return {"onnx": str(out), "parity": agree, "classes": fitted, "n_classes": k}
+
+
+class EmbeddingScene:
+    """An embedding tile as the inference path reads a scene: ``(D, rows, W)`` float32 strips,
+    :data:`NODATA_VECTOR` in every channel of a pixel without a vector."""
+
+    def __init__(self, tile: EmbeddingTile) -> None:
+        self.tile = tile
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(D, height, width)."""
+        return self.tile.dims, self.tile.grid.height, self.tile.grid.width
+
+    def read_rows(self, top: int, bottom: int) -> NDArray[np.float32]:
+        """Rows ``[top, bottom)`` of every component."""
+        vec, ok = self.tile.rows(slice(top, bottom))
+        vec[~ok] = NODATA_VECTOR
+        return np.ascontiguousarray(np.moveaxis(vec, -1, 0))
 
 
 def apply_classifier(
-    onnx_path: Path, tile: FieldTile, out_tif: Path, class_values: Sequence[int], rows: int = 256
-) -> str:
-    """Classify every pixel of ``tile`` into a uint8 class COG (255 = no data); return sha256."""
-    import onnxruntime as ort
+    onnx_path: Path,
+    tile: EmbeddingTile,
+    out_tif: Path,
+    spec: InferSpec | None = None,
+    threads: int | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """Classify every pixel of ``tile`` into a uint8 class COG (255 = no data) through the
+    CNN's inference path (:func:`eoforge.inference.predict.predict_to_cog`: session checks,
+    windows streamed strip by strip, COG writer); return its sha256 and the run's stats.
 
-    from eoforge.inference.safety import check_onnx_external_data
-    from eoforge.inference.session import session_options
+    The model is per pixel, so windows need no overlap (``spec`` default: 256 px windows, no
+    overlap, 4 per batch); with overlap the blend averages identical probabilities.
+    """
+    from dataclasses import asdict
 
-    check_onnx_external_data(onnx_path)
-    sess = ort.InferenceSession(str(onnx_path), sess_options=session_options(None),
-                                providers=["CPUExecutionProvider"])  # fmt: skip
-    lut = np.asarray(class_values, dtype=np.uint8)
-    with RowCog(out_tif, tile.grid, dtype="uint8", nodata=NODATA, resampling="MODE") as cog:
-        for sl, vec, ok in tile.blocks(rows):
-            h, w, d = vec.shape
-            out = np.full(h * w, NODATA, np.uint8)
-            flat = vec.reshape(-1, d)[ok.ravel()]
-            if flat.size:
-                probs = np.asarray(sess.run(["probabilities"], {"embedding": flat})[0])
-                out[ok.ravel()] = lut[probs.argmax(axis=1)]
-            cog.write(sl, out.reshape(h, w))
-    assert cog.sha256 is not None
-    return cog.sha256
+    from eoforge.inference.predict import predict_to_cog
+    from eoforge.inference.session import open_session
+
+    spec = spec or InferSpec.model_validate({"window": 256, "overlap": 0, "batch_size": 4})
+    session = open_session(Path(onnx_path), threads, prefer_gpu=False)
+    g = tile.grid
+    sha, stats = predict_to_cog(session, EmbeddingScene(tile), spec, Path(out_tif), g.crs,
+                                list(g.transform)[:6], NODATA_VECTOR)  # fmt: skip
+    return sha, asdict(stats)

@@ -2,27 +2,22 @@
 (int8, AlphaEarth-style ``vector = value / 127``, nodata -128; or float32, NaN nodata).
 
 :func:`publish_collection` writes a field in that shape (a static catalog rustac can serve);
-:func:`ingest_collection` loads such items, from any STAC API, into a field store: one
-``(D, y, x)`` variable per tile, read window by window (bounded memory).
+:func:`ingest_collection` loads such items, from any STAC API, through the cube path
+(odc-stac): one ``(time, channel, y, x)`` cube variable per tile, chunk by chunk.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
-import zarr
-from rasterio.windows import Window
 
-from eoforge.cube.grid import TileGrid
-from eoforge.embeddings.field import CHUNK, list_field_tiles, open_field_tile, quantize
+from eoforge.embeddings.field import CHUNK, list_field_tiles, open_field_tile
 from eoforge.embeddings.rasters import RowCog, cog_asset, raster_item
 from eoforge.errors import InputError
-from eoforge.io.atomic import staged_dir, write_json_atomic
+from eoforge.io.atomic import write_json_atomic
 
 __all__ = ["ASSET", "ingest_collection", "publish_collection"]
 
@@ -54,7 +49,9 @@ def publish_collection(
                                                "scale": 1 / 127.0}] * tile.dims})  # fmt: skip
         item = raster_item(item_id, tile.grid, {ASSET: asset},
                            datetime="2023-08-20T00:00:00Z",
-                           properties={"eoforge:embedding_dims": tile.dims})  # fmt: skip
+                           properties={"eoforge:embedding_dims": tile.dims,
+                                       "grid:code": f"MGRS-{name}"})  # fmt: skip
+        item["stac_extensions"].append("https://stac-extensions.github.io/grid/v1.1.0/schema.json")
         item["collection"] = collection_id
         write_json_atomic(tif.with_suffix(".json"), item)
         ids.append(item)
@@ -78,70 +75,30 @@ def publish_collection(
     return out / "collection.json"
 
 
-def _asset_path(item: dict[str, Any]) -> str:
-    asset = item.get("assets", {}).get(ASSET)
-    if not asset:
-        raise InputError(
-            f"item '{item.get('id')}' has no '{ASSET}' asset (it has "
-            f"{sorted(item.get('assets', {}))}); an embedding collection needs one D-band COG."
-        )
-    href = str(asset["href"])
-    return href.removeprefix("file://")
-
-
 def ingest_collection(
-    items: Sequence[dict[str, Any]], out: Path, rows: int = CHUNK
+    items: Sequence[dict[str, Any]], out: Path, chunk: int = CHUNK
 ) -> dict[str, Any]:
-    """Load embedding items into a field store at ``out`` (one tile group per item).
+    """Load embedding items through the cube path into a cube store at ``out``: per tile, the
+    ``embedding`` asset's D bands as one ``(time, channel, y, x)`` variable (odc-stac, chunk by
+    chunk), which every product reads through :func:`~eoforge.embeddings.tiles.open_embedding_tiles`.
 
     Raises:
-        InputError: an item without the asset, or a COG that is not int8/float.
+        InputError: no items, an item without the asset or its band list, or a COG that is not
+            int8 / float.
     """
+    from eoforge.cube.channels import asset_channels, write_channel_cube
+
     if not items:
         raise InputError("no embedding items to ingest; check the collection and the search.")
-    stats: dict[str, Any] = {}
-    with staged_dir(Path(out)) as tmp:
-        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        for item in items:
-            with rasterio.open(_asset_path(item)) as src:
-                dtype, d = src.dtypes[0], src.count
-                if dtype not in ("int8", "float32", "float64"):
-                    raise InputError(
-                        f"item '{item['id']}': embedding COG is {dtype}; expected int8 or float."
-                    )
-                name = str(item["id"])
-                grid = TileGrid(name, src.crs.to_string(), src.transform, src.height, src.width)
-                group = root.create_group(name)
-                group.attrs.update({"crs": grid.crs, "transform": list(grid.transform)[:6], "dims": d,
-                                    "item_ids": [name], "source": "ingested embedding collection",
-                                    "quantization": "vector = embedding * scale (per pixel); scale 0 = no data"})  # fmt: skip
-                emb = group.create_array("embedding", shape=(d, grid.height, grid.width), dtype="int8",
-                                         chunks=(d, CHUNK, CHUNK), fill_value=0)  # fmt: skip
-                scale = group.create_array("scale", shape=(grid.height, grid.width), dtype="float32",
-                                           chunks=(CHUNK, CHUNK), fill_value=0.0)  # fmt: skip
-                valid = 0
-                for r0 in range(0, grid.height, rows):
-                    h = min(rows, grid.height - r0)
-                    raw = src.read(window=Window(0, r0, grid.width, h))  # type: ignore[no-untyped-call]
-                    if dtype == "int8":
-                        ok = (raw != INT8_NODATA).all(axis=0)
-                        vec = raw.astype(np.float32) / 127.0
-                    else:
-                        ok = np.isfinite(raw).all(axis=0)
-                        vec = np.nan_to_num(raw.astype(np.float32))
-                    norm = np.linalg.norm(vec, axis=0)
-                    ok &= norm > 0
-                    vec = vec / np.where(norm > 0, norm, 1.0)
-                    q, s = quantize(np.moveaxis(vec, 0, -1))
-                    s[~ok] = 0.0
-                    emb[:, r0 : r0 + h, :] = np.moveaxis(q, -1, 0)
-                    scale[r0 : r0 + h, :] = s
-                    valid += int(ok.sum())
-                stats[name] = {
-                    "dims": d,
-                    "dtype": dtype,
-                    "coverage": valid / (grid.height * grid.width),
-                }
-        root.attrs.update({"eoforge:kind": "embedding-field", "dims": next(iter(stats.values()))["dims"],
-                           "encoder_sha256": "", "source_items": json.dumps([i["id"] for i in items])})  # fmt: skip
-    return stats
+    dims = asset_channels(items, ASSET)
+    for item in items:
+        kinds = {str(b.get("data_type", "")) for b in item["assets"][ASSET].get("raster:bands", [])}
+        bad = kinds - {"int8", "float32", "float64", ""}
+        if bad:
+            raise InputError(
+                f"item '{item['id']}': embedding asset is {sorted(bad)}; expected int8 or float "
+                "components (AlphaEarth-style int8 value / 127, or float32)."
+            )
+    stats = write_channel_cube(items, ASSET, Path(out), chunk=chunk)
+    return {tile: {"dims": dims, "dtype": row["dtype"], "coverage": row["coverage"],
+                   "slices": row["shape"][0]} for tile, row in stats.items()}  # fmt: skip

@@ -5,6 +5,10 @@ random date drop-out and must give a unit-length vector from which a small decod
 every clear observation, the dropped ones included. In a short window of dates the surface
 changes little, so what survives in the vector is the surface's spectrum and its temporal
 shape, not the clouds or which dates happened to be clear.
+
+The encoder is a set function of its observations (each one's bands and day of year through
+a shared MLP, pooled by masked mean and max), and the decoder rebuilds a date from the vector
+and that date's day of year: a cube with any number of dates, on any days, can be embedded.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from eoforge.errors import InputError
 from eoforge.io.atomic import sha256_file, staged_file, write_json_atomic
 
 __all__ = [
+    "ARCHITECTURE",
     "EncoderConfig",
     "PixelEncoder",
     "embed_block",
@@ -36,8 +41,10 @@ __all__ = [
     "train_encoder",
 ]
 
-#: Pixels encoded at once when embedding a block.
-BATCH = 65536
+#: Pixels encoded at once when embedding a block (bounds the (pixels, dates, hidden) tokens).
+BATCH = 16384
+#: Architecture of the encoder (part of the store's cache key and of encoder.json).
+ARCHITECTURE = "observation-set MLP, masked mean+max pooling, day-of-year decoder"
 #: Files of an encoder folder.
 WEIGHTS = "encoder.safetensors"
 CONFIG = "encoder.json"
@@ -48,7 +55,7 @@ class EncoderConfig:
     """Shape and training of a :class:`PixelEncoder`."""
 
     dates: int
-    """Time slices per pixel (the cube's dates)."""
+    """Time slices per pixel of the cube trained on (recorded; any number can be embedded)."""
     bands: tuple[str, ...] = BANDS
     """Cube variables read per date."""
     dims: int = 64
@@ -71,35 +78,49 @@ class EncoderConfig:
     """Per-band reflectance standard deviation of the training pixels (set by training)."""
 
 
+def _season(doy: torch.Tensor) -> torch.Tensor:
+    """``(..., 2)`` position of a day of year on the annual cycle (sin, cos)."""
+    angle = doy * (2 * torch.pi / 365.25)
+    return torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1)
+
+
 class PixelEncoder(nn.Module):
-    """(pixels, dates, bands) + clear mask -> (pixels, D) unit vectors; and a decoder back."""
+    """(pixels, dates, bands) + clear mask + day of year -> (pixels, D) unit vectors; and a
+    decoder from a vector and a day of year back to that date's bands."""
 
     mean: torch.Tensor
     std: torch.Tensor
 
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
-        t, b, h = config.dates, len(config.bands), config.hidden
+        b, h = len(config.bands), config.hidden
         self.config = config
         self.register_buffer("mean", torch.tensor(config.mean or [0.0] * b, dtype=torch.float32))
         self.register_buffer("std", torch.tensor(config.std or [1.0] * b, dtype=torch.float32))
-        self.encoder = nn.Sequential(
-            nn.Linear(t * (b + 1), h), nn.GELU(), nn.Linear(h, h), nn.GELU(),
-            nn.Linear(h, config.dims),
-        )  # fmt: skip
-        self.decoder = nn.Sequential(nn.Linear(config.dims, h), nn.GELU(), nn.Linear(h, t * b))
+        self.token = nn.Sequential(nn.Linear(b + 2, h), nn.GELU(), nn.Linear(h, h), nn.GELU())
+        self.head = nn.Sequential(nn.Linear(2 * h, h), nn.GELU(), nn.Linear(h, config.dims))
+        self.decoder = nn.Sequential(nn.Linear(config.dims + 2, h), nn.GELU(), nn.Linear(h, b))
 
-    def encode(self, refl: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
-        """Unit vectors of pixels ``refl`` (n, t, b) whose dates ``shown`` (n, t) are visible."""
-        z = ((refl - self.mean) / self.std) * shown[..., None]
-        x = torch.cat([z.flatten(1), shown.float()], dim=1)
-        return nn.functional.normalize(self.encoder(x), dim=1)
+    def encode(self, refl: torch.Tensor, shown: torch.Tensor, doy: torch.Tensor) -> torch.Tensor:
+        """Unit vectors of pixels ``refl`` (n, t, b) whose dates ``shown`` (n, t) are visible;
+        ``doy`` (n, t) or (t,) is each date's day of year."""
+        z = (refl - self.mean) / self.std
+        season = _season(doy.expand(shown.shape))
+        tokens = self.token(torch.cat([z, season], dim=-1))  # (n, t, h)
+        m = shown[..., None].float()
+        count = m.sum(dim=1).clamp(min=1.0)
+        mean = (tokens * m).sum(dim=1) / count
+        peak = tokens.masked_fill(m == 0, float("-inf")).amax(dim=1)
+        peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+        return nn.functional.normalize(self.head(torch.cat([mean, peak], dim=1)), dim=1)
 
-    def decode(self, emb: torch.Tensor) -> torch.Tensor:
-        """Normalised reflectance (n, t, b) rebuilt from embeddings."""
-        t, b = self.config.dates, len(self.config.bands)
-        out: torch.Tensor = self.decoder(emb)
-        return out.view(-1, t, b)
+    def decode(self, emb: torch.Tensor, doy: torch.Tensor) -> torch.Tensor:
+        """Normalised reflectance (n, t, b) of the dates ``doy`` (n, t) rebuilt from vectors."""
+        season = _season(doy)
+        n, t = season.shape[:2]
+        x = torch.cat([emb[:, None, :].expand(n, t, emb.shape[1]), season], dim=-1)
+        out: torch.Tensor = self.decoder(x)
+        return out
 
 
 def _pixels(block: PixelBlock) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
@@ -111,36 +132,53 @@ def _pixels(block: PixelBlock) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
 
 
 def sample_pixels(
-    tiles: Iterable[CubeTile], per_tile: int, seed: int, rows: int = 256
-) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
-    """Up to ``per_tile`` random pixels with a clear date from each tile, read block by block."""
+    tiles: Iterable[CubeTile], per_tile: int, seed: int, rows: int = 256,
+    columns: slice | None = None,
+) -> tuple[NDArray[np.float32], NDArray[np.bool_], NDArray[np.float32]]:  # fmt: skip
+    """Up to ``per_tile`` random pixels with a clear date from each tile (only ``columns`` of
+    it if given), read block by block: (n, t, b) reflectance, (n, t) clear flags and (n, t) day
+    of year. Tiles with fewer dates than the most are padded with dates never clear."""
     rng = np.random.default_rng(seed)
-    refl_parts: list[NDArray[np.float32]] = []
-    clear_parts: list[NDArray[np.bool_]] = []
+    parts: list[tuple[NDArray[np.float32], NDArray[np.bool_], NDArray[np.float32]]] = []
     for tile in tiles:
-        share = per_tile / max(1, tile.grid.height * tile.grid.width)
+        w = tile.grid.width
+        cols = np.arange(w)[columns] if columns is not None else np.arange(w)
+        share = per_tile / max(1, tile.grid.height * cols.size)
+        inside = np.zeros(w, bool)
+        inside[cols] = True
         for block in iter_blocks(tile, rows):
             refl, clear = _pixels(block)
-            ok = np.flatnonzero(clear.any(axis=1))
+            ok = np.flatnonzero(clear.any(axis=1) & inside[np.arange(len(clear)) % w])
             take = ok[rng.random(ok.size) < share]
-            refl_parts.append(refl[take])
-            clear_parts.append(clear[take])
-    if not refl_parts or sum(len(p) for p in refl_parts) == 0:
+            doy = np.broadcast_to(block.doy, (take.size, block.doy.size))
+            parts.append((refl[take], clear[take], np.ascontiguousarray(doy)))
+    if not parts or sum(len(p[0]) for p in parts) == 0:
         raise InputError("the cube has no pixel with a clear observation to train an encoder on.")
-    return np.concatenate(refl_parts), np.concatenate(clear_parts)
+    t = max(p[0].shape[1] for p in parts)
+
+    def pad(a: NDArray[Any]) -> NDArray[Any]:
+        return np.pad(a, [(0, 0), (0, t - a.shape[1])] + [(0, 0)] * (a.ndim - 2))
+
+    return (
+        np.concatenate([pad(p[0]) for p in parts]),
+        np.concatenate([pad(p[1]) for p in parts]),
+        np.concatenate([pad(p[2]) for p in parts]),
+    )
 
 
 def train_encoder(
     refl: NDArray[np.float32],
     clear: NDArray[np.bool_],
+    doy: NDArray[np.float32],
     config: EncoderConfig,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> PixelEncoder:
     """Train an encoder on sampled pixels (no labels); ``progress(epoch, epochs, loss)``."""
-    if refl.ndim != 3 or refl.shape[1:] != (config.dates, len(config.bands)):
+    if refl.ndim != 3 or refl.shape[2] != len(config.bands) or clear.shape != refl.shape[:2] \
+            or doy.shape != clear.shape:  # fmt: skip
         raise InputError(
-            f"pixels of shape {refl.shape} do not match {config.dates} dates x "
-            f"{len(config.bands)} bands; sample them from the cube the encoder is for."
+            f"pixels of shape {refl.shape} (clear {clear.shape}, day of year {doy.shape}) are "
+            f"not (n, dates, {len(config.bands)} bands); sample them with sample_pixels."
         )
     torch.manual_seed(config.seed)
     shown_refl = np.where(clear[..., None], refl, np.nan)
@@ -152,6 +190,7 @@ def train_encoder(
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-4)
     x = torch.from_numpy(refl)
     m = torch.from_numpy(clear)
+    d = torch.from_numpy(doy)
     gen = torch.Generator().manual_seed(config.seed)
     model.train()
     for epoch in range(config.epochs):
@@ -159,13 +198,13 @@ def train_encoder(
         total, seen = 0.0, 0
         for i in range(0, len(x), config.batch):
             idx = order[i : i + config.batch]
-            xb, mb = x[idx], m[idx]
+            xb, mb, db = x[idx], m[idx], d[idx]
             shown = mb & (torch.rand(mb.shape, generator=gen) < config.keep)
             # every pixel keeps at least one clear date to encode from
             first = mb.float().argmax(dim=1)
             shown[torch.arange(len(idx)), first] |= ~shown.any(dim=1) & mb.any(dim=1)
             target = (xb - model.mean) / model.std
-            err = (model.decode(model.encode(xb, shown)) - target) ** 2
+            err = (model.decode(model.encode(xb, shown, db), db) - target) ** 2
             loss = (err * mb[..., None]).sum() / (mb.sum() * len(config.bands)).clamp(min=1)
             opt.zero_grad()
             loss.backward()
@@ -180,19 +219,17 @@ def train_encoder(
 
 @torch.inference_mode()
 def embed_block(model: PixelEncoder, block: PixelBlock) -> NDArray[np.float32]:
-    """``(h, w, D)`` unit vectors of a block's pixels (0 where no date is clear)."""
-    t, _, h, w = block.reflectance.shape
-    if t != model.config.dates:
-        raise InputError(
-            f"the cube has {t} dates but the encoder was trained on {model.config.dates}; train "
-            "an encoder on this cube (eoforge embed run trains one for its cube)."
-        )
+    """``(h, w, D)`` unit vectors of a block's pixels (0 where no date is clear), whatever the
+    block's number of dates."""
+    _, _, h, w = block.reflectance.shape
     refl, clear = _pixels(block)
+    doy = torch.from_numpy(np.ascontiguousarray(block.doy, np.float32))
     out = np.empty((len(refl), model.config.dims), np.float32)
-    # batches bound the hidden activations (a 10980 px wide block would need gigabytes at once)
+    # batches bound the (pixels, dates, hidden) tokens (a 10980 px wide block would need
+    # gigabytes at once)
     for i in range(0, len(refl), BATCH):
         x, m = torch.from_numpy(refl[i : i + BATCH]), torch.from_numpy(clear[i : i + BATCH])
-        out[i : i + BATCH] = model.encode(x, m).numpy()
+        out[i : i + BATCH] = model.encode(x, m, doy).numpy()
     out[~clear.any(axis=1)] = 0.0
     return out.reshape(h, w, -1)
 
@@ -207,6 +244,7 @@ def save_encoder(model: PixelEncoder, folder: Path, seconds: float | None = None
     record = {
         "config": asdict(model.config),
         "objective": "masked spectral-temporal reconstruction",
+        "architecture": ARCHITECTURE,
         "weights_sha256": sha256_file(folder / WEIGHTS),
         "parameters": sum(p.numel() for p in model.parameters()),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -230,7 +268,14 @@ def load_encoder(folder: Path) -> PixelEncoder:
             f"'{folder}' is not an encoder folder (needs {CONFIG} and {WEIGHTS}); pass the "
             "'encoder' folder an embed run wrote."
         )
-    raw = json.loads(cfg.read_text())["config"]
+    record = json.loads(cfg.read_text())
+    if record.get("architecture") != ARCHITECTURE:
+        raise InputError(
+            f"encoder '{folder}' was written for another architecture "
+            f"({record.get('architecture', 'per-date MLP of a fixed number of dates')}); this "
+            f"eoforge's is '{ARCHITECTURE}': train a new one (eoforge embed run does)."
+        )
+    raw = record["config"]
     raw["bands"] = tuple(raw["bands"])
     raw["mean"], raw["std"] = tuple(raw["mean"]), tuple(raw["std"])
     model = PixelEncoder(EncoderConfig(**raw))

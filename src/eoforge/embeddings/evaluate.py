@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 from eoforge.cube.tiles import CubeTile
 from eoforge.embeddings.classify import fit_classifier
 from eoforge.embeddings.features import BANDS, clear_median, iter_blocks
-from eoforge.embeddings.field import FieldTile
+from eoforge.embeddings.tiles import EmbeddingTile
 
 __all__ = ["CLASSES", "IGNORE", "TileTruth", "draw_points", "fewshot_curves", "miou", "reference",
            "tile_truth"]  # fmt: skip
@@ -50,7 +50,7 @@ def miou(pred: NDArray[Any], truth: NDArray[Any], n: int = len(CLASSES)) -> floa
 class TileTruth:
     """A whole tile's reference, vectors and median bands, for scoring (not for production)."""
 
-    def __init__(self, cube_tile: CubeTile, field_tile: FieldTile) -> None:
+    def __init__(self, cube_tile: CubeTile, field_tile: EmbeddingTile) -> None:
         refs, meds = [], []
         for block in iter_blocks(cube_tile, 256):
             refs.append(reference(block.scl))
@@ -61,7 +61,7 @@ class TileTruth:
         self.scored = (self.ref != IGNORE) & self.ok & np.isfinite(self.med).all(axis=-1)
 
 
-def tile_truth(cube_tile: CubeTile, field_tile: FieldTile) -> TileTruth:
+def tile_truth(cube_tile: CubeTile, field_tile: EmbeddingTile) -> TileTruth:
     """The :class:`TileTruth` of one tile."""
     return TileTruth(cube_tile, field_tile)
 

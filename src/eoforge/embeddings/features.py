@@ -22,6 +22,7 @@ __all__ = [
     "CLEAR_SCL",
     "PixelBlock",
     "clear_median",
+    "day_of_year",
     "iter_blocks",
     "read_block",
     "row_blocks",
@@ -51,6 +52,8 @@ class PixelBlock:
     """``(time, h, w)`` clear-sky observation flags."""
     scl: NDArray[np.uint8]
     """``(time, h, w)`` raw SCL codes."""
+    doy: NDArray[np.float32]
+    """``(time,)`` day of year of each slice (1..366), what the encoder knows of the date."""
 
     @property
     def valid(self) -> NDArray[np.bool_]:
@@ -84,7 +87,23 @@ def read_block(tile: CubeTile, rows: slice, bands: Sequence[str] = BANDS) -> Pix
     clear &= (values > 0).all(axis=1)
     refl = values.astype(np.float32) * np.float32(_REFLECTANCE)
     refl *= clear[:, None]
-    return PixelBlock(rows, refl, clear, scl)
+    return PixelBlock(rows, refl, clear, scl, day_of_year(tile))
+
+
+def day_of_year(tile: CubeTile) -> NDArray[np.float32]:
+    """``(time,)`` day of year of each slice of ``tile``.
+
+    Raises:
+        InputError: the tile's store has no decodable acquisition times.
+    """
+    times = np.asarray(tile.times, dtype="datetime64[D]")
+    if np.isnat(times).any():
+        raise InputError(
+            f"cube '{tile.cube}' tile '{tile.grid.tile}' has no acquisition time for some slices; "
+            "the encoder needs each date's day of year: re-run ingest."
+        )
+    years = times.astype("datetime64[Y]")
+    return np.asarray((times - years).astype(np.int64) + 1, np.float32)
 
 
 def iter_blocks(tile: CubeTile, rows: int) -> Iterator[PixelBlock]:

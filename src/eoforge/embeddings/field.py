@@ -84,6 +84,43 @@ class FieldTile:
         for sl in row_blocks(self.grid.height, rows):
             yield (sl, *self.rows(sl))
 
+    def vectors_at(
+        self, rows: NDArray[np.integer[Any]], cols: NDArray[np.integer[Any]]
+    ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+        """Vectors at pixels (rows, cols) and whether each has one (inside, not no data)."""
+        rows, cols, inside = _inside(self.grid, rows, cols)
+        out = np.zeros((rows.size, self.dims), np.float32)
+        ok = np.zeros(rows.size, bool)
+        emb: Any = self.group["embedding"]
+        scale: Any = self.group["scale"]
+        idx = np.flatnonzero(inside)
+        if idx.size:
+            r, c = rows[idx], cols[idx]
+            q = np.stack([np.asarray(emb.get_coordinate_selection((np.full(r.size, k), r, c)))
+                          for k in range(self.dims)], axis=-1)  # fmt: skip
+            s = np.asarray(scale.get_coordinate_selection((r, c)), np.float32)
+            out[idx] = q.astype(np.float32) * s[:, None]
+            ok[idx] = s > 0
+        return out, ok
+
+    def dask_vectors(self) -> tuple[Any, Any]:
+        """``(h, w, D)`` float32 vectors and ``(h, w)`` validity as dask arrays over the
+        stored chunks (nothing is read until a chunk is computed)."""
+        import dask.array as da
+
+        emb = da.from_zarr(self.group["embedding"])
+        scale = da.from_zarr(self.group["scale"])
+        vec = da.moveaxis(emb, 0, -1).astype(np.float32) * scale[..., None]
+        return vec, scale > 0
+
+
+def _inside(
+    grid: TileGrid, rows: NDArray[np.integer[Any]], cols: NDArray[np.integer[Any]]
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.bool_]]:
+    r = np.asarray(rows, np.int64).ravel()
+    c = np.asarray(cols, np.int64).ravel()
+    return r, c, (r >= 0) & (r < grid.height) & (c >= 0) & (c < grid.width)
+
 
 def write_field(
     tiles: Sequence[CubeTile],

@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from eoforge.embeddings.classify import vectors_at
-from eoforge.embeddings.field import FieldTile
+from eoforge.embeddings.tiles import EmbeddingTile
 from eoforge.errors import InputError
 
 __all__ = ["labelled_vectors"]
@@ -22,7 +22,7 @@ PER_POLYGON = 50
 
 
 def _pixels_of(
-    geom: Any, tile: FieldTile, rng: np.random.Generator
+    geom: Any, tile: EmbeddingTile, rng: np.random.Generator
 ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     g = tile.grid
     if geom.geom_type == "Point":
@@ -38,7 +38,7 @@ def _pixels_of(
 
 
 def labelled_vectors(
-    path: str | Path, class_column: str, classes: Sequence[str], tiles: Sequence[FieldTile],
+    path: str | Path, class_column: str, classes: Sequence[str], tiles: Sequence[EmbeddingTile],
     seed: int = 0,
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:  # fmt: skip
     """Vectors under every labelled point (or up to 50 pixels per polygon) and their class index.

@@ -5,6 +5,7 @@ store), few-label classes, clusters, similarity, scores, pictures, STAC items, p
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +23,7 @@ from eoforge.runs.embed_stages import (
     stage_field,
     stage_similarity,
 )
-from eoforge.runs.progress import timed_stage
+from eoforge.runs.progress import EMBED_STAGES, timed_stage
 
 __all__ = [
     "EMBED_STAGES",
@@ -31,9 +32,6 @@ __all__ = [
     "run_product",
     "stage_embed_report",
 ]
-
-EMBED_STAGES = ("search", "ingest", "encoder", "field", "classify", "clusters", "similarity",
-                "evaluate", "report")  # fmt: skip
 
 
 def publish_field_items(
@@ -66,39 +64,67 @@ def publish_field_items(
 
 
 def stage_embed_report(run_dir: Path, field_uri: str, results: dict[str, Any]) -> dict[str, Any]:
-    """Pictures (embedding PCA RGB, clusters, similarity, classes, few-shot curves) + page."""
-    from eoforge.embeddings.field import list_field_tiles
-    from eoforge.runs.embed_report import embed_page, fewshot_png, field_pca_png, raster_png
+    """The embedding pictures in ``quicklooks/`` (PCA RGB, clusters, similarity and linear-probe
+    classes per tile, few-shot curves) and the ``embeddings`` section of ``metrics.json``,
+    which the run report shows."""
+    from eoforge.embeddings.tiles import open_embedding_tiles
+    from eoforge.runs.embed_report import fewshot_png, field_pca_png, raster_png
 
-    figs = Path(run_dir) / "figures"
-    shown: dict[str, str] = {}
-    for tile in list_field_tiles(field_uri):
-        png = field_pca_png(field_uri, tile, figs / f"pca-{tile}.png")
-        shown[f"{tile} embedding PCA RGB"] = png.relative_to(run_dir).as_posix()
-        for key, kind, title in (("clusters", "classes", "KMeans clusters"),
-                                 ("similarity", "similarity", "similarity to the query")):  # fmt: skip
-            tif = results.get(key, {}).get("maps", {}).get(tile)
-            if tif:
-                png = raster_png(Path(tif), figs / f"{key}-{tile}.png", f"{tile}: {title}", kind)
-                shown[f"{tile} {title}"] = png.relative_to(run_dir).as_posix()
-        tif = results.get("classify", {}).get("maps", {}).get(f"linear-{tile}")
-        if tif:
-            png = raster_png(
-                Path(tif),
-                figs / f"linear-{tile}.png",
-                f"{tile}: linear probe classes",
-                "classes",
-                names=results["classify"].get("classes"),
-            )
-            shown[f"{tile} linear probe classes"] = png.relative_to(run_dir).as_posix()
-    curves = results.get("evaluate", {}).get("fewshot")
-    if curves:
-        ev = results["evaluate"]
-        png = fewshot_png(curves, figs / "fewshot.png",
+    run_dir = Path(run_dir)
+    ql = run_dir / "quicklooks"
+    tiles = open_embedding_tiles(field_uri)
+    names = [t.grid.tile for t in tiles]
+
+    def rel(png: Path) -> str:
+        return png.relative_to(run_dir).as_posix()
+
+    groups: list[list[list[str]]] = [
+        [[f"{t}: embedding PCA (RGB = components 1-3)",
+          rel(field_pca_png(field_uri, t, ql / f"embedding-pca-{t}.png"))] for t in names]
+    ]  # fmt: skip
+    classes = results.get("classify", {}).get("classes")
+    for key, kind, title, maps in (
+        ("clusters", "classes", "KMeans clusters", results.get("clusters", {}).get("maps", {})),
+        ("similarity", "similarity", "cosine similarity to the query",
+         results.get("similarity", {}).get("maps", {})),
+        ("linear", "classes", "linear probe classes",
+         {k.removeprefix("linear-"): v for k, v in results.get("classify", {}).get("maps", {}).items()
+          if k.startswith("linear-")}),
+    ):  # fmt: skip
+        row = []
+        for t in names:
+            if maps.get(t):
+                png = raster_png(Path(maps[t]), ql / f"embedding-{key}-{t}.png", f"{t}: {title}",
+                                 kind, names=classes if key == "linear" else None)  # fmt: skip
+                row.append([f"{t}: {title}", rel(png)])
+        if row:
+            groups.append(row)
+    ev = results.get("evaluate", {})
+    if ev.get("fewshot"):
+        png = fewshot_png(ev["fewshot"], ql / "embedding-fewshot.png",
                           f"trained on {ev['train_tile']}, scored on {ev['test_tile']}")  # fmt: skip
-        shown["few-shot curves"] = png.relative_to(run_dir).as_posix()
-    page = embed_page(run_dir, shown, results)
-    return {"report": str(page), "figures": shown}
+        groups.append([[f"few-shot curves ({ev['train_tile']} -> {ev['test_tile']})", rel(png)]])
+    summary = {
+        "figures": groups,
+        "dims": tiles[0].dims,
+        "tiles": names,
+        "classify": {k: v for k, v in results.get("classify", {}).items() if k != "maps"},
+        "clusters": results.get("clusters", {}).get("k"),
+        "similarity_query_tile": results.get("similarity", {}).get("query_tile"),
+        **{k: ev[k] for k in ("fewshot", "train_tile", "test_tile") if k in ev},
+    }
+    return {"embeddings": summary, "pictures": sum(len(g) for g in groups)}
+
+
+def _contracts(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The data contracts the run checked, as the run report lists them."""
+    out = {r["contract"]["stage"]: r["contract"] for r in results.values()
+           if isinstance(r.get("contract"), dict) and "stage" in r["contract"]}  # fmt: skip
+    field = results.get("field", {}).get("contract")
+    if field is not None:  # check_field raised if it failed
+        out["embedding_field"] = {"stage": "embedding_field", "success": True,
+                                  "rows": len(field), "evaluated": 3 * len(field)}  # fmt: skip
+    return out
 
 
 #: Runs one stage: (name, function) -> its result. Plain runs time it; Prefect makes it a task.
@@ -117,6 +143,7 @@ def run_embed(
 ) -> dict[str, dict[str, Any]]:
     """Run every embed stage and publish the run as ``out`` (plain Python unless ``call``
     wraps each stage, as the Prefect flow does)."""
+    from eoforge.io.redact import redact_obj
     from eoforge.runs.pipeline import run_context
     from eoforge.runs.provenance import (
         git_revision,
@@ -124,6 +151,7 @@ def run_embed(
         package_versions,
         write_provenance,
     )
+    from eoforge.runs.report_page import write_run_report
     from eoforge.runs.stages_data import _load_items, stac_endpoint, stage_ingest, stage_search
 
     options = options or EmbedOptions()
@@ -152,20 +180,28 @@ def run_embed(
         if evaluate:
             step("evaluate", lambda: stage_evaluate(cube_uri, field_uri, run_dir, options))
         step("report", lambda: stage_embed_report(run_dir, field_uri, results))
-        record = {
+        metrics = {"embeddings": results["report"]["embeddings"]}
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        record: dict[str, Any] = {
             "eoforge_run": "embed",
+            "parameters": spec.model_dump(mode="json"),
             "spec_fingerprint": spec.fingerprint(),
             "started": started,
             "finished": dt.datetime.now(dt.UTC).isoformat(),
             "options": asdict(options),
             "store_products": {"cube": cube_uri, "encoder": enc["encoder_dir"], "field": field_uri},
             "stac_items": [it["id"] for it in items],
-            "stages": {k: {kk: vv for kk, vv in v.items() if kk != "query_vector"}
+            "contracts": _contracts(results),
+            "stage_seconds": {k: v.get("stage_seconds") for k, v in results.items()},
+            "reused_from_store": {k: bool(v["reused"]) for k, v in results.items() if "reused" in v},
+            "stages": {k: {kk: vv for kk, vv in v.items() if kk not in ("query_vector", "embeddings")}
                        for k, v in results.items()},
             "packages": package_versions(),
             "git": git_revision(),
-            "outputs": output_records(run_dir, Path(out).resolve()),
         }  # fmt: skip
+        record = redact_obj(json.loads(json.dumps(record, default=str)))
+        write_run_report(run_dir, metrics, record, items)
+        record["outputs"] = output_records(run_dir, Path(out).resolve())
         write_provenance(run_dir / "provenance.json", record)
     return results
 

@@ -179,7 +179,7 @@ def publish(
     _guarded(go)
 
 
-_FIELD = Annotated[str, typer.Option("--field", help="An embedding field store (field-*.zarr, from `embed run` or `embed ingest`).")]  # fmt: skip
+_FIELD = Annotated[str, typer.Option("--field", help="An embedding field store (field-*.zarr, from `embed run`) or an embedding cube (from `embed ingest`).")]  # fmt: skip
 
 
 def _product(out: Path, name: str, fn: Callable[[Path], dict[str, object]]) -> None:
@@ -254,10 +254,13 @@ def similarity(
 def ingest(
     api_url: Annotated[str, typer.Option(help="STAC API serving the embedding collection.")],
     collection: Annotated[str, typer.Option(help="Collection id whose items carry one D-band 'embedding' COG.")],
-    out: Annotated[Path, typer.Option(help="Field store to write (a new *.zarr path).")],
+    out: Annotated[Path, typer.Option(help="Cube store to write (a new *.zarr path).")],
     bbox: Annotated[str | None, typer.Option(help="Search box 'W,S,E,N' in degrees (default: all).")] = None,
+    datetime: Annotated[str | None, typer.Option(help="Search dates, e.g. 2024 or 2023-01-01/2023-12-31 (default: all).")] = None,
 ) -> None:  # fmt: skip
-    """Load an embedding collection (int8 or float COGs) into a field store, window by window."""
+    """Load an embedding collection (one D-band int8 or float COG asset 'embedding' per item)
+    through odc-stac into a cube: one (time, channel, y, x) variable per tile, chunk by chunk.
+    The products (classify, clusters, similarity) take the cube as --field."""
 
     def go() -> None:
         import pystac_client
@@ -265,9 +268,14 @@ def ingest(
         from eoforge.embeddings.collection import ingest_collection
 
         box = [float(v) for v in bbox.split(",")] if bbox else None
-        search = pystac_client.Client.open(api_url).search(collections=[collection], bbox=box)
+        search = pystac_client.Client.open(api_url).search(
+            collections=[collection], bbox=box, datetime=datetime
+        )
         items = [it.to_dict() for it in search.items()]
         for tile, row in ingest_collection(items, out).items():
-            print(f"{tile}: {row['dims']} x {row['dtype']}, coverage {row['coverage']:.1%}")
+            print(
+                f"{tile}: {row['dims']} x {row['dtype']}, {row['slices']} slice(s), "
+                f"coverage {row['coverage']:.1%}"
+            )
 
     _guarded(go)

@@ -1,10 +1,10 @@
-"""Pictures and the page of an embed run: embedding RGB (3 principal components), cluster map,
-similarity map and few-shot curves, each a deterministic PNG, on one HTML page.
+"""Pictures of an embed run: embedding RGB (3 principal components), cluster map, similarity
+map, class map and few-shot curves, each a deterministic PNG, shown in the run report
+(:mod:`eoforge.runs.report_page`, section "Embeddings").
 """
 
 from __future__ import annotations
 
-import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,17 @@ from matplotlib.ticker import NullFormatter
 from numpy.typing import NDArray
 from rasterio.enums import Resampling
 
-from eoforge.io.atomic import staged_file, write_text_atomic
+from eoforge.io.atomic import staged_file
 
-__all__ = ["embed_page", "fewshot_png", "field_pca_png", "raster_png"]
+__all__ = ["fewshot_png", "field_pca_png", "raster_png"]
 
 _MAX = 1024
+#: The few-shot methods compared: (key in the curves, label), as the run report names them.
+_METHODS = (
+    ("embeddings_knn", "kNN on embeddings"),
+    ("embeddings_linear", "linear probe on embeddings"),
+    ("rf_bands", "random forest on median bands"),
+)
 
 
 def _save(fig: Any, out: Path) -> Path:
@@ -36,9 +42,9 @@ def _save(fig: Any, out: Path) -> Path:
 
 def field_pca_png(field_uri: str, tile: str, out: Path, seed: int = 0) -> Path:
     """The field's first three principal components as RGB (fitted on a pixel sample)."""
-    from eoforge.embeddings.field import open_field_tile
+    from eoforge.embeddings.tiles import open_embedding_tiles
 
-    ft = open_field_tile(field_uri, tile)
+    ft = next(t for t in open_embedding_tiles(field_uri) if t.grid.tile == tile)
     step = max(1, max(ft.grid.height, ft.grid.width) // _MAX)
     # block by block (blocks start on multiples of step, so every step-th row is kept):
     # memory is one block plus the picture, not the tile
@@ -102,9 +108,7 @@ def fewshot_png(curves: Mapping[str, Mapping[str, Any]], out: Path, title: str) 
     """mIoU against points per class, mean +- std over seeds, per method."""
     shots = sorted(int(n) for n in curves)
     fig, ax = plt.subplots(figsize=(6, 4))
-    for key, label in (("embeddings_knn", "kNN on embeddings"),
-                       ("embeddings_linear", "linear probe on embeddings"),
-                       ("rf_bands", "random forest on median bands")):  # fmt: skip
+    for key, label in _METHODS:
         mean = np.array([curves[str(n)][f"{key}_miou"] for n in shots])
         std = np.array([curves[str(n)][f"{key}_miou_std"] for n in shots])
         ax.errorbar(shots, mean, yerr=std, marker="o", capsize=3, label=label)
@@ -118,30 +122,3 @@ def fewshot_png(curves: Mapping[str, Mapping[str, Any]], out: Path, title: str) 
     ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, out)
-
-
-def embed_page(run_dir: Path, figures: Mapping[str, str], results: Mapping[str, Any]) -> Path:
-    """``report.html``: the figures and the stage results of an embed run."""
-    rows = "".join(
-        f"<figure><img src='{html.escape(p)}' alt='{html.escape(t)}'><figcaption>"
-        f"{html.escape(t)}</figcaption></figure>"
-        for t, p in figures.items()
-    )
-    summary = html.escape(_summary(results))
-    page = (
-        "<!doctype html><html><head><meta charset='utf-8'><title>eoforge embeddings</title>"
-        "<style>body{font-family:sans-serif;margin:2em}figure{display:inline-block;margin:.5em}"
-        "img{max-width:520px}pre{background:#f4f4f4;padding:1em}</style></head><body>"
-        f"<h1>Embeddings run</h1>{rows}<h2>Results</h2><pre>{summary}</pre></body></html>\n"
-    )
-    out = Path(run_dir) / "report.html"
-    write_text_atomic(out, page)
-    return out
-
-
-def _summary(results: Mapping[str, Any]) -> str:
-    import json
-
-    keep = {k: {kk: vv for kk, vv in v.items() if kk not in ("query_vector", "record")}
-            for k, v in results.items() if isinstance(v, dict)}  # fmt: skip
-    return json.dumps(keep, indent=2, default=str)

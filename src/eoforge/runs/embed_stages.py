@@ -53,7 +53,11 @@ class EmbedOptions:
             for k, v in asdict(self).items()
             if k in ("dims", "epochs", "sample_pixels", "seed")
         }
-        text = json.dumps({"cube": Path(cube_uri).name, **keep}, sort_keys=True)
+        from eoforge.embeddings.encoder import ARCHITECTURE
+
+        text = json.dumps(
+            {"cube": Path(cube_uri).name, "architecture": ARCHITECTURE, **keep}, sort_keys=True
+        )
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -84,12 +88,16 @@ def stage_encoder(
                 "record": json.loads((folder / CONFIG).read_text())}  # fmt: skip
     t0 = time.perf_counter()
     tiles = _tiles(cube_uri)
-    refl, clear = sample_pixels(tiles, options.sample_pixels, options.seed)
+    refl, clear, doy = sample_pixels(tiles, options.sample_pixels, options.seed)
     config = EncoderConfig(
         dates=refl.shape[1], dims=options.dims, epochs=options.epochs, seed=options.seed
     )
     model = train_encoder(
-        refl, clear, config, None if progress is None else lambda e, n, _: progress("epochs", e, n)
+        refl,
+        clear,
+        doy,
+        config,
+        None if progress is None else lambda e, n, _: progress("epochs", e, n),
     )
     with staged_dir(folder) as tmp:
         record = save_encoder(model, tmp, time.perf_counter() - t0)
@@ -129,9 +137,10 @@ def stage_field(
 
 
 def _field_tiles(field_uri: str) -> list[Any]:
-    from eoforge.embeddings.field import list_field_tiles, open_field_tile
+    """The tiles of an embedding field or of a cube with a D-channel ``embedding`` variable."""
+    from eoforge.embeddings.tiles import open_embedding_tiles
 
-    return [open_field_tile(field_uri, t) for t in list_field_tiles(field_uri)]
+    return list(open_embedding_tiles(field_uri))
 
 
 def _reference_points(cube_uri: str, field_uri: str, options: EmbedOptions) -> tuple[Any, Any]:
@@ -155,7 +164,6 @@ def stage_classify(
         fit_classifier,
     )
     from eoforge.embeddings.points import labelled_vectors
-    from eoforge.embeddings.rasters import cog_asset, raster_item
 
     tiles = _field_tiles(field_uri)
     if options.labels:
@@ -179,20 +187,41 @@ def stage_classify(
     for kind in CLASSIFIERS:
         model = fit_classifier(kind, x, y, options.seed)
         exported = export_classifier(
-            model, tiles[0].dims, folder / f"{kind}.onnx", sample if len(sample) else x
-        )
+            model, tiles[0].dims, folder / f"{kind}.onnx", sample if len(sample) else x,
+            n_classes=len(options.classes),
+        )  # fmt: skip
         for tile in tiles:
             tif = folder / f"{kind}-{tile.grid.tile}.tif"
-            sha = apply_classifier(folder / f"{kind}.onnx", tile, tif, exported["classes"])
-            asset = cog_asset(tif, sha, ["data"], **{"classification:classes": [
-                {"value": i, "name": n} for i, n in enumerate(options.classes)]})  # fmt: skip
-            item = raster_item(f"{kind}-{tile.grid.tile}", tile.grid, {"classification": asset},
-                               properties={"eoforge:classifier": kind, "eoforge:labels": source},
-                               derived_from=[f"{field_uri}/{tile.grid.tile}"])  # fmt: skip
+            sha, stats = apply_classifier(folder / f"{kind}.onnx", tile, tif)
+            item = _class_item(tif, kind, tile, field_uri, options.classes, source)
             write_json_atomic(tif.with_suffix(".json"), item)
             out["maps"][f"{kind}-{tile.grid.tile}"] = str(tif)
+            out.setdefault("inference", {})[f"{kind}-{tile.grid.tile}"] = {"sha256": sha, **stats}
         out[kind] = {"parity": exported["parity"], "onnx": exported["onnx"]}
     return out
+
+
+def _class_item(tif: Path, kind: str, tile: Any, field_uri: str, classes: Sequence[str],
+                labels: str) -> dict[str, Any]:  # fmt: skip
+    """The class COG's STAC item, written by the inference path's :func:`prediction_item`:
+    the field tile is its source scene, the classifier's ONNX its model."""
+    import datetime as dt
+
+    from eoforge.inference.item import prediction_item
+
+    g = tile.grid
+    source = {
+        "id": f"{kind}-{g.tile}",
+        "properties": {"datetime": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")},
+        "links": [{"rel": "self", "href": f"{field_uri}/{g.tile}"}],
+    }
+    item = prediction_item(tif, source, list(classes), None, g.crs, list(g.transform)[:6],
+                           (g.height, g.width), model_name=f"{kind} on embeddings")  # fmt: skip
+    item["properties"].update({"eoforge:classifier": kind, "eoforge:labels": labels,
+                               "eoforge:item_ids": tile.attrs.get("item_ids", [])})  # fmt: skip
+    item["links"].append({"rel": "via", "href": f"./{kind}.onnx", "type": "application/octet-stream",
+                          "title": f"{kind} classifier (ONNX)"})  # fmt: skip
+    return item
 
 
 def stage_clusters(field_uri: str, run_dir: Path, options: EmbedOptions) -> dict[str, Any]:

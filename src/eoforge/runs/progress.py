@@ -12,10 +12,13 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-__all__ = ["STAGES", "StageListener", "listening", "stage", "timed_stage"]
+__all__ = ["EMBED_STAGES", "STAGES", "StageListener", "listening", "stage", "timed_stage"]
 
 #: The pipeline's stages in order.
 STAGES = ("search", "ingest", "chips", "train", "baseline", "infer", "evaluate", "track", "report")
+#: An embed run's stages in order.
+EMBED_STAGES = ("search", "ingest", "encoder", "field", "classify", "clusters", "similarity",
+                "evaluate", "report")  # fmt: skip
 
 #: Called with (stage name, seconds): seconds is None when the stage starts.
 StageListener = Callable[[str, float | None], None]

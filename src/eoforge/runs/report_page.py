@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,9 +18,14 @@ from urllib.parse import quote
 from eoforge.errors import InputError
 from eoforge.io.atomic import staged_file
 from eoforge.io.redact import redact
-from eoforge.runs.progress import STAGES
+from eoforge.runs.progress import EMBED_STAGES, STAGES
+from eoforge.runs.report_html import embedding_cards, embeddings_section
+from eoforge.runs.report_html import esc as _esc
+from eoforge.runs.report_html import figure as _figure
+from eoforge.runs.report_html import table as _table
 
 __all__ = [
+    "EMBEDDINGS",
     "QUICKLOOKS",
     "rebuild_report",
     "write_report",
@@ -44,6 +48,9 @@ QUICKLOOKS: tuple[tuple[tuple[str, str], ...], ...] = (
     ),
     (("learning_curves.png", "Learning curves"), ("aoi.png", "Area of interest")),
 )
+
+#: Key of ``metrics.json`` holding an embed run's results (figures, few-shot curves).
+EMBEDDINGS = "embeddings"
 
 #: Display names of the systems compared (keys of ``metrics.json``).
 SYSTEM_NAMES = {"model": "model", "baseline": "random forest"}
@@ -68,22 +75,6 @@ figure { margin: 0.5em 0; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #555; }
 """
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return "✓" if value else "✗"
-    if isinstance(value, float):
-        return f"{value:.3f}" if abs(value) < 1000 else f"{value:.0f}"
-    if isinstance(value, list | tuple):
-        return ", ".join(_fmt(v) for v in value)
-    return str(value)
-
-
-def _esc(value: Any) -> str:
-    return html.escape(_fmt(value), quote=True)
 
 
 def _systems(metrics: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -174,38 +165,6 @@ def _per_class_table(systems: Mapping[str, Mapping[str, Any]]) -> list[str]:
         out.append(f"<td>{_esc(support)}</td></tr>")
     out.append("</tbody></table>")
     return out
-
-
-def _table(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    if not rows:
-        return ["<p>(none)</p>"]
-    columns: list[str] = []
-    for row in rows:
-        columns += [str(k) for k in row if str(k) not in columns]
-    out = ["<table><thead><tr>", *(f"<th>{_esc(c)}</th>" for c in columns), "</tr></thead><tbody>"]
-    for row in rows:
-        out.append("<tr>")
-        out += [f"<td>{_esc(row.get(c))}</td>" for c in columns]
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return out
-
-
-def _relative(path: Path, start: Path) -> str:
-    """``path`` as a URL relative to the page's folder ``start``; a relative ``path`` is taken
-    as relative to that folder already (never to the process's working directory)."""
-    path = Path(path)
-    if not path.is_absolute():
-        path = start / path
-    rel = Path(os.path.relpath(path.resolve(), start.resolve())).as_posix()
-    return html.escape(quote(rel, safe="/"), quote=True)
-
-
-def _figure(caption: str, png: Path, folder: Path) -> str:
-    return (
-        f"<figure><img src='{_relative(png, folder)}' alt='{html.escape(caption, quote=True)}'>"
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-    )
 
 
 def _page(title: str, body: Sequence[str], subtitle: str | None = None) -> str:
@@ -317,7 +276,8 @@ def _ordered(mapping: Mapping[str, Any], order: Sequence[str]) -> dict[str, Any]
 
 
 def _timings(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    seconds = _ordered(record.get("stage_seconds", {}), STAGES)
+    order = EMBED_STAGES if record.get("eoforge_run") == "embed" else STAGES
+    seconds = _ordered(record.get("stage_seconds", {}), order)
     reused = record.get("reused_from_store", {})
     rows = [
         {"stage": k, "seconds": round(float(v or 0.0), 2), "reused from store": reused.get(k)}
@@ -343,13 +303,18 @@ def _contracts(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _cards(systems: Mapping[str, Mapping[str, Any]], record: Mapping[str, Any]) -> list[str]:
+def _cards(
+    systems: Mapping[str, Mapping[str, Any]],
+    record: Mapping[str, Any],
+    extra: Sequence[tuple[str, str]] = (),
+) -> list[str]:
     contracts = list(record.get("contracts", {}).values())
     passed = sum(bool(c.get("success")) for c in contracts)
     cards = [
         (f"{m.get('miou'):.3f}" if m.get("miou") is not None else "–", f"mIoU, {name}")
         for name, m in systems.items()
     ]
+    cards += extra
     cards.append((f"{passed}/{len(contracts)}", "data contracts passed"))
     seconds = sum(float(v or 0.0) for v in record.get("stage_seconds", {}).values())
     cards.append((f"{seconds:.0f} s", "stage time"))
@@ -410,19 +375,33 @@ def write_run_report(
     """
     run = Path(run_dir)
     _area_map(run, record, items)
-    systems = _systems(metrics)
+    emb = metrics.get(EMBEDDINGS)
+    systems = _systems({k: v for k, v in metrics.items() if k != EMBEDDINGS})
     engine = record.get("orchestration", {}).get("engine", "plain-python")
-    body = [*_cards(systems, record)]
+    body = [*_cards(systems, record, embedding_cards(emb) if emb else [])]
     body += _inputs({**record, "label_source": metrics.get("label_source")}, items)
-    body += ["<h2>Model vs random forest</h2>", *_comparison_table(systems)]
-    body += ["<h3>Per class (test tiles)</h3>", *_per_class_table(systems)]
+    if systems:
+        body += ["<h2>Model vs random forest</h2>", *_comparison_table(systems)]
+        body += ["<h3>Per class (test tiles)</h3>", *_per_class_table(systems)]
     body += _figures(run)
-    training = record.get("training", {})
+    if emb:
+        body += embeddings_section(run, emb)
     body += [
         "<h2>Stage timings</h2>",
         *_table(_timings(record)),
         "<h2>Data contracts</h2>",
         *_table(_contracts(record)),
+    ]
+    if systems:
+        body += _model_tables(record)
+    body += _outputs(run, emb is not None)
+    subtitle = f"run {record.get('eoforge_run', run.name)} · engine {engine}"
+    return _write(run / "report.html", _page("eoforge run report", body, subtitle))
+
+
+def _model_tables(record: Mapping[str, Any]) -> list[str]:
+    training = record.get("training", {})
+    return [
         "<h2>Training and export</h2>",
         *_table(
             [
@@ -448,6 +427,9 @@ def write_run_report(
             ]
         ),
     ]
+
+
+def _outputs(run: Path, embeddings: bool) -> list[str]:
     links = {
         "provenance.json": "provenance.json",
         "metrics.json": "metrics.json",
@@ -460,7 +442,12 @@ def write_run_report(
             for p in sorted(run.glob("predictions/*.tif"))
         }
     )
-    body.append("<h2>Outputs</h2><ul class='links'>")
+    if embeddings:
+        for pattern in ("field/*.json", "classify/*.onnx", "classify/*.tif", "clusters/*.tif",
+                        "clusters/centres.json", "similarity/*.tif", "fewshot.json"):  # fmt: skip
+            links.update({p.relative_to(run).as_posix(): p.relative_to(run).as_posix()
+                          for p in sorted(run.glob(pattern))})  # fmt: skip
+    body = ["<h2>Outputs</h2><ul class='links'>"]
     body += [
         f"<li><a href='{html.escape(quote(href, safe='/'), quote=True)}'>{html.escape(label)}</a></li>"
         for label, href in links.items()
@@ -468,8 +455,7 @@ def write_run_report(
         if (run / href).exists() or href == "provenance.json"
     ]
     body.append("</ul>")
-    subtitle = f"run {record.get('eoforge_run', run.name)} · engine {engine}"
-    return _write(run / "report.html", _page("eoforge run report", body, subtitle))
+    return body
 
 
 def rebuild_report(run_dir: Path) -> Path:

@@ -20,8 +20,8 @@ def cube_tiles(real_cube: Path) -> list[CubeTile]:
 
 @pytest.fixture(scope="session")
 def encoder(cube_tiles: list[CubeTile]) -> PixelEncoder:
-    refl, clear = sample_pixels(cube_tiles, per_tile=4000, seed=0)
-    return train_encoder(refl, clear, EncoderConfig(dates=refl.shape[1], dims=16, epochs=2))
+    refl, clear, doy = sample_pixels(cube_tiles, per_tile=4000, seed=0)
+    return train_encoder(refl, clear, doy, EncoderConfig(dates=refl.shape[1], dims=16, epochs=2))
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """A field published as an embedding collection (D-band int8 COGs), served by a real rustac
-STAC API, searched with pystac-client and ingested back into a field."""
+STAC API, searched with pystac-client and ingested back through odc-stac as a cube variable
+with D channels, which the products read."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import numpy as np
 import pytest
 import rasterio
 
+from eoforge.cube.build import verify_cube
+from eoforge.cube.channels import open_channel_tile
 from eoforge.embeddings.collection import ingest_collection, publish_collection
-from eoforge.embeddings.field import check_field, list_field_tiles, open_field_tile
+from eoforge.embeddings.field import list_field_tiles, open_field_tile
+from eoforge.embeddings.tiles import ChannelEmbeddingTile, open_embedding_tiles
 from eoforge.errors import InputError
 from eoforge.stac.server import served_catalog
 
@@ -30,16 +34,26 @@ def test_published_collection_is_served_and_ingests_back(field: Path, tmp_path: 
     assert len(found) == len(items)
     out = tmp_path / "ingested.zarr"
     stats = ingest_collection(found, out)
-    check_field(out)
+    verify_cube(out, deep=True)
+    back_tiles = {t.grid.tile: t for t in open_embedding_tiles(out)}
+    assert sorted(back_tiles) == list_field_tiles(field)
     for item in found:
         tile = item["properties"]["eoforge:tile"]
-        original, back = open_field_tile(field, tile), open_field_tile(out, item["id"])
-        assert back.dims == 16 and back.grid.crs == original.grid.crs
+        raw = open_channel_tile(out, tile, "embedding")
+        assert raw.array.shape[:2] == (1, 16) and raw.array.dtype == np.int8
+        assert raw.item_ids == [item["id"]] and raw.nodata == -128
+        original, back = open_field_tile(field, tile), back_tiles[tile]
+        assert isinstance(back, ChannelEmbeddingTile)
+        assert back.dims == 16 and back.grid == original.grid
         a, ok_a = original.rows(slice(0, 64))
         b, ok_b = back.rows(slice(0, 64))
         np.testing.assert_array_equal(ok_a, ok_b)
         assert np.abs(a[ok_a] - b[ok_b]).max() < 2 / 127
-        assert stats[item["id"]]["dtype"] == "int8"
+        assert stats[tile]["dtype"] == "int8" and stats[tile]["slices"] == 1
+        rows, cols = np.nonzero(ok_a)
+        at, ok_at = back.vectors_at(rows[:50], cols[:50])
+        assert ok_at.all()
+        np.testing.assert_array_equal(at, b[rows[:50], cols[:50]])
 
 
 def test_item_without_the_embedding_asset_is_refused(tmp_path: Path) -> None:
@@ -65,9 +79,14 @@ def test_cli_publish_ingest_and_products_on_the_ingested_field(field: Path, tmp_
     ingested = tmp_path / "ingested.zarr"
     with served_catalog(tmp_path / "cat", tmp_path / "served") as api:
         res = runner.invoke(app, ["embed", "ingest", "--api-url", api.url, "--collection",
-                                  "eoforge-embeddings", "--out", str(ingested)])  # fmt: skip
+                                  "eoforge-embeddings", "--datetime", "2024",
+                                  "--out", str(tmp_path / "none.zarr")])  # fmt: skip
+        assert res.exit_code == 2 and "no embedding items" in res.output
+        res = runner.invoke(app, ["embed", "ingest", "--api-url", api.url, "--collection",
+                                  "eoforge-embeddings", "--datetime", "2023-08",
+                                  "--out", str(ingested)])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "16 x int8" in res.output
+    assert "16 x int8, 1 slice(s)" in res.output
 
     res = runner.invoke(app, ["embed", "clusters", "--field", str(ingested), "--k", "3",
                               "--out", str(tmp_path / "k")])  # fmt: skip
@@ -75,7 +94,7 @@ def test_cli_publish_ingest_and_products_on_the_ingested_field(field: Path, tmp_
     assert len(list((tmp_path / "k" / "clusters").glob("*.tif"))) == 2
     assert json.loads((tmp_path / "k" / "provenance.json").read_text())["outputs"]
 
-    tile = open_field_tile(ingested, list_field_tiles(ingested)[0])
+    tile = open_embedding_tiles(ingested)[0]
     x0, y0, x1, y1 = tile.grid.bounds
     lon, lat = Transformer.from_crs(tile.grid.crs, "EPSG:4326", always_xy=True).transform(
         (x0 + x1) / 2, (y0 + y1) / 2

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +11,13 @@ from hypothesis import strategies as st
 
 from eoforge.cube.tiles import CubeTile
 from eoforge.embeddings.encoder import (
-    EncoderConfig,
+    ARCHITECTURE,
     PixelEncoder,
     embed_block,
     load_encoder,
     save_encoder,
 )
-from eoforge.embeddings.features import read_block
+from eoforge.embeddings.features import PixelBlock, read_block
 from eoforge.embeddings.field import (
     check_field,
     dequantize,
@@ -92,16 +93,45 @@ def test_not_a_field_is_refused(tmp_path: Path, real_cube: Path) -> None:
         list_field_tiles(real_cube)
 
 
-def test_encoder_round_trip_and_date_mismatch(
+def test_encoder_round_trip_and_architecture(
     encoder: PixelEncoder, cube_tiles: list[CubeTile], tmp_path: Path
 ) -> None:
     record = save_encoder(encoder, tmp_path / "enc")
     again = load_encoder(tmp_path / "enc")
     block = read_block(cube_tiles[0], slice(0, 8))
     np.testing.assert_allclose(embed_block(again, block), embed_block(encoder, block), atol=1e-6)
-    assert len(record["weights_sha256"]) == 64
-    other = PixelEncoder(EncoderConfig(dates=3, dims=16))
-    with pytest.raises(InputError, match="trained on 3"):
-        embed_block(other, block)
+    assert len(record["weights_sha256"]) == 64 and record["architecture"] == ARCHITECTURE
     with pytest.raises(InputError, match="not an encoder folder"):
         load_encoder(tmp_path)
+    # an encoder folder of the per-date MLP (no architecture recorded) is refused, not misread
+    old = json.loads((tmp_path / "enc" / "encoder.json").read_text())
+    del old["architecture"]
+    (tmp_path / "enc" / "encoder.json").write_text(json.dumps(old))
+    with pytest.raises(InputError, match=r"another architecture.*train a new one"):
+        load_encoder(tmp_path / "enc")
+
+
+def _dates(block: PixelBlock, idx: list[int]) -> PixelBlock:
+    return PixelBlock(block.rows, block.reflectance[idx], block.clear[idx], block.scl[idx],
+                      block.doy[idx])  # fmt: skip
+
+
+def test_encoder_embeds_any_number_and_order_of_dates(
+    encoder: PixelEncoder, cube_tiles: list[CubeTile]
+) -> None:
+    """Trained on the cube's 5 dates, the encoder embeds 3 of them, or them in another order
+    (a set of observations: the order does not change the vector)."""
+    block = read_block(cube_tiles[0], slice(0, 32))
+    t = block.doy.size
+    assert t == encoder.config.dates == 5
+    full = embed_block(encoder, block)
+    shuffled = embed_block(encoder, _dates(block, list(range(t))[::-1]))
+    np.testing.assert_allclose(shuffled, full, atol=1e-5)
+    three = _dates(block, [0, 2, 4])
+    got = embed_block(encoder, three)
+    seen = three.valid
+    assert got.shape == full.shape and not got[~seen].any()
+    assert np.abs(np.linalg.norm(got[seen], axis=-1) - 1).max() < 1e-5
+    # fewer dates change the vectors of pixels that lost clear ones, but not beyond recognition
+    cos = (got[seen] * full[seen]).sum(axis=-1)
+    assert np.median(cos) > 0.8

@@ -41,7 +41,10 @@ def test_classifier_exports_and_maps_a_tile(
     exported = export_classifier(model, 16, tmp_path / "m.onnx", sample)
     assert exported["parity"] == 1.0
     tile = open_field_tile(field, truth_tile := "33TWL")
-    sha = apply_classifier(tmp_path / "m.onnx", tile, tmp_path / "c.tif", exported["classes"])
+    sha, stats = apply_classifier(tmp_path / "m.onnx", tile, tmp_path / "c.tif")
+    # through the CNN's inference path: 256 px windows streamed in strips, none overlapping
+    windows = -(-tile.grid.height // 256) * -(-tile.grid.width // 256)
+    assert stats["windows_run"] + stats["windows_skipped"] == windows and stats["windows_run"] > 0
     with rasterio.open(tmp_path / "c.tif") as src:
         classes = src.read(1)
         assert src.crs.to_string() == tile.grid.crs and src.nodata == 255
@@ -52,6 +55,31 @@ def test_classifier_exports_and_maps_a_tile(
     # the map is the classifier's own prediction, and better than chance on the reference
     np.testing.assert_array_equal(classes[truth.ok], model.predict(truth.vec[truth.ok]))
     assert miou(classes[truth.scored], truth.ref[truth.scored]) > 0.2
+
+
+def test_scene_model_keeps_class_values_of_classes_without_points(
+    field: Path, truth: TileTruth, tmp_path: Path
+) -> None:
+    """Points of classes 0 and 2 only: the map holds 0 and 2 (never 1), as scikit-learn says,
+    and the ONNX file is a scene model the inference session accepts (image -> logits)."""
+    import onnxruntime as ort
+
+    idx = draw_points(truth, 8, 1)
+    keep = idx[truth.ref.ravel()[idx] != 1]
+    model = fit_classifier("linear", truth.vec.reshape(-1, 16)[keep], truth.ref.ravel()[keep])
+    exported = export_classifier(model, 16, tmp_path / "m.onnx", truth.vec[truth.ok][::50], 3)
+    assert exported["classes"] == [0, 2] and exported["n_classes"] == 3
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["image"]
+    assert sess.get_outputs()[0].name == "logits" and sess.get_outputs()[0].shape[1] == 3
+    tile = open_field_tile(field, "33TWL")
+    apply_classifier(tmp_path / "m.onnx", tile, tmp_path / "c.tif")
+    with rasterio.open(tmp_path / "c.tif") as src:
+        classes = src.read(1)
+    assert set(np.unique(classes[truth.ok])) <= {0, 2}
+    np.testing.assert_array_equal(classes[truth.ok], model.predict(truth.vec[truth.ok]))
+    with pytest.raises(InputError, match="only 2 classes are named"):
+        export_classifier(model, 16, tmp_path / "m2.onnx", truth.vec[truth.ok][::50], 2)
 
 
 def test_one_class_or_unknown_kind_is_refused() -> None:

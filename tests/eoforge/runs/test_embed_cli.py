@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,8 @@ import rasterio
 from typer.testing import CliRunner
 
 from eoforge.cli import app
+from eoforge.runs.report_page import rebuild_report
+from eoforge.testing.browser import browser_missing, check_page
 
 runner = CliRunner()
 
@@ -44,11 +47,22 @@ def test_embed_run_on_the_bundled_sample(tmp_path: Path) -> None:
     listed = {
         Path(o["uri"].removeprefix("file://")).relative_to(out).as_posix() for o in prov["outputs"]
     }
-    for rel in ("report.html", "figures/pca-33TWL.png", "figures/clusters-33TWM.png",
-                "figures/similarity-33TWL.png", "figures/fewshot.png", "clusters/centres.json",
+    for rel in ("report.html", "metrics.json", "quicklooks/embedding-pca-33TWL.png",
+                "quicklooks/embedding-clusters-33TWM.png", "quicklooks/embedding-similarity-33TWL.png",
+                "quicklooks/embedding-linear-33TWM.png", "quicklooks/embedding-fewshot.png",
+                "quicklooks/aoi.png", "clusters/centres.json",
                 "classify/knn.onnx", "classify/linear-33TWM.tif", "similarity/similarity-33TWM.tif",
                 "field/encoder-item.json", "fewshot.json"):  # fmt: skip
         assert rel in listed, rel
+    # the run report (the same page as `eoforge run`'s) shows the embedding pictures and scores
+    page = (out / "report.html").read_text()
+    assert "<h2>Embeddings</h2>" in page and "kNN on embeddings" in page
+    assert len(re.findall(r"<img src='quicklooks/embedding-", page)) == 9  # 2 tiles x 4 + curves
+    assert "embedding_field" in page and "encoder" in page
+    if browser_missing() is None:
+        seen = check_page(out / "report.html")
+        assert seen.problems == [] and seen.images == 10, seen.problems
+    assert rebuild_report(out).read_text() == page
     items = sorted((out / "field").glob("embedding-field-*.json"))
     assert len(items) == 2
     item = json.loads(items[0].read_text())

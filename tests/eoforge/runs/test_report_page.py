@@ -157,3 +157,78 @@ def test_browser_check_catches_a_broken_image(tmp_path: Path) -> None:
     seen = check_page(page)
     assert seen.broken_images == ["../../quicklooks/missing.png"]
     assert "boom" in seen.console_errors
+
+
+def embed_like_run(run: Path) -> Path:
+    """A run folder laid out as ``eoforge embed run`` writes it, on tiny in-code data: the
+    pictures are made by the embed run's own functions from a small embedding cube."""
+    from eoforge.cube.channels import write_channel_cube
+    from eoforge.embeddings.tiles import open_embedding_tiles
+    from eoforge.embeddings.unsupervised import cluster_map, fit_kmeans, similarity_map
+    from eoforge.runs.embed import stage_embed_report
+    from eoforge.testing.embeddings import embedding_item
+
+    rng = np.random.default_rng(0)
+    values = rng.integers(-127, 128, (6, 48, 64)).astype(np.int8)
+    write_channel_cube([embedding_item(run / "src", "e", values)], "embedding", run / "e.zarr")
+    (tile,) = open_embedding_tiles(run / "e.zarr")
+    km = fit_kmeans([tile], 4)
+    cluster_map(km, tile, run / "clusters" / "clusters-33TWL.tif")
+    similarity_map(tile.rows(slice(10, 11))[0][0, 5], tile, run / "similarity" / "s.tif")
+    row = {f"{k}_miou": v for k, v in (("embeddings_knn", 0.47), ("embeddings_linear", 0.45),
+                                        ("rf_bands", 0.44))}  # fmt: skip
+    row |= {f"{k}_std": 0.01 for k in list(row)}
+    results = {
+        "clusters": {"maps": {"33TWL": str(run / "clusters" / "clusters-33TWL.tif")}, "k": 4},
+        "similarity": {"maps": {"33TWL": str(run / "similarity" / "s.tif")}, "query_tile": "33TWL"},
+        "classify": {"labels": "10 points per class", "points": 30, "classes": ["a", "b", "c"],
+                     "knn": {"parity": 1.0}, "linear": {"parity": 1.0}},
+        "evaluate": {"train_tile": "33TWL", "test_tile": "33TWM",
+                     "fewshot": {"5": row, "10": {**row, "embeddings_knn_miou": 0.474}}},
+    }  # fmt: skip
+    metrics = {"embeddings": stage_embed_report(run, str(run / "e.zarr"), results)["embeddings"]}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    items = _items()
+    (run / "items.json").write_text(json.dumps({"type": "FeatureCollection", "features": items}))
+    record = {
+        "eoforge_run": "embed",
+        "parameters": {"stac": {"collection": "sentinel-2-l2a", "bbox": [15.2, 45.2, 16.2, 45.9]}},
+        "stage_seconds": {"search": 1.0, "encoder": 30.5, "field": 4.0, "clusters": 2.0},
+        "reused_from_store": {"encoder": False},
+        "contracts": {"embedding_field": {"stage": "embedding_field", "success": True, "rows": 1,
+                                          "evaluated": 3}},
+    }  # fmt: skip
+    (run / "provenance.json").write_text(json.dumps(record))
+    write_run_report(run, metrics, record, items)
+    return run / "report.html"
+
+
+def test_embed_run_report_shows_the_embedding_pictures_and_scores(tmp_path: Path) -> None:
+    page = embed_like_run(tmp_path / "embed").read_text().replace("\n", "")
+    assert "<h2>Embeddings</h2>" in page and "Model vs random forest" not in page
+    srcs = re.findall(r"<img src='([^']+)'", page)
+    # PCA RGB, cluster map, similarity map, few-shot curves, and the area map
+    assert sorted(srcs) == sorted(
+        f"quicklooks/{n}.png"
+        for n in ("embedding-pca-33TWL", "embedding-clusters-33TWL", "embedding-similarity-33TWL",
+                  "embedding-fewshot", "aoi")
+    )  # fmt: skip
+    assert all((tmp_path / "embed" / s).is_file() for s in srcs)
+    # the few-shot table and cards (10 points per class: kNN against the random forest)
+    assert "<td>10</td><td>0.474 ± 0.010</td><td>0.450 ± 0.010</td><td>0.440 ± 0.010</td>" in page
+    assert "mIoU, kNN on embeddings (10 points/class)" in page and "<b>0.474</b>" in page
+    assert "30.50" in page and "1/1" in page and "clusters/clusters-33TWL.tif" in page
+    first = page
+    (tmp_path / "embed" / "report.html").unlink()
+    assert rebuild_report(tmp_path / "embed").read_text().replace("\n", "") == first
+
+
+def test_embed_report_in_a_real_browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    browser_or_skip()
+    report = embed_like_run(tmp_path / "embed")
+    monkeypatch.chdir(tmp_path)
+    seen = check_page(report, screenshot=tmp_path / "shot.png")
+    assert seen.problems == [], seen.problems
+    assert seen.images == 5
+    assert "Embeddings" in seen.text and "kNN on embeddings" in seen.text
+    assert "points per class" in seen.text

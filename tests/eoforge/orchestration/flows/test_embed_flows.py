@@ -18,8 +18,8 @@ pytestmark = [pytest.mark.slow]
 @pytest.fixture(scope="module")
 def small_field(real_cube: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiles = list(iter_cube_tiles(str(real_cube)))
-    refl, clear = sample_pixels(tiles, per_tile=2000, seed=0)
-    model = train_encoder(refl, clear, EncoderConfig(dates=refl.shape[1], dims=8, epochs=1))
+    refl, clear, doy = sample_pixels(tiles, per_tile=2000, seed=0)
+    model = train_encoder(refl, clear, doy, EncoderConfig(dates=refl.shape[1], dims=8, epochs=1))
     out = tmp_path_factory.mktemp("field") / "field.zarr"
     write_field(tiles, model, out, encoder_sha256="flow-test")
     return out
