@@ -420,7 +420,7 @@ TRAIN_PRESETS: dict[str, TrainSpec] = {
 class InferSpec(_Spec):
     """Whole-scene inference with ONNX Runtime."""
 
-    _late_fields = ("pipelined", "precision")
+    _late_fields = ("pipelined", "precision", "backend")
 
     window: int = Field(512, gt=0, description="Sliding window edge in pixels (multiple of 8).")
     overlap: int = Field(64, ge=0, description="Overlap between windows in pixels.")
@@ -438,6 +438,13 @@ class InferSpec(_Spec):
         description="Run the fp32 model, or its int8 version (static QDQ quantization of the "
         "convolutions, calibrated on training chips at export; faster on CPUs with int8 dot "
         "products, class maps within a fraction of a percent of fp32's: benchmarks/inference.py).",
+    )
+    backend: Literal["auto", "onnxruntime", "torch"] = Field(
+        "auto",
+        description="What runs the model: ONNX Runtime (model.onnx, CUDA provider with "
+        "onnxruntime-gpu), or torch (model.safetensors, through the same predictor). auto: torch "
+        "on a CUDA GPU when this onnxruntime has no CUDA provider (the default install), ONNX "
+        "Runtime otherwise. int8 always runs in ONNX Runtime.",
     )
     serve_baseline_onnx: bool = Field(
         False,

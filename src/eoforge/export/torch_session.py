@@ -7,14 +7,18 @@ the model directory (the training wing's files), which the inference wing may no
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
+from eoforge.compute import gpu
+from eoforge.config import InferSpec
 from eoforge.errors import InputError
+from eoforge.inference.session import open_session
 from eoforge.inference.torch_session import TorchSession
 from eoforge.training.files import load_model, read_model_config
 
-__all__ = ["open_torch_session"]
+__all__ = ["choose_backend", "open_predictor", "open_torch_session"]
 
 
 def open_torch_session(
@@ -47,3 +51,38 @@ def open_torch_session(
     model = load_model(Path(model_dir))
     in_channels = int(read_model_config(Path(model_dir))["architecture"]["in_channels"])
     return TorchSession(model, dev, amp=amp, channels_last=channels_last, in_channels=in_channels)
+
+
+def choose_backend(spec: InferSpec) -> Literal["onnxruntime", "torch"]:
+    """What ``spec.backend`` means on this machine (see :class:`~eoforge.config.InferSpec`)."""
+    if spec.backend != "auto":
+        return spec.backend
+    if spec.precision == "fp32" and gpu.torch_device().type == "cuda":
+        if not gpu.ort_cuda_available():
+            return "torch"
+    return "onnxruntime"
+
+
+def open_predictor(onnx_path: Path, spec: InferSpec) -> Any:
+    """The session that runs ``onnx_path``'s model for ``spec``: ONNX Runtime on that file, or
+    torch on the weights beside it (``model.safetensors``), per :func:`choose_backend`.
+
+    Raises:
+        InputError: the file (or, for torch, the model directory) is unusable, or torch was
+            asked for with ``precision: int8``.
+    """
+    path = Path(onnx_path)
+    backend = choose_backend(spec)
+    if backend == "onnxruntime":
+        return open_session(path, spec.threads)
+    if spec.precision != "fp32":
+        raise InputError(
+            f"infer.backend torch runs the fp32 weights; infer.precision {spec.precision} needs "
+            "ONNX Runtime (backend onnxruntime or auto)."
+        )
+    if not (path.parent / "model.safetensors").is_file():
+        raise InputError(
+            f"infer.backend torch needs the trained weights 'model.safetensors' beside '{path}'; "
+            "use backend onnxruntime for a model shipped as ONNX only."
+        )
+    return open_torch_session(path.parent, None, amp=False)

@@ -301,11 +301,12 @@ def ingest_batch(
 
 
 @functools.lru_cache(maxsize=4)
-def _session(onnx_path: str, threads: int | None, mtime_ns: int) -> Any:
+def _session(onnx_path: str, threads: int | None, backend: str, mtime_ns: int) -> Any:
     # One session per model file and worker process: opening costs ~0.1 s, a scene ~1 s.
-    from eoforge.inference.session import open_session
+    from eoforge.export.torch_session import open_predictor
 
-    return open_session(Path(onnx_path), threads)
+    spec = InferSpec.model_validate({"threads": threads, "backend": backend})
+    return open_predictor(Path(onnx_path), spec)
 
 
 def infer_scene(
@@ -381,7 +382,7 @@ def infer_scene(
     if area is not None and not items_meeting([item], area):
         return {"item_id": item_id, "skipped": True, "seconds": time.perf_counter() - t0}
     grid = _scene_grid(cube, chunks)
-    session = _session(str(model.resolve()), spec.threads, model.stat().st_mtime_ns)
+    session = _session(str(model.resolve()), spec.threads, spec.backend, model.stat().st_mtime_ns)
     staging = staging_path(scene_store(out, item_id))
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:

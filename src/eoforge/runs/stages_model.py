@@ -239,11 +239,11 @@ def stage_infer(
     from eoforge.contracts.validation import enforce
     from eoforge.export.mlm import MODEL_ITEM_NAME, check_model_matches, model_item
     from eoforge.export.quantize import INT8_MODEL_NAME
+    from eoforge.export.torch_session import open_predictor
     from eoforge.inference.drift import drift_scores, item_summary, load_reference, profile_scene
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.scene_io import ChunkRowReader
-    from eoforge.inference.session import open_session
     from eoforge.inference.uncertainty import add_uncertainty_asset
     from eoforge.io.atomic import clean_stale_staging, staged_dir, write_json_atomic
     from eoforge.stac.items import self_href
@@ -281,7 +281,7 @@ def stage_infer(
             f"infer.precision is {spec.infer.precision} but model '{run_model}' has no "
             f"{onnx_name}; retrain/re-export the model with this eoforge, or use precision fp32."
         )
-    session = open_session(run_model / onnx_name, spec.infer.threads)
+    session = open_predictor(run_model / onnx_name, spec.infer)
     items = {it["id"]: it for it in _load_items(Path(items_uri))}
     written: dict[str, dict[str, str]] = {}
     t0 = time.perf_counter()

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 from eoforge_test_helpers import write_chip_store  # type: ignore[import-not-found]
+from pydantic import ValidationError
 
 from eoforge.config import InferSpec, TrainSpec
 from eoforge.errors import InputError
 from eoforge.export.onnx import export_onnx
-from eoforge.export.torch_session import open_torch_session
+from eoforge.export.torch_session import choose_backend, open_predictor, open_torch_session
 from eoforge.inference.predict import predict_scene
 from eoforge.inference.session import open_session
 from eoforge.inference.torch_session import TORCH_CUDA, TorchSession
@@ -102,3 +103,29 @@ def test_cuda_session_matches_cpu_and_pipelines(model_dir: Path, scene: np.ndarr
     bf16 = predict_scene(open_torch_session(model_dir, "cuda", amp=True), scene, SPEC)
     assert (bf16 == cpu_map).mean() > 0.98
     assert next(cuda.model.parameters()).is_cuda
+
+
+def test_backend_choice_and_opening(model_dir: Path) -> None:
+    auto = InferSpec()
+    assert "backend" not in auto._fingerprint_data()  # a late field: stored keys unchanged
+    if not torch.cuda.is_available():
+        assert choose_backend(auto) == "onnxruntime"  # the CPU keeps ONNX Runtime
+    torch_spec = InferSpec(backend="torch")
+    assert choose_backend(torch_spec) == "torch"
+    assert choose_backend(InferSpec(backend="onnxruntime")) == "onnxruntime"
+    session = open_predictor(model_dir / "model.onnx", torch_spec)
+    assert isinstance(session, TorchSession)
+    assert not isinstance(open_predictor(model_dir / "model.onnx", auto), TorchSession)
+    with pytest.raises(InputError, match="precision int8 needs"):
+        open_predictor(
+            model_dir / "model.onnx", torch_spec.model_copy(update={"precision": "int8"})
+        )
+
+
+def test_torch_backend_needs_the_weights(model_dir: Path, tmp_path: Path) -> None:
+    onnx_only = tmp_path / "model.onnx"
+    onnx_only.write_bytes((model_dir / "model.onnx").read_bytes())
+    with pytest.raises(InputError, match="model.safetensors"):
+        open_predictor(onnx_only, InferSpec(backend="torch"))
+    with pytest.raises(ValidationError, match="backend"):
+        InferSpec.model_validate({"backend": "tensorrt"})
