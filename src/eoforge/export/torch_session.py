@@ -57,10 +57,8 @@ def choose_backend(spec: InferSpec) -> Literal["onnxruntime", "torch"]:
     """What ``spec.backend`` means on this machine (see :class:`~eoforge.config.InferSpec`)."""
     if spec.backend != "auto":
         return spec.backend
-    if spec.precision == "fp32" and gpu.torch_device().type == "cuda":
-        if not gpu.ort_cuda_available():
-            return "torch"
-    return "onnxruntime"
+    on_gpu = spec.precision == "fp32" and gpu.torch_device().type == "cuda"
+    return "torch" if on_gpu and not gpu.ort_cuda_available() else "onnxruntime"
 
 
 def open_predictor(onnx_path: Path, spec: InferSpec) -> Any:
