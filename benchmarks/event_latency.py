@@ -328,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "spec": SPEC,
             "cpus": os.cpu_count(),
             "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "machine": platform.platform(),
             "prefect": _version("prefect"),
             "sqlalchemy": _version("sqlalchemy"),
