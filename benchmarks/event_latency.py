@@ -208,6 +208,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "scheduler) or this script through the REST API at the schedule's interval (same "
         "runs, for a server whose scheduler is broken)",
     )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="no warm engine beside the worker: every run imports Prefect, eoforge and "
+        "great-expectations itself",
+    )
     parser.add_argument("--timeout", type=float, default=600, help="give up after, seconds")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
     args = parser.parse_args(argv)
@@ -228,7 +234,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             worker_env = {"EOFORGE_STORE": str(store)}
             if args.worker_poll is not None:
                 worker_env["PREFECT_WORKER_QUERY_SECONDS"] = str(args.worker_poll)
-            with prefect_services(work / "prefect", ("cpu",), worker_env) as prefect:
+            with prefect_services(
+                work / "prefect", ("cpu",), worker_env, warm_engine=not args.cold
+            ) as prefect:
                 common = {"spec": SPEC, "store": str(store), "api_url": stac.url}
                 watch_dep = prefect.request(
                     "GET", f"/deployments/{prefect.deployment_id('eoforge-watch/watch')}"
@@ -323,6 +331,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "watch_driver": args.watch_driver,
             "worker_query_seconds": args.worker_poll or 10,
             "worker": "prefect process worker, pool cpu",
+            "warm_engine": not args.cold,
             "items_landed": len(new),
             "model_dir": Path(model_dir).name,
             "spec": SPEC,

@@ -128,6 +128,29 @@ class Api:
     def flow_runs(self, name: str) -> list[dict[str, Any]]:
         return self.s.flow_runs(name)
 
+    def cancel_active(self, name: str, timeout: float = 120) -> None:
+        """Cancel a deployment's pending and running runs (left by earlier tests, e.g. a
+        scheduled watch run still retrying their stopped STAC API) and wait until they ended:
+        the watch deployment runs one at a time and cancels a new run while one is active."""
+        deadline = time.monotonic() + timeout
+        while True:
+            active = [
+                r
+                for r in self.flow_runs(name)
+                if r["state"]["type"] in ("PENDING", "RUNNING", "CANCELLING")
+            ]
+            if not active:
+                return
+            assert time.monotonic() < deadline, [r["state"] for r in active]
+            for r in active:
+                if r["state"]["type"] != "CANCELLING":
+                    self.request(
+                        "POST",
+                        f"/flow_runs/{r['id']}/set_state",
+                        {"state": {"type": "CANCELLING"}},
+                    )
+            time.sleep(2)
+
     def wait_all(self, run_ids: list[str], timeout: float) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
@@ -406,6 +429,7 @@ def test_one_watch_run_polls_and_notices_items_landing_while_it_runs(
         {"spec": SPEC, "store": str(store), "api_url": stac.url}
         | {"poll_seconds": 1, "run_seconds": 40},
     )
+    api.cancel_active("eoforge-watch/watch")
     run_id = api.run("eoforge-watch/watch")
     cursor = store / "cursors" / f"{COLLECTION}.json"
     deadline = time.monotonic() + 180
