@@ -1,7 +1,8 @@
 """Event latency: from a STAC item becoming visible in the API to its prediction being written.
 
 Real services on loopback, as in production: a ``prefect server start`` with the eoforge
-deployments (``eoforge deploy``) and one process worker on the ``cpu`` pool, a ``rustac serve``
+deployments (``eoforge deploy``) and one process worker on the ``cpu`` pool with a warm engine
+beside it (:mod:`eoforge.orchestration.warm_engine`; ``--cold`` for none), a ``rustac serve``
 STAC API on a fixed port. The watch deployment runs on its schedule (one run a minute, each
 polling every ``--interval`` seconds for the deployment's ``run_seconds``); the infer
 deployment's event trigger runs inference for each landed item with the production model.
