@@ -1,15 +1,16 @@
 """Event latency: from a STAC item becoming visible in the API to its prediction being written.
 
 Real services on loopback, as in production: a ``prefect server start`` with the eoforge
-deployments (``eoforge deploy``) and one process worker on the ``cpu`` pool, a ``rustac serve``
-STAC API on a fixed port. The watch deployment runs on a ``--interval`` second schedule; the
-infer deployment's event trigger runs inference for each landed item with the production model.
+deployments (``eoforge deploy``) and one process worker on the ``cpu`` pool with a warm engine
+beside it (:mod:`eoforge.orchestration.warm_engine`; ``--cold`` for none), a ``rustac serve``
+STAC API on a fixed port. The watch deployment runs on its schedule (one run a minute, each
+polling every ``--interval`` seconds for the deployment's ``run_seconds``); the infer
+deployment's event trigger runs inference for each landed item with the production model.
 
 1. serve the first three dates (6 items) and train a small production model (plain Python:
    search, ingest, chips, train; the setup is not timed);
-2. patch the deployments' parameters (this API, store, output folder), switch the watch
-   schedule to ``--interval`` seconds (the infer schedule off) and wait until the watcher
-   recorded the six items;
+2. patch the deployments' parameters (this API, store, output folder, the watch's poll
+   interval), switch the infer schedule off and wait until the watcher recorded the six items;
 3. restart the STAC API on the same port with all ten items: ``t0`` is when it answers again;
 4. poll ``out/predictions`` until each of the four new items has its COG and STAC item; the
    latency of an item is the time both files were first seen, minus ``t0``.
@@ -95,6 +96,7 @@ class _WatchDriver:
     """Start a watch run every ``interval`` seconds through the REST API (a client-side schedule)."""
 
     def __init__(self, prefect: PrefectServer, interval: float) -> None:
+        # ``interval``: the watch deployment's schedule interval (each run polls in a loop)
         self.prefect, self.interval = prefect, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -187,7 +189,12 @@ def _breakdown(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", type=Path, help="write the results here")
-    parser.add_argument("--interval", type=float, default=10, help="watch schedule, seconds")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="the watch runs' poll interval, seconds (default: the deployment's poll_seconds)",
+    )
     parser.add_argument(
         "--worker-poll",
         type=float,
@@ -198,9 +205,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--watch-driver",
         choices=("schedule", "client"),
         default="schedule",
-        help="who starts the watch runs every --interval s: the deployment's schedule (the "
-        "Prefect server's scheduler) or this script through the REST API (same runs, for a "
-        "server whose scheduler is broken)",
+        help="who starts the watch runs: the deployment's schedule (the Prefect server's "
+        "scheduler) or this script through the REST API at the schedule's interval (same "
+        "runs, for a server whose scheduler is broken)",
+    )
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="no warm engine beside the worker: every run imports Prefect, eoforge and "
+        "great-expectations itself",
     )
     parser.add_argument("--timeout", type=float, default=600, help="give up after, seconds")
     parser.add_argument("--workdir", type=Path, help="keep everything here (default: a temp dir)")
@@ -222,16 +235,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             worker_env = {"EOFORGE_STORE": str(store)}
             if args.worker_poll is not None:
                 worker_env["PREFECT_WORKER_QUERY_SECONDS"] = str(args.worker_poll)
-            with prefect_services(work / "prefect", ("cpu",), worker_env) as prefect:
-                driver = _WatchDriver(prefect, args.interval)
+            with prefect_services(
+                work / "prefect", ("cpu",), worker_env, warm_engine=not args.cold
+            ) as prefect:
                 common = {"spec": SPEC, "store": str(store), "api_url": stac.url}
-                prefect.set_parameters("eoforge-watch/watch", common)
+                watch_dep = prefect.request(
+                    "GET", f"/deployments/{prefect.deployment_id('eoforge-watch/watch')}"
+                )
+                watch_params = {**watch_dep["parameters"], **common}
+                if args.interval is not None:
+                    watch_params["poll_seconds"] = args.interval
+                schedule_s = float(watch_dep["schedules"][0]["schedule"]["interval"])
+                driver = _WatchDriver(prefect, schedule_s)
+                prefect.set_parameters("eoforge-watch/watch", watch_params)
                 prefect.set_parameters("eoforge-infer/infer", {**common, "out": str(out)})
                 prefect.update_schedules("eoforge-infer/infer", active=False)
                 prefect.update_schedules(
-                    "eoforge-watch/watch",
-                    schedule={"interval": args.interval},
-                    active=args.watch_driver == "schedule",
+                    "eoforge-watch/watch", active=args.watch_driver == "schedule"
                 )
                 if args.watch_driver == "client":
                     driver.start()
@@ -254,10 +274,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         )
                     time.sleep(1)
                 console.print("watcher running; making the last two dates land ...")
-                time.sleep(args.interval / 2)  # land at a random-ish phase of the schedule
+                poll_s = float(watch_params.get("poll_seconds") or schedule_s)
+                time.sleep(poll_s / 2)  # land between two polls
                 stac.stop()
                 stac, all_items = _serve(work / "stac-all", port)
                 t0 = time.time()
+                running = [
+                    r
+                    for r in prefect.flow_runs("eoforge-watch/watch")
+                    if r["state"]["type"] == "RUNNING" and r["start_time"]
+                ]
+                # where in the watch cycle the items landed (seconds after the run polling
+                # now started; None: between two runs)
+                phase = (
+                    round(t0 - max(_ts(r["start_time"]) or 0 for r in running), 2)
+                    if running
+                    else None
+                )
                 new = sorted(set(all_items) - set(first))
                 seen: dict[str, float] = {}
                 mtimes: dict[str, float] = {}
@@ -292,15 +325,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
         "breakdown_seconds": breakdown,
         "config": {
-            "watch_interval_s": args.interval,
+            "watch_poll_s": watch_params.get("poll_seconds"),
+            "watch_run_s": watch_params.get("run_seconds"),
+            "watch_schedule_s": schedule_s,
+            "landed_s_after_watch_run_start": phase,
             "watch_driver": args.watch_driver,
             "worker_query_seconds": args.worker_poll or 10,
             "worker": "prefect process worker, pool cpu",
+            "warm_engine": not args.cold,
             "items_landed": len(new),
             "model_dir": Path(model_dir).name,
             "spec": SPEC,
             "cpus": os.cpu_count(),
             "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "machine": platform.platform(),
             "prefect": _version("prefect"),
             "sqlalchemy": _version("sqlalchemy"),
@@ -308,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         },
     }
     table = Table(
-        title=f"eoforge event latency: item visible -> prediction (watch every {args.interval:g} s)"
+        title="eoforge event latency: item visible -> prediction "
+        f"(watch polls every {watch_params.get('poll_seconds')} s)"
     )
     for col in ("item", "latency s", "detect", "trigger", "queue", "run", "visible"):
         table.add_column(col)

@@ -109,5 +109,6 @@ def test_pipeline_runs_on_workers_and_rerun_is_cached(
     # provenance says what Prefect's task states say: every stored product was reused
     reused = prov2["reused_from_store"]
     assert all(reused[k] for k in ("ingest", "chips", "train", "baseline")), reused
+    # the task states above prove the reuse; wall times depend on the workers' polling and the
+    # machine's load (a rerun has waited longer for the gpu worker than the first run took)
     print(f"first run {first_s:.1f} s, cached rerun {second_s:.1f} s")
-    assert second_s < first_s

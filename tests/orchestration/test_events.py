@@ -128,6 +128,29 @@ class Api:
     def flow_runs(self, name: str) -> list[dict[str, Any]]:
         return self.s.flow_runs(name)
 
+    def cancel_active(self, name: str, timeout: float = 120) -> None:
+        """Cancel a deployment's pending and running runs (left by earlier tests, e.g. a
+        scheduled watch run still retrying their stopped STAC API) and wait until they ended:
+        the watch deployment runs one at a time and cancels a new run while one is active."""
+        deadline = time.monotonic() + timeout
+        while True:
+            active = [
+                r
+                for r in self.flow_runs(name)
+                if r["state"]["type"] in ("PENDING", "RUNNING", "CANCELLING")
+            ]
+            if not active:
+                return
+            assert time.monotonic() < deadline, [r["state"] for r in active]
+            for r in active:
+                if r["state"]["type"] != "CANCELLING":
+                    self.request(
+                        "POST",
+                        f"/flow_runs/{r['id']}/set_state",
+                        {"state": {"type": "CANCELLING"}},
+                    )
+            time.sleep(2)
+
     def wait_all(self, run_ids: list[str], timeout: float) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
@@ -389,3 +412,50 @@ def test_watch_schedule_starts_runs_on_its_own(api: Api, stac: Stac, tmp_path: P
     )
     cursor = json.loads((store / "cursors" / f"{COLLECTION}.json").read_text())
     assert len(cursor["seen"]) == 6
+
+
+def test_one_watch_run_polls_and_notices_items_landing_while_it_runs(
+    api: Api, stac: Stac, workers: dict[str, Path], tmp_path: Path
+) -> None:
+    """A watch run with ``poll_seconds``/``run_seconds`` looks again and again: items that land
+    while it runs are noticed by that same run within a few polls, and reported once.
+
+    Its events are not counted here: their ids are deterministic per item version, and an
+    earlier test of the session emits the same ones, which the server drops as repeats."""
+    store = tmp_path / "store"
+    first = stac.serve("first", _early)
+    api.set_parameters(
+        "eoforge-watch/watch",
+        {"spec": SPEC, "store": str(store), "api_url": stac.url}
+        | {"poll_seconds": 1, "run_seconds": 40},
+    )
+    api.cancel_active("eoforge-watch/watch")
+    run_id = api.run("eoforge-watch/watch")
+    cursor = store / "cursors" / f"{COLLECTION}.json"
+    deadline = time.monotonic() + 180
+    while not cursor.is_file():  # the run's first poll recorded the six items
+        assert time.monotonic() < deadline, _log_tail(workers)
+        time.sleep(0.5)
+    assert sorted(json.loads(cursor.read_text())["seen"]) == sorted(it["id"] for it in first)
+    landed_at = time.monotonic()
+    stac.serve("all")
+    while not set(json.loads(cursor.read_text())["seen"]) >= NEW_ITEMS:
+        assert time.monotonic() < landed_at + 30, _log_tail(workers)
+        time.sleep(0.2)
+    noticed_s = time.monotonic() - landed_at
+    run = api.request("GET", f"/flow_runs/{run_id}")
+    assert run["state"]["type"] == "RUNNING", run["state"]  # the same run, still polling
+    [done] = api.wait_all([run_id], timeout=120)
+    assert done["state"]["type"] == "COMPLETED", (done["state"], _log_tail(workers))
+    logs: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(" poll(s) " in lg["message"] for lg in logs):
+        time.sleep(1)  # logs reach the server in batches
+        logs = api.request(
+            "POST", "/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}
+        )
+    landed = [m for m in (log["message"] for log in logs) if m.startswith("4 landed item(s):")]
+    assert len(landed) == 1 and all(i in landed[0] for i in NEW_ITEMS), landed
+    polls = [m for m in (log["message"] for log in logs) if " poll(s) " in m]
+    assert polls and int(polls[0].split()[0]) > 10, polls
+    assert noticed_s < 15, noticed_s

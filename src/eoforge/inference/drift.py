@@ -14,9 +14,17 @@ training scenes (dates).
 
 Scores of a scene against the reference (:func:`drift_scores`):
 
-- ``band_shift``: how far the scene's clear-pixel quartiles (p25, p50, p75) of each band moved
-  from the reference's, in units of the largest such move of any single training scene from the
-  pooled reference (the natural spread between dates; at least :data:`MIN_SPREAD_DN`);
+- ``band_shift``: per band the larger of two moves of the scene's clear pixels from the
+  reference, each in units of the largest such move of any single training scene from the
+  pooled reference (the natural spread between dates): the *level* (``band_level_shift``: the
+  quartiles p25, p50, p75; at least :data:`MIN_SPREAD_DN`), which haze, offsets, other units
+  and swapped bands move, and the *shape* (``band_shape_shift``: the log of the interquartile
+  range, against the mean of the training dates' own; at least :data:`MIN_LOG_IQR_SPREAD`),
+  which a gain (brightness x1.3) or another
+  landscape (the neighbouring tile) changes while the day-to-day atmosphere mostly adds an
+  offset. Only training scenes at most :data:`SPREAD_MAX_OBSCURED` obscured enter the spread:
+  the few clear pixels of a mostly cloudy date are a small, clustered sample of the landscape
+  beside clouds, not a measure of how clear days differ;
 - ``obscured_fraction``: the share of the scene predicted cloud or shadow;
 - reported, not deciding: ``band_psi`` (population stability index over ten equal-frequency
   bins of the reference), ``band_wasserstein_iqr`` (scipy's 1-Wasserstein distance over the
@@ -24,7 +32,9 @@ Scores of a scene against the reference (:func:`drift_scores`):
   ``valid_fraction_delta``. On the bundled sample PSI and Wasserstein flag real dates of the
   training tile as drifted (atmosphere varies that much from day to day), so they do not decide.
 
-A scene drifted when any band's shift exceeds :data:`SHIFT_THRESHOLD` or more than
+A scene drifted when any band's shift exceeds the reference's ``shift_threshold`` (the largest
+leave-one-date-out shift of its clear training dates, at least :data:`SHIFT_THRESHOLD`:
+:func:`loo_threshold`) or more than
 :data:`OBSCURED_MAX` of it is cloud or shadow (``benchmarks/drift.py`` measures the detection
 rates on the bundled sample and shifted variants of it).
 """
@@ -44,13 +54,16 @@ from eoforge.inference.scene_io import SceneReader
 __all__ = [
     "FINE_MAX",
     "FINE_STEP",
+    "MIN_LOG_IQR_SPREAD",
     "OBSCURED_MAX",
     "REFERENCE_NAME",
     "SHIFT_THRESHOLD",
+    "SPREAD_MAX_OBSCURED",
     "ProfileAccumulator",
     "drift_scores",
     "item_summary",
     "load_reference",
+    "loo_threshold",
     "merge",
     "profile_scene",
     "reference_from_chips",
@@ -75,6 +88,12 @@ SHIFT_QUANTILES = ("p25", "p50", "p75")
 #: training scene from the pooled reference (at least :data:`MIN_SPREAD_DN`).
 SHIFT_THRESHOLD = 2.0
 MIN_SPREAD_DN = 128.0
+#: Smallest spread of the log interquartile range: a 10 % change of the IQR (the sun sinks
+#: and crops ripen or are cut between dates ten days apart in August; smaller changes are not
+#: resolved against a spread estimated from three or four clear dates).
+MIN_LOG_IQR_SPREAD = 0.1
+#: Training scenes more obscured than this do not enter the spread between dates.
+SPREAD_MAX_OBSCURED = 0.5
 _EPS = 1e-4
 FORMAT = "eoforge-drift-profile/1"
 
@@ -176,26 +195,77 @@ def merge(accumulators: Sequence[ProfileAccumulator]) -> ProfileAccumulator:
     return out
 
 
-def reference_profile(scenes: Sequence[ProfileAccumulator]) -> dict[str, Any]:
-    """The model's reference: the pooled profile of its training scenes, plus how far each
-    scene's band quantiles lie from the pooled ones (the natural spread between dates that a
-    new scene is measured in, see :func:`drift_scores`)."""
+def _pooled_with_spread(scenes: Sequence[ProfileAccumulator]) -> dict[str, Any]:
+    """The pooled profile of ``scenes`` and the spread of the clear ones around it."""
     pooled = merge(scenes).profile()
-    center = _band_quantiles(pooled)
-    offsets = [np.abs(_band_quantiles(acc.profile()) - center) for acc in scenes if acc.hist.any()]
+    center = _band_stats(pooled)
+    profiles = [acc.profile() for acc in scenes if acc.hist.any()]
+    steady = [p for p in profiles if p["obscured_fraction"] <= SPREAD_MAX_OBSCURED] or profiles
+    if steady:
+        # pooling dates of different levels widens the range: the shape is each date's own
+        center[:, 3] = np.mean([_band_stats(p)[:, 3] for p in steady], axis=0)
+    pooled["log_iqr"] = dict(zip(pooled["bands"], map(float, center[:, 3]), strict=True))
+    offsets = [np.abs(_band_stats(p) - center) for p in steady]
     spread = np.max(offsets, axis=0) if offsets else np.zeros_like(center)
     pooled["spread"] = {
-        name: dict(zip(SHIFT_QUANTILES, map(float, spread[b]), strict=True))
+        name: dict(zip(_STATS, map(float, spread[b]), strict=True))
         for b, name in enumerate(pooled["bands"])
     }
     pooled["scenes"] = len(scenes)
+    pooled["spread_scenes"] = len(steady)
+    pooled["scene_obscured_fractions"] = [p["obscured_fraction"] for p in profiles]
     return pooled
+
+
+def reference_profile(scenes: Sequence[ProfileAccumulator]) -> dict[str, Any]:
+    """The model's reference: the pooled profile of its training scenes, plus how far each
+    scene's band quartiles and log interquartile range lie from the pooled ones (the natural
+    spread between dates that a new scene is measured in, see :func:`drift_scores`), from the
+    scenes at most :data:`SPREAD_MAX_OBSCURED` obscured (all of them when none is), and the
+    band-shift threshold calibrated on them (:func:`loo_threshold`)."""
+    reference = _pooled_with_spread(scenes)
+    reference["shift_threshold"] = loo_threshold(scenes)
+    return reference
+
+
+def loo_threshold(scenes: Sequence[ProfileAccumulator]) -> float:
+    """The band-shift threshold of a reference: the largest band shift of any of its clear
+    training scenes (at most :data:`SPREAD_MAX_OBSCURED` obscured) scored against the
+    reference of the *other* scenes, and at least :data:`SHIFT_THRESHOLD`.
+
+    A new date of the same place and season is as likely as each training date to be the one
+    farthest from the rest, so the training dates' own leave-one-out shifts say how far a
+    normal date lands; with fewer than three clear scenes there is no spread to leave one out
+    of, and the fixed threshold stays.
+    """
+    clear = [
+        i
+        for i, acc in enumerate(scenes)
+        if acc.hist.any() and acc.profile()["obscured_fraction"] <= SPREAD_MAX_OBSCURED
+    ]
+    if len(clear) < 3:
+        return SHIFT_THRESHOLD
+    worst = 0.0
+    for i in clear:
+        others = _pooled_with_spread([acc for j, acc in enumerate(scenes) if j != i])
+        worst = max(worst, drift_scores(scenes[i].profile(), others)["max_band_shift"])
+    return max(SHIFT_THRESHOLD, worst)
+
+
+_STATS = (*SHIFT_QUANTILES, "log_iqr")
 
 
 def _band_quantiles(profile: dict[str, Any]) -> npt.NDArray[np.float64]:
     return np.array(
         [[profile["quantiles"][b][q] for q in SHIFT_QUANTILES] for b in profile["bands"]]
     )
+
+
+def _band_stats(profile: dict[str, Any]) -> npt.NDArray[np.float64]:
+    """Per band: the quartiles (DN) and the log of the interquartile range."""
+    q = _band_quantiles(profile)
+    log_iqr = np.log(np.maximum(q[:, 2] - q[:, 0], FINE_STEP))
+    return np.concatenate([q, log_iqr[:, None]], axis=1)
 
 
 def profile_scene(
@@ -293,13 +363,29 @@ def drift_scores(profile: dict[str, Any], reference: dict[str, Any]) -> dict[str
         ),
         MIN_SPREAD_DN,
     )
-    shift = (np.abs(_band_quantiles(profile) - _band_quantiles(reference)) / spread).max(axis=1)
-    if not np.isfinite(shift).all() or sum(sum(h) for h in profile["histograms"]) == 0:
-        shift = np.zeros(len(reference["bands"]))  # no clear pixel: only the cloud rule speaks
+    level = (np.abs(_band_quantiles(profile) - _band_quantiles(reference)) / spread).max(axis=1)
+    shape = np.zeros(len(reference["bands"]))
+    if "log_iqr" in reference:
+        # references written before the shape score have no IQR spread: level only
+        iqr_spread = np.maximum(
+            [reference["spread"][b]["log_iqr"] for b in reference["bands"]], MIN_LOG_IQR_SPREAD
+        )
+        iqr_center = np.array([reference["log_iqr"][b] for b in reference["bands"]])
+        shape = np.abs(_band_stats(profile)[:, 3] - iqr_center) / iqr_spread
+    if sum(sum(h) for h in profile["histograms"]) == 0:
+        level = shape = np.zeros(len(reference["bands"]))  # no clear pixel: the cloud rule speaks
+    level, shape = np.nan_to_num(level), np.nan_to_num(shape)
+    shift = np.maximum(level, shape)
+    threshold = float(reference.get("shift_threshold", SHIFT_THRESHOLD))
     reasons = [
-        f"band {name}: quantiles moved {v:.2f} x the training scenes' spread > {SHIFT_THRESHOLD}"
-        for name, v in zip(reference["bands"], shift, strict=True)
-        if v > SHIFT_THRESHOLD
+        f"band {name}: quantiles moved {lv:.2f} x the training scenes' spread > {threshold:.2f}"
+        for name, lv in zip(reference["bands"], level, strict=True)
+        if lv > threshold
+    ] + [
+        f"band {name}: interquartile range changed {sh:.2f} x the training scenes' spread > "
+        f"{threshold:.2f}"
+        for name, sh in zip(reference["bands"], shape, strict=True)
+        if sh > threshold
     ]
     if profile["obscured_fraction"] > OBSCURED_MAX:
         reasons.append(
@@ -309,6 +395,8 @@ def drift_scores(profile: dict[str, Any], reference: dict[str, Any]) -> dict[str
         "band_psi": dict(zip(reference["bands"], psi, strict=True)),
         "band_wasserstein_iqr": dict(zip(reference["bands"], wass, strict=True)),
         "band_shift": dict(zip(reference["bands"], map(float, shift), strict=True)),
+        "band_level_shift": dict(zip(reference["bands"], map(float, level), strict=True)),
+        "band_shape_shift": dict(zip(reference["bands"], map(float, shape), strict=True)),
         "max_band_shift": float(shift.max()),
         "max_band_psi": max(psi),
         "max_band_wasserstein_iqr": max(wass),
@@ -316,7 +404,7 @@ def drift_scores(profile: dict[str, Any], reference: dict[str, Any]) -> dict[str
         "obscured_fraction": profile["obscured_fraction"],
         "valid_fraction_delta": profile["valid_fraction"] - reference["valid_fraction"],
         "thresholds": {
-            "band_shift": SHIFT_THRESHOLD,
+            "band_shift": threshold,
             "psi": PSI_THRESHOLD,
             "obscured_fraction": OBSCURED_MAX,
         },

@@ -65,6 +65,7 @@ def _run(args: Sequence[str], env: dict[str, str], what: str) -> str:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("EOFORGE_HOME", str(INSTALL_ROOT))
+    env.setdefault("EOFORGE_PYTHON", sys.executable)
     return env
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -197,10 +198,13 @@ def prefect_services(
     home: Path,
     pools: tuple[str, ...] = ("cpu",),
     env: Mapping[str, str] | None = None,
+    warm_engine: bool = False,
 ) -> Iterator[PrefectServer]:
     """A Prefect server with the eoforge deployments applied and one process worker per pool.
 
-    ``env`` is added to the server's (and so the workers' and flow runs') environment.
+    ``env`` is added to the server's (and so the workers' and flow runs') environment. With
+    ``warm_engine`` each worker gets a warm engine beside it
+    (:mod:`eoforge.orchestration.warm_engine`), started with the worker's environment.
     """
     server, server_proc = start_prefect_server(home)
     workers: list[subprocess.Popen[bytes]] = []
@@ -208,10 +212,28 @@ def prefect_services(
         server.env.update(env or {})
         eoforge_deploy(server.env)
         for pool in pools:
+            worker_env = dict(server.env)
+            if warm_engine:
+                sock = home / f"warm-engine-{pool}.sock"
+                worker_env["EOFORGE_WARM_ENGINE"] = str(sock)
+                workers.append(
+                    start_process(
+                        [sys.executable, "-m", "eoforge.orchestration.warm_engine", "serve"],
+                        worker_env,
+                        home / f"warm-engine-{pool}.log",
+                    )
+                )
+                deadline = time.monotonic() + 120
+                while not sock.exists():
+                    if time.monotonic() > deadline or workers[-1].poll() is not None:
+                        raise TransientError(
+                            f"the warm engine did not start; see {home}/warm-engine-{pool}.log"
+                        )
+                    time.sleep(0.2)
             workers.append(
                 start_process(
                     [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process"],
-                    server.env,
+                    worker_env,
                     home / f"worker-{pool}.log",
                 )
             )

@@ -124,3 +124,48 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
     (tmp_path / REFERENCE_NAME).write_text('{"format": "other"}')
     with pytest.raises(InputError, match="re-export the model"):
         load_reference(tmp_path)
+
+
+def test_a_gain_and_the_neighbouring_tile_change_the_interquartile_range(reference: dict) -> None:
+    """Haze adds, a gain multiplies: x1.3 keeps the quartiles near the spread between dates in
+    the visible bands but widens every band's interquartile range; the neighbouring tile has the
+    same season and atmosphere but another landscape (a wider red and green range)."""
+    x, classes = _scene(HELD_OUT)
+    bright = np.where(x > 0, np.clip(x * 1.3, 1, 65535), 0).astype(np.uint16)
+    scores = drift_scores(_accumulate(bright, classes).profile(), reference)
+    assert scores["drifted"]
+    assert min(scores["band_shape_shift"].values()) > 1.0, scores["band_shape_shift"]
+
+    other = drift_scores(_accumulate(*_scene("S2A_33TWM_20230815")).profile(), reference)
+    assert other["drifted"] and any("interquartile" in r for r in other["reasons"])
+
+
+def test_mostly_cloudy_dates_stay_out_of_the_spread() -> None:
+    """The few clear pixels beside a mostly cloudy date's clouds (NIR ~25 % brighter here) would
+    widen the spread between dates and hide real shifts: such dates stay out of it."""
+    clear = [_accumulate(*_scene(d)) for d in REFERENCE_DATES]
+    cloudy = _accumulate(*_scene("S2B_33TWL_20230810"))
+    assert cloudy.profile()["obscured_fraction"] > 0.5
+    ref = reference_profile([*clear, cloudy])
+    assert ref["spread_scenes"] == sum(a.profile()["obscured_fraction"] <= 0.5 for a in clear)
+    moved = abs(cloudy.profile()["quantiles"]["nir"]["p50"] - ref["quantiles"]["nir"]["p50"])
+    assert ref["spread"]["nir"]["p50"] < moved / 2
+
+
+def test_the_threshold_is_the_largest_shift_of_a_training_date_left_out() -> None:
+    """A training date far from the others raises the reference's threshold to its own
+    leave-one-out shift, so no training date is called drifted against the rest."""
+    dates = ("S2A_33TWL_20230815", "S2B_33TWL_20230813", "S2B_33TWL_20230820")
+    scenes = [_accumulate(*_scene(d)) for d in dates]
+    x, classes = _scene(dates[0])
+    scenes.append(_accumulate(np.where(x > 0, x + 300, 0).astype(np.uint16), classes))
+    loo = [
+        drift_scores(
+            scenes[i].profile(), reference_profile([s for j, s in enumerate(scenes) if j != i])
+        )["max_band_shift"]
+        for i in range(len(scenes))
+    ]
+    ref = reference_profile(scenes)
+    assert max(loo) > 2.0
+    assert ref["shift_threshold"] == pytest.approx(max(loo))
+    assert not any(drift_scores(s.profile(), ref)["drifted"] for s in scenes)
