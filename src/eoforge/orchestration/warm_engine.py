@@ -132,15 +132,45 @@ def _child(request: dict[str, object], fds: list[int]) -> None:
         os._exit(code)
 
 
+def _claim_socket_path(path: Path) -> None:
+    """Make ``path`` free for a new socket, removing only a stale socket (one nothing listens
+    on): a file that is not a socket, or a live engine's socket, is never touched."""
+    import stat
+
+    from eoforge.errors import InputError
+
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise InputError(
+            f"warm engine socket path '{path}' exists and is not a socket; pass another --socket "
+            f"(or ${SOCKET_ENV}) or move that file away."
+        )
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        path.unlink(missing_ok=True)  # a socket left by an engine that is gone
+        return
+    finally:
+        probe.close()
+    raise InputError(
+        f"another warm engine already listens on '{path}'; stop it first or pass another --socket."
+    )
+
+
 def serve(path: Path, preload: tuple[str, ...] = PRELOAD) -> None:
     """Import ``preload``, then fork a flow run for every client until SIGTERM / SIGINT."""
     import importlib
 
+    _claim_socket_path(path)
     for name in preload:
         importlib.import_module(name)
-    path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))
+    bound = path.lstat().st_ino
     listener.listen(16)
     running: dict[int, socket.socket] = {}
     stopping = False
@@ -185,7 +215,9 @@ def serve(path: Path, preload: tuple[str, ...] = PRELOAD) -> None:
                     client.close()
     finally:
         listener.close()
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if path.lstat().st_ino == bound:  # still the socket this engine made
+                path.unlink()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,7 +233,13 @@ def main(argv: list[str] | None = None) -> int:
     path = args.socket or os.environ.get(SOCKET_ENV)
     if not path:
         parser.error(f"give --socket or set {SOCKET_ENV}")
-    serve(Path(path))
+    from eoforge.errors import InputError
+
+    try:
+        serve(Path(path))
+    except InputError as exc:
+        print(f"error (InputError): {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from eoforge.orchestration.warm_engine import SOCKET_ENV
+from eoforge.errors import InputError
+from eoforge.orchestration.warm_engine import SOCKET_ENV, _claim_socket_path
 
 ENGINE = [sys.executable, "-m", "eoforge.orchestration.warm_engine"]
 
@@ -70,3 +72,27 @@ def test_an_unreachable_engine_falls_back_to_a_cold_start(tmp_path: Path) -> Non
     env = dict(os.environ, **{SOCKET_ENV: str(tmp_path / "gone.sock"), "PREFECT__FLOW_RUN_ID": "x"})
     done = _client(env, tmp_path)
     assert done.returncode == 1 and "Invalid flow run id" in done.stdout + done.stderr
+
+
+def test_the_socket_path_never_takes_a_users_file_or_a_live_engine(tmp_path: Path) -> None:
+    mine = tmp_path / "notes.txt"
+    mine.write_text("keep me")
+    run = subprocess.run(
+        [*ENGINE, "serve", "--socket", str(mine)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2 and "is not a socket" in run.stderr, run.stderr
+    assert mine.read_text() == "keep me"
+    sock = Path(f"/tmp/eoforge-claim-{os.getpid()}-{time.monotonic_ns()}.sock")
+    live = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        live.bind(str(sock))
+        live.listen(1)
+        with pytest.raises(InputError, match="already listens"):
+            _claim_socket_path(sock)
+        assert sock.exists()
+        live.close()  # the engine died: its socket file stays behind, stale
+        _claim_socket_path(sock)
+        assert not sock.exists()
+    finally:
+        live.close()
+        sock.unlink(missing_ok=True)
