@@ -61,7 +61,8 @@ def test_drift_event_schedules_retraining_only_when_enabled(deployed: Any) -> No
             time.sleep(2)
             new = [r for r in _pipeline_runs(deployed, pipeline["id"]) if r["id"] not in before]
         assert len(new) == 1, "one drift event -> one retraining run"
-        assert new[0]["parameters"]["out"] == "runs/retrain"
+        # under EOFORGE_RUNS (absolute), never relative to the workers' folder (the package)
+        assert new[0]["parameters"]["out"] == f"{deployed.env['EOFORGE_RUNS']}/retrain"
         assert new[0]["parameters"]["train_deployment"] == "eoforge-train/train"
     finally:
         deployed.request("PATCH", f"/automations/{automation['id']}", {"enabled": False})

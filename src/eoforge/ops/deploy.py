@@ -66,7 +66,27 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("EOFORGE_HOME", str(INSTALL_ROOT))
     env.setdefault("EOFORGE_PYTHON", sys.executable)
+    env["EOFORGE_RUNS"] = str(runs_root(env.get("EOFORGE_RUNS")))
     return env
+
+
+def runs_root(value: str | None) -> Path:
+    """Where deployments write their default run folders (``EOFORGE_RUNS``): absolute, and
+    never inside the installed package (workers run in it; an upgrade would remove them).
+
+    Raises:
+        InputError: the folder is inside the package's install folder.
+    """
+    root = Path(value).expanduser() if value else Path.cwd() / "runs"
+    root = root.resolve()
+    home = INSTALL_ROOT.resolve()
+    if root == home or home in root.parents:
+        raise InputError(
+            f"EOFORGE_RUNS '{root}' is inside the eoforge install folder '{home}', which package "
+            "upgrades replace; set EOFORGE_RUNS to a folder of your own, or run `eoforge deploy` "
+            "from your project folder."
+        )
+    return root
 
 
 def ensure_work_pool(

@@ -151,6 +151,8 @@ def launch_prefect_server(
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_API_URL=api,
         PREFECT_LOGGING_LEVEL="INFO",
+        # deployments' default run folders (`eoforge deploy`): beside this server's files
+        EOFORGE_RUNS=str(home / "runs"),
     )
     server_env.update(env or {})
     proc = start_process(
