@@ -10,6 +10,12 @@ from typing import Any
 
 def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
     """Median wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    return seconds_summary(fn, repeats, warmup)["median"]
+
+
+def seconds_summary(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, float]:
+    """Median, min and max wall time of ``repeats`` calls of ``fn`` after ``warmup`` untimed
+    calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -17,7 +23,7 @@ def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> floa
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
 
 
 def interleaved_seconds(

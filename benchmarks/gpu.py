@@ -50,38 +50,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks._scenes import NullWriter, TiledScene
+from benchmarks._timing import seconds_summary
 from eoforge.compute import gpu
 from eoforge.config import TRAIN_PRESETS, InferSpec, TrainSpec
 from eoforge.export.torch_session import open_torch_session
 from eoforge.inference.predict import predict_raster
 from eoforge.inference.torch_session import TorchSession
 from eoforge.training.files import read_model_config
-from eoforge.training.train import TrainResult, train_model
+from eoforge.training.train import train_model
 
 #: H200 SXM datasheet peaks, dense (no sparsity), TFLOP/s.
 H200_PEAK_TFLOPS = {"bf16": 989.0, "tf32": 494.0, "fp32": 67.0}
-
-
-class _TiledScene:
-    """A virtual scene tiled from a real one; rows are made only when read."""
-
-    def __init__(self, tile: np.ndarray, height: int, width: int) -> None:
-        self.tile = tile
-        self._shape = (tile.shape[0], height, width)
-        self._cols = np.arange(width) % tile.shape[2]
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self._shape
-
-    def read_rows(self, top: int, bottom: int) -> np.ndarray:
-        rows = np.arange(top, bottom) % self.tile.shape[1]
-        return self.tile[:, rows][:, :, self._cols]
-
-
-class _NullWriter:
-    def write_rows(self, top: int, rows: np.ndarray) -> None:
-        pass
 
 
 # --------------------------------------------------------------------------- prepare
@@ -178,20 +158,12 @@ def _machine() -> dict[str, Any]:
 
 
 def _step_rate(chips: Path, spec: TrainSpec, out: Path) -> dict[str, Any]:
+    """:func:`benchmarks.training._step_rate` with NVML sampling the GPU meanwhile."""
+    from benchmarks.training import _step_rate as step_rate
+
     with gpu.UtilisationSampler() as sampler:
-        result: TrainResult = train_model(chips, spec, out, progress=False)
-    steps = sum(int(h["steps"]) for h in result.history)
-    return {
-        "device": result.device,
-        "amp_dtype": result.amp_dtype,
-        "chip_route": result.chip_route,
-        "epochs": result.epochs_run,
-        "steps": steps,
-        "steps_per_s": result.steps_per_second,
-        "chips_per_s": result.steps_per_second * spec.batch_size,
-        "seconds": result.seconds,
-        "gpu_utilisation": sampler.summary(skip_s=1.0),
-    }
+        run = step_rate(chips, spec, out)
+    return {**run, "gpu_utilisation": sampler.summary(skip_s=1.0)}
 
 
 def bench_training(chips: Path, work: Path, epochs: int) -> dict[str, Any]:
@@ -219,17 +191,6 @@ def bench_reads(chips: Path, repeats: int) -> dict[str, Any]:
     return reads(chips, repeats)
 
 
-def _median_time(fn: Callable[[], Any], repeats: int, warmup: int = 2) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return {"median": statistics.median(times), "min": min(times), "max": max(times)}
-
-
 def _matmul_peak_tflops() -> float:
     """Measured bf16 matrix-product rate (8192^3), the GPU's practical tensor-core peak."""
     n = 512 if _REHEARSE else 8192
@@ -241,7 +202,7 @@ def _matmul_peak_tflops() -> float:
             a @ b
         _sync()
 
-    t = _median_time(mm, 3, warmup=2)["median"]
+    t = seconds_summary(mm, 3, warmup=2)["median"]
     return 2 * n**3 * 10 / t / 1e12
 
 
@@ -258,24 +219,24 @@ def _model_only(session: TorchSession, channels: int, window: int, batch: int) -
                 session.model(x)
         _sync()
 
-    t = _median_time(run, 5, warmup=2)
+    t = seconds_summary(run, 5, warmup=2)
     mpx = 10 * batch * window * window / 1e6
     return {"batch": batch, "mpx_per_s": mpx / t["median"], "seconds_per_10_batches": t}
 
 
 def _steady(
-    session: TorchSession, scene: _TiledScene, spec: InferSpec, seconds: float
+    session: TorchSession, scene: TiledScene, spec: InferSpec, seconds: float
 ) -> dict[str, Any]:
     """Whole-scene inference back to back for ``seconds``, NVML sampling the GPU."""
     warm = min(1024, scene.shape[1])
-    predict_raster(session, _TiledScene(scene.tile, warm, warm), spec, _NullWriter())
+    predict_raster(session, TiledScene(scene.tile, warm, warm), spec, NullWriter())
     mpx = scene.shape[1] * scene.shape[2] / 1e6
     runs: list[float] = []
     with gpu.UtilisationSampler() as sampler:
         deadline = time.perf_counter() + seconds
         while time.perf_counter() < deadline or not runs:
             t0 = time.perf_counter()
-            predict_raster(session, scene, spec, _NullWriter())
+            predict_raster(session, scene, spec, NullWriter())
             runs.append(time.perf_counter() - t0)
     rates = [mpx / t for t in runs]
     return {
@@ -310,7 +271,7 @@ def bench_inference(
     if not _cuda():
         section["measured"] = False
         return section
-    large = _TiledScene(scene, size, size)
+    large = TiledScene(scene, size, size)
     peak = _matmul_peak_tflops()
     section["limits"] = {
         "bf16_matmul_tflops_measured": peak,

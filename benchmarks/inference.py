@@ -54,6 +54,7 @@ import rasterio
 import torch
 
 from benchmarks._limits import conv_contenders, limit_from_times, model_shapes
+from benchmarks._scenes import NullWriter, TiledScene
 from benchmarks._timing import interleaved_seconds, median_seconds
 from eoforge.compute import gpu
 from eoforge.config import BUNDLED_CATALOG, ChipSpec, InferSpec, LabelSpec, StacSpec, TrainSpec
@@ -91,28 +92,6 @@ def read_scene(size: int | None = None) -> np.ndarray:
             bands.append(src.read(1))
     scene = np.stack(bands)
     return scene[:, :size, :size] if size else scene
-
-
-class TiledScene:
-    """A virtual scene of any size, tiled from a real one; rows are made only when read."""
-
-    def __init__(self, tile: np.ndarray, height: int, width: int) -> None:
-        self.tile = tile
-        self._shape = (tile.shape[0], height, width)
-        self._cols = np.arange(width) % tile.shape[2]
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self._shape
-
-    def read_rows(self, top: int, bottom: int) -> np.ndarray:
-        rows = np.arange(top, bottom) % self.tile.shape[1]
-        return self.tile[:, rows][:, :, self._cols]
-
-
-class _NullWriter:
-    def write_rows(self, top: int, rows: np.ndarray) -> None:
-        pass
 
 
 def build_random_model(
@@ -376,7 +355,7 @@ def _gpu_section(
     t_ort = median_seconds(_ort_iobinding(session, batch), repeats, warmup=3)
     t_scene = median_seconds(lambda: predict_scene(session, scene, spec), repeats, warmup=2)
     t0 = time.perf_counter()
-    predict_raster(session, large, spec, _NullWriter())
+    predict_raster(session, large, spec, NullWriter())
     t_large = time.perf_counter() - t0
     large_mpx = large.shape[1] * large.shape[2] / 1e6
 
@@ -386,7 +365,7 @@ def _gpu_section(
         with gpu.UtilisationSampler() as sampler:
             deadline, scenes, t0 = time.perf_counter() + 10.0, 0, time.perf_counter()
             while time.perf_counter() < deadline:
-                predict_raster(session, large, run_spec, _NullWriter())
+                predict_raster(session, large, run_spec, NullWriter())
                 scenes += 1
         seconds = time.perf_counter() - t0
         return {

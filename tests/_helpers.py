@@ -168,3 +168,19 @@ def vendored_validator() -> Any:
     validator = Vendored()
     validator.schema_cache.update(vendored)
     return validator
+
+
+def tiny_trained_model(chips_dir: Path, model_dir: Path) -> Path:
+    """A small UNet trained for 2 epochs on a seeded synthetic chip store: its model folder."""
+    from eoforge.config import TrainSpec
+    from eoforge.training.train import train_model
+
+    chips = write_chip_store(
+        chips_dir / "chips.zarr",
+        counts=(8, 4, 4),
+        nodata_corner=False,
+        band_mean=[1500.0, 1600.0, 1500.0, 2700.0],
+        band_std=[1600.0, 1600.0, 1700.0, 1800.0],
+    )
+    spec = TrainSpec(max_epochs=2, batch_size=4, base_channels=8, threads=1)
+    return train_model(chips, spec, model_dir, progress=False).model_dir

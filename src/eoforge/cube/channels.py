@@ -26,6 +26,7 @@ from eoforge.config import CubeSpec
 from eoforge.cube.grid import TileGrid
 from eoforge.errors import InputError
 from eoforge.io.atomic import staged_dir
+from eoforge.io.redact import redact
 
 __all__ = [
     "CHANNEL_DIM",
@@ -125,7 +126,8 @@ def load_channels(
                            stac_cfg=stac_cfg, **kwargs)  # fmt: skip
     except ValueError as exc:
         raise InputError(
-            f"odc-stac cannot load asset '{asset}' of items {[i['id'] for i in items]}: {exc}"
+            f"odc-stac cannot load asset '{asset}' of items {[i['id'] for i in items]}: "
+            f"{redact(str(exc))}"
         ) from exc
     crs = ds.odc.geobox.crs
     if crs is None or crs.epsg is None:

@@ -9,28 +9,21 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from eoforge_test_helpers import CLASSES, write_chip_store  # type: ignore[import-not-found]
+from eoforge_test_helpers import (  # type: ignore[import-not-found]
+    CLASSES,
+    tiny_trained_model,
+)
 
 import eoforge.export.onnx as export_module
-from eoforge.config import TrainSpec
 from eoforge.errors import ContractViolation, InputError
 from eoforge.export.onnx import ExportResult, export_onnx, onnx_logits
 from eoforge.io.atomic import sha256_file
 from eoforge.training.files import load_model
-from eoforge.training.train import train_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    chips = write_chip_store(
-        tmp_path_factory.mktemp("chips") / "chips.zarr",
-        counts=(8, 4, 4),
-        nodata_corner=False,
-        band_mean=[1500.0, 1600.0, 1500.0, 2700.0],
-        band_std=[1600.0, 1600.0, 1700.0, 1800.0],
-    )
-    spec = TrainSpec(max_epochs=2, batch_size=4, base_channels=8, threads=1)
-    return train_model(chips, spec, tmp_path_factory.mktemp("model"), progress=False).model_dir
+    return tiny_trained_model(tmp_path_factory.mktemp("chips"), tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")

@@ -8,30 +8,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from eoforge_test_helpers import write_chip_store  # type: ignore[import-not-found]
+from eoforge_test_helpers import tiny_trained_model  # type: ignore[import-not-found]
 from pydantic import ValidationError
 
-from eoforge.config import InferSpec, TrainSpec
+from eoforge.config import InferSpec
 from eoforge.errors import InputError
 from eoforge.export.onnx import export_onnx
 from eoforge.export.torch_session import choose_backend, open_predictor, open_torch_session
 from eoforge.inference.predict import predict_scene
 from eoforge.inference.session import open_session
 from eoforge.inference.torch_session import TORCH_CUDA, TorchSession
-from eoforge.training.train import train_model
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    chips = write_chip_store(
-        tmp_path_factory.mktemp("chips") / "chips.zarr",
-        counts=(8, 4, 4),
-        nodata_corner=False,
-        band_mean=[1500.0, 1600.0, 1500.0, 2700.0],
-        band_std=[1600.0, 1600.0, 1700.0, 1800.0],
-    )
-    spec = TrainSpec(max_epochs=2, batch_size=4, base_channels=8, threads=1)
-    folder = train_model(chips, spec, tmp_path_factory.mktemp("model"), progress=False).model_dir
+    folder = tiny_trained_model(tmp_path_factory.mktemp("chips"), tmp_path_factory.mktemp("model"))
     sample = np.random.default_rng(0).integers(1, 6000, (2, 4, 32, 32)).astype(np.uint16)
     export_onnx(folder, folder / "model.onnx", sample)
     return folder
