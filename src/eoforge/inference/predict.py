@@ -41,9 +41,9 @@ from eoforge.inference.windows import (
     _argmax_classes,
     _axis_plan,
     _axis_weights,
-    _grow_rows,
+    _BlendBuffer,
+    _BlendPlan,
     _RowSource,
-    _softmax_,
 )
 
 __all__ = [
@@ -128,8 +128,7 @@ def _stream(
 
     edge_y, padded_h, ys = _axis_plan(height, spec.window, spec.overlap, io.height)
     edge_x, padded_w, xs = _axis_plan(width, spec.window, spec.overlap, io.width)
-    weights_y = _axis_weights(ys, edge_y)
-    weights_x = _axis_weights(xs, edge_x)
+    plan = _BlendPlan.of(_axis_weights(ys, edge_y), _axis_weights(xs, edge_x))
     capacity = io.batch or spec.batch_size
     pipelined = _pipelined(session, spec)
     # two runners when pipelined: one fills its batch while the other's runs on the worker
@@ -139,28 +138,23 @@ def _stream(
     ]
     worker = ThreadPoolExecutor(1, thread_name_prefix="eoforge-ort") if pipelined else None
     source = _RowSource(reader, nodata, edge_y, padded_w)
-    acc: npt.NDArray[np.float32] | None = None  # blended probabilities of rows [done, ...)
+    acc: _BlendBuffer | None = None  # blended probabilities of rows [done, ...)
     done = 0
     cur = 0  # the runner whose stack is being filled
     pending: list[tuple[int, int]] = []  # windows in runners[cur].stack
     inflight: tuple[Future[npt.NDArray[np.float32]], list[tuple[int, int]]] | None = None
 
-    def blend(logits: npt.NDArray[np.float32], windows: list[tuple[int, int]]) -> None:
+    def blend(probs: npt.NDArray[np.float32], windows: list[tuple[int, int]]) -> None:
+        """Add a batch's weighted probabilities (from :meth:`_BatchRunner.run`) into the blend."""
         nonlocal acc
-        if not np.isfinite(logits).all():
-            raise InputError("the ONNX model returned non-finite logits; retrain or re-export it.")
-        probs = _softmax_(logits)
         if acc is None:
-            acc = np.zeros((probs.shape[1], 0, padded_w), np.float32)
+            acc = _BlendBuffer(probs.shape[1], padded_w, 2 * edge_y + (edge_y - spec.overlap))
         for k, (i, j) in enumerate(windows):
-            top, bottom = ys[i] - done, ys[i] + edge_y - done
-            if bottom > acc.shape[1]:
-                acc = _grow_rows(acc, bottom)
-            probs[k] *= weights_y[i][:, None] * weights_x[j][None, :]
-            acc[:, top:bottom, xs[j] : xs[j] + edge_x] += probs[k]
+            top = ys[i] - done
+            acc.region(top, top + edge_y)[:, :, xs[j] : xs[j] + edge_x] += probs[k]
         stats["windows_run"] += len(windows)
         stats["max_buffered_rows"] = max(
-            stats["max_buffered_rows"], acc.shape[1] + edge_y + len(source.valid_rows)
+            stats["max_buffered_rows"], acc.rows + edge_y + len(source.valid_rows)
         )
 
     def drain() -> None:
@@ -177,10 +171,10 @@ def _stream(
         pending.clear()
         runner = runners[cur]
         if worker is None:
-            blend(runner.run(len(windows)), windows)
+            blend(runner.run(windows, plan), windows)
             return
         # the model runs this batch while the previous one is blended here, in batch order
-        future = worker.submit(runner.run, len(windows))
+        future = worker.submit(runner.run, windows, plan)
         drain()
         inflight = (future, windows)
         cur = 1 - cur
@@ -205,12 +199,11 @@ def _stream(
             if scores_sink is not None:
                 scores_sink(done, np.zeros((1, ready, width), np.float32), valid)
         else:
-            if ready > acc.shape[1]:
-                acc = _grow_rows(acc, ready)
-            rows = _argmax_classes(acc[:, :ready, :width])
+            scores = acc.region(0, ready)[:, :, :width]
+            rows = _argmax_classes(scores)
             if scores_sink is not None:
-                scores_sink(done, acc[:, :ready, :width], valid)
-            acc = acc[:, ready:]
+                scores_sink(done, scores, valid)
+            acc.release(ready)
         rows[~valid] = NODATA_CLASS
         yield done, rows
         done += ready

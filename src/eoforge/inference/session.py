@@ -4,6 +4,7 @@ names checked, and a batch runner that binds preallocated buffers to the session
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from eoforge.compute.gpu import ort_providers
 from eoforge.errors import InputError
 from eoforge.inference.safety import check_onnx_external_data
 from eoforge.inference.scene_io import NODATA_CLASS
+from eoforge.inference.windows import _BlendPlan, _weighted_softmax_
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAME", "open_session", "session_options"]
 
@@ -131,7 +133,8 @@ def _model_io(session: Any, where: str) -> _ModelIO:
 
 
 class _BatchRunner:
-    """Runs batches of windows through a session with IO binding.
+    """Runs batches of windows through a session with IO binding, and weighs their softmax
+    probabilities for the blend (see :meth:`run`).
 
     The input batch lives in one preallocated float32 buffer (:attr:`stack`) bound to the
     session without a copy; after the first run the logits are written straight into a
@@ -150,11 +153,30 @@ class _BatchRunner:
         self.out: npt.NDArray[np.float32] | None = None
         self.batches = 0
 
-    def run(self, n: int) -> npt.NDArray[np.float32]:
-        """Logits ``(n, K, h, w)`` of the first ``n`` windows in :attr:`stack` (a view)."""
+    def run(self, windows: Sequence[tuple[int, int]], plan: _BlendPlan) -> npt.NDArray[np.float32]:
+        """Softmax probabilities times blend weights ``(n, K, h, w)`` of the first ``n =
+        len(windows)`` windows in :attr:`stack` (a view), ``windows`` being their (row, column)
+        indices in ``plan``.
+
+        A session whose binding weighs on its device (``blends_on_device`` and
+        ``bind_blend_weights``, e.g. :class:`~eoforge.inference.torch_session.TorchSession` on
+        a GPU) gets the weights bound;
+        otherwise the logits come back and are weighed here (:func:`_weighted_softmax_`).
+
+        Raises:
+            InputError: unusable logits (shape, dtype, class count, NaN or +inf).
+        """
+        n = len(windows)
         if self.fixed:
             self.stack[n:] = 0
         x = self.stack if self.fixed else self.stack[:n]
+        on_device = getattr(self.binding, "blends_on_device", False)
+        if on_device:
+            wy, wx = plan.weights(windows)
+            if len(x) > n:  # a static batch: the padding windows are dropped anyway
+                wy = np.concatenate([wy, np.ones((len(x) - n, wy.shape[1]), np.float32)])
+                wx = np.concatenate([wx, np.ones((len(x) - n, wx.shape[1]), np.float32)])
+            self.binding.bind_blend_weights(wy, wx)
         self.binding.bind_cpu_input(INPUT_NAME, x)
         if self.out is None:
             self.binding.bind_output(OUTPUT_NAME, "cpu")
@@ -170,7 +192,9 @@ class _BatchRunner:
             )
             self.session.run_with_iobinding(self.binding)
         self.batches += 1
-        return self.out[:n]
+        if on_device:
+            return self.out[:n]
+        return _weighted_softmax_(self.out[:n], plan.ramps(windows))
 
     @staticmethod
     def _check(logits: npt.NDArray[Any], shape: tuple[int, ...]) -> None:

@@ -11,8 +11,10 @@ class maps match the ONNX path's up to floating-point rounding (and bf16 roundin
 ``amp=True``).
 
 Each batch is copied into a pinned host buffer, sent to the device asynchronously, run under
-``torch.inference_mode`` (optionally bf16 autocast, channels-last), and its logits come back as
-float32 into the buffer the predictor bound. The CUDA work releases the GIL, so with
+``torch.inference_mode`` (optionally bf16 autocast, channels-last). The softmax and the
+windows' blend weights are applied on the device too (the predictor binds the weights), so only
+the weighted float32 probabilities come back, straight into the buffer the predictor bound: on
+a GPU the host's part per window is then the addition into the blend alone. The CUDA work releases the GIL, so with
 ``infer.pipelined`` the next batch runs while the previous one is blended.
 """
 
@@ -49,10 +51,21 @@ class _Arg:
 class _Binding:
     """The slice of ``onnxruntime.IOBinding`` the predictor uses, for a :class:`TorchSession`."""
 
-    def __init__(self) -> None:
+    def __init__(self, blends_on_device: bool) -> None:
+        #: whether the predictor should bind blend weights (:meth:`bind_blend_weights`)
+        self.blends_on_device = blends_on_device
         self.input: npt.NDArray[np.float32] | None = None
         self.output: npt.NDArray[np.float32] | None = None  # caller's buffer, or None
         self.result: npt.NDArray[np.float32] | None = None
+        self.weights: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
+
+    def bind_blend_weights(
+        self, rows: npt.NDArray[np.float32], cols: npt.NDArray[np.float32]
+    ) -> None:
+        """Return softmax probabilities times ``rows[n, :, None] * cols[n, None, :]`` for
+        window ``n`` instead of logits, computed on the session's device (the predictor's
+        :class:`~eoforge.inference.session._BatchRunner` binds them)."""
+        self.weights = (rows, cols)
 
     def bind_cpu_input(self, name: str, array: npt.NDArray[np.float32]) -> None:
         if name != INPUT_NAME:
@@ -97,6 +110,8 @@ class TorchSession:
         amp: run the forward pass under bf16 autocast (CUDA only); logits come back float32.
         channels_last: keep activations in NHWC (faster cuDNN convolutions on tensor cores).
         in_channels: the bands the model takes (checked against scenes; None: not checked).
+        blend_on_device: apply the softmax and the blend weights on ``device`` (None: on a
+            CUDA device only; on the CPU numpy's single pass over the ramps is faster).
     """
 
     def __init__(
@@ -107,6 +122,7 @@ class TorchSession:
         amp: bool = False,
         channels_last: bool = True,
         in_channels: int | None = None,
+        blend_on_device: bool | None = None,
     ) -> None:
         if amp and device.type != "cuda":
             raise InputError(f"amp=True needs a CUDA device; this session is on {device}.")
@@ -117,6 +133,7 @@ class TorchSession:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.in_channels = in_channels
+        self.blend_on_device = device.type == "cuda" if blend_on_device is None else blend_on_device
         self._pinned: dict[tuple[int, ...], torch.Tensor] = {}
         self._lock = threading.Lock()  # two runners may call from the worker and the caller
         self.batches = 0
@@ -133,22 +150,25 @@ class TorchSession:
         return [TORCH_CUDA if self.device.type == "cuda" else TORCH_CPU]
 
     def io_binding(self) -> _Binding:
-        return _Binding()
+        return _Binding(self.blend_on_device)
 
     def run_with_iobinding(self, binding: _Binding) -> None:
         if binding.input is None:
             raise InputError(f"no '{INPUT_NAME}' bound before run_with_iobinding.")
-        logits = self.logits(binding.input)
-        if binding.output is not None:
-            if binding.output.shape != logits.shape:
-                raise InputError(
-                    f"the bound output has shape {binding.output.shape}; the model returned "
-                    f"{logits.shape}."
-                )
-            binding.output[...] = logits
-            binding.result = binding.output
-        else:
-            binding.result = logits
+        with self._lock, torch.inference_mode():
+            out = self._forward(binding.input)
+            if binding.weights is not None:
+                out = self._weighted_probabilities(out, *binding.weights)
+            if binding.output is not None:
+                if binding.output.shape != tuple(out.shape):
+                    raise InputError(
+                        f"the bound output has shape {binding.output.shape}; the model returned "
+                        f"{tuple(out.shape)}."
+                    )
+                torch.from_numpy(binding.output).copy_(out)  # straight into the caller's buffer
+                binding.result = binding.output
+            else:
+                binding.result = out.float().cpu().numpy()
 
     def run(
         self, output_names: list[str] | None, feeds: dict[str, npt.NDArray[Any]]
@@ -162,16 +182,34 @@ class TorchSession:
 
     def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Float32 logits ``(N, K, H, W)`` of a raw-DN batch ``(N, bands, H, W)``."""
+        with self._lock, torch.inference_mode():
+            result: npt.NDArray[np.float32] = self._forward(batch).float().cpu().numpy()
+        return result
+
+    def _forward(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
+        """The model's float32 logits of ``batch``, on the device (lock held by the caller)."""
         if batch.ndim != 4:
             raise InputError(f"a batch must be (N, bands, H, W), got shape {batch.shape}.")
-        with self._lock, torch.inference_mode():
-            x = self._to_device(batch)
-            autocast = torch.autocast("cuda", torch.bfloat16, enabled=self.amp)
-            with autocast:
-                out = self.model(x)
-            result: npt.NDArray[np.float32] = out.float().cpu().numpy()
-            self.batches += 1
-        return result
+        x = self._to_device(batch)
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
+            out: torch.Tensor = self.model(x)
+        self.batches += 1
+        return out.float()
+
+    def _weighted_probabilities(
+        self, logits: torch.Tensor, rows: npt.NDArray[np.float32], cols: npt.NDArray[np.float32]
+    ) -> torch.Tensor:
+        """Softmax over classes times each window's separable blend weights, on the device."""
+        if not bool(torch.isfinite(logits.amax(1)).all()):  # NaN and +inf reach the max
+            raise InputError("the model returned non-finite logits; retrain or re-export it.")
+        if rows.shape[0] != logits.shape[0] or cols.shape[0] != logits.shape[0]:
+            raise InputError(
+                f"blend weights for {rows.shape[0]} windows bound to a batch of {logits.shape[0]}."
+            )
+        wy = torch.from_numpy(rows).to(self.device, non_blocking=True)
+        wx = torch.from_numpy(cols).to(self.device, non_blocking=True)
+        weights = wy[:, None, :, None] * wx[:, None, None, :]
+        return torch.softmax(logits, dim=1).mul_(weights).contiguous()
 
     def _to_device(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
         host = torch.from_numpy(np.ascontiguousarray(batch, np.float32))

@@ -5,6 +5,7 @@ and taper weights per axis, the rolling input strip, and the softmax/argmax of t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -62,19 +63,138 @@ def _axis_weights(starts: Sequence[int], edge: int) -> list[npt.NDArray[np.float
     return weights
 
 
-def _softmax_(logits: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """Softmax over axis 1, in place (the batch runner's output buffer is reused)."""
-    np.subtract(logits, logits.max(axis=1, keepdims=True), out=logits)
+#: Where one window's blend weight is below 1 along one axis: (slice, weights there) pairs.
+Ramps = list[tuple[slice, npt.NDArray[np.float32]]]
+
+
+def _axis_ramps(weights: Sequence[npt.NDArray[np.float32]]) -> list[Ramps]:
+    """The tapered ends of each window's weights (:func:`_axis_weights`); 1 elsewhere.
+
+    Weighting only these ends (a window's overlap with its neighbours) instead of the whole
+    window saves a full pass over every window's probabilities.
+    """
+    out = []
+    for w in weights:
+        ramps: Ramps = []
+        below = np.flatnonzero(w < 1)
+        if below.size:
+            head = below[below < len(w) // 2]
+            tail = below[below >= len(w) // 2]
+            for part in (head, tail):
+                if part.size:
+                    cut = slice(int(part[0]), int(part[-1]) + 1)
+                    ramps.append((cut, w[cut]))
+        out.append(ramps)
+    return out
+
+
+def _weighted_softmax_(
+    logits: npt.NDArray[np.float32], ramps: Sequence[tuple[Ramps, Ramps]]
+) -> npt.NDArray[np.float32]:
+    """Softmax over axis 1 times each window's separable blend weights, in place.
+
+    ``ramps[k]`` holds window ``k``'s (rows, columns) ramps (:func:`_axis_ramps`). The weights
+    are folded into the per-pixel reciprocal of the softmax denominator, an array ``K`` times
+    smaller than the probabilities, so weighting costs no pass over them.
+
+    Raises:
+        InputError: the logits hold NaN or +inf (the model is broken).
+    """
+    top = logits.max(axis=1, keepdims=True)
+    if not np.isfinite(top).all():  # NaN and +inf reach the max; -inf alone is a 0 probability
+        raise InputError("the ONNX model returned non-finite logits; retrain or re-export it.")
+    np.subtract(logits, top, out=logits)
     np.exp(logits, out=logits)
-    logits /= logits.sum(axis=1, keepdims=True)
+    scale = logits.sum(axis=1, keepdims=True)
+    np.reciprocal(scale, out=scale)
+    for k, (rows, cols) in enumerate(ramps):
+        plane = scale[k, 0]
+        for cut, w in rows:
+            plane[cut] *= w[:, None]
+        for cut, w in cols:
+            plane[:, cut] *= w[None, :]
+    np.multiply(logits, scale, out=logits)
     return logits
+
+
+@dataclass(frozen=True)
+class _BlendPlan:
+    """Each window's blend weights along both axes, whole and as ramps (:func:`_axis_ramps`)."""
+
+    weights_y: list[npt.NDArray[np.float32]]
+    weights_x: list[npt.NDArray[np.float32]]
+    ramps_y: list[Ramps]
+    ramps_x: list[Ramps]
+
+    @classmethod
+    def of(
+        cls, weights_y: list[npt.NDArray[np.float32]], weights_x: list[npt.NDArray[np.float32]]
+    ) -> _BlendPlan:
+        return cls(weights_y, weights_x, _axis_ramps(weights_y), _axis_ramps(weights_x))
+
+    def ramps(self, windows: Sequence[tuple[int, int]]) -> list[tuple[Ramps, Ramps]]:
+        """The (rows, columns) ramps of windows given as (row, column) indices."""
+        return [(self.ramps_y[i], self.ramps_x[j]) for i, j in windows]
+
+    def weights(
+        self, windows: Sequence[tuple[int, int]]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Row weights ``(n, h)`` and column weights ``(n, w)`` of windows (row, column)."""
+        return (
+            np.stack([self.weights_y[i] for i, _ in windows]),
+            np.stack([self.weights_x[j] for _, j in windows]),
+        )
+
+
+class _BlendBuffer:
+    """The blend accumulator: class scores ``(K, rows, W)`` of the scene rows from ``done`` on.
+
+    One preallocated buffer, reused: finished rows are zeroed and the window moves down; the
+    live rows are moved to the top only when a window would run past the end (and the buffer
+    grows only when even that is not enough), instead of a new array per window row.
+    """
+
+    def __init__(self, classes: int, width: int, capacity: int) -> None:
+        self.buf = np.zeros((classes, capacity, width), np.float32)
+        self.start = 0  # buffer row of the first unfinished scene row
+        self.end = 0  # buffer rows [start, end) have been written to
+
+    @property
+    def rows(self) -> int:
+        """Rows held (written and not yet released)."""
+        return self.end - self.start
+
+    def region(self, top: int, bottom: int) -> npt.NDArray[np.float32]:
+        """Rows ``[top, bottom)`` counted from the first unfinished row (a view to add into)."""
+        if self.start + bottom > self.buf.shape[1]:
+            live = self.end - self.start
+            if bottom > self.buf.shape[1]:
+                grown = np.zeros(
+                    (self.buf.shape[0], max(bottom, 2 * self.buf.shape[1]), self.buf.shape[2]),
+                    np.float32,
+                )
+                grown[:, :live] = self.buf[:, self.start : self.end]
+                self.buf = grown
+            else:
+                self.buf[:, :live] = self.buf[:, self.start : self.end]
+                self.buf[:, live : self.end] = 0
+            self.start, self.end = 0, live
+        self.end = max(self.end, self.start + bottom)
+        return self.buf[:, self.start + top : self.start + bottom]
+
+    def release(self, rows: int) -> None:
+        """The first ``rows`` unfinished rows are done: zero them for reuse and move on."""
+        self.buf[:, self.start : self.start + rows] = 0
+        self.start += rows
+        self.end = max(self.end, self.start)
 
 
 class _RowSource:
     """The input rows a window row needs, read once each, padded like the whole scene would be.
 
-    Keeps a rolling buffer of at most one window of rows; also tracks the per-pixel validity
-    of the rows read but not yet finalised, so nodata can be masked when rows are written.
+    Keeps a rolling buffer of at most one window of rows and their validity (computed once per
+    row, when it is read); also the per-pixel validity of the rows read but not yet finalised,
+    so nodata can be masked when rows are written.
     """
 
     def __init__(self, reader: SceneReader, nodata: float, edge_y: int, padded_w: int) -> None:
@@ -84,12 +204,21 @@ class _RowSource:
         self.edge_y = edge_y
         self.padded_w = padded_w
         self.buf: npt.NDArray[Any] | None = None  # rows [buf_top, buf_top + len) of the scene
+        self.buf_valid = np.zeros((0, padded_w), bool)  # their validity, padded like them
         self.buf_top = 0
         self.valid_rows = np.zeros((0, self.width), bool)  # rows [valid_top, read_bottom)
         self.valid_top = 0
         self.read_bottom = 0
 
-    def _read(self, top: int, bottom: int) -> npt.NDArray[Any]:
+    def _valid(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
+        valid = np.ones(rows.shape[1:], bool)
+        unequal = np.empty(rows.shape[1:], bool)
+        for band in rows:  # band by band: no (C, rows, W) boolean temporary
+            np.not_equal(band, self.nodata, out=unequal)
+            valid &= unequal
+        return valid
+
+    def _read(self, top: int, bottom: int) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
         rows = self.reader.read_rows(top, bottom)
         expected = (self.channels, bottom - top, self.width)
         if rows.shape != expected:
@@ -99,39 +228,40 @@ class _RowSource:
             )
         if not (np.issubdtype(rows.dtype, np.integer) or np.issubdtype(rows.dtype, np.floating)):
             raise InputError(f"bands must be numeric (uint16 DN), got {rows.dtype}.")
-        valid = np.ones(rows.shape[1:], bool)
-        for band in rows:  # band by band: no (C, rows, W) boolean temporary
-            valid &= band != self.nodata
+        valid = self._valid(rows)
         self.valid_rows = np.concatenate([self.valid_rows, valid])
         self.read_bottom = bottom
         if self.padded_w > self.width:
-            rows = np.pad(rows, ((0, 0), (0, 0), (0, self.padded_w - self.width)), mode="reflect")
-        return rows
+            extra = self.padded_w - self.width
+            rows = np.pad(rows, ((0, 0), (0, 0), (0, extra)), mode="reflect")
+            valid = np.pad(valid, ((0, 0), (0, extra)), mode="reflect")
+        return rows, valid
 
     def strip(self, top: int) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
         """Input rows ``[top, top + edge_y)`` (C, edge_y, padded_w) and their validity."""
         if self.height < self.edge_y:  # one window row over a short scene: pad by reflection
             if self.buf is None:
-                rows = self._read(0, self.height)
+                rows, _ = self._read(0, self.height)
                 pad = ((0, 0), (0, self.edge_y - self.height), (0, 0))
                 self.buf = np.pad(rows, pad, mode="reflect")
-            strip: npt.NDArray[Any] | None = self.buf
+                self.buf_valid = self._valid(self.buf)
+            return self.buf, self.buf_valid
+        bottom = top + self.edge_y
+        skip = top - self.buf_top
+        keep = self.buf[:, skip:] if self.buf is not None else None
+        keep_valid = self.buf_valid[skip:]
+        start = max(top, self.read_bottom)
+        if start >= bottom:
+            assert keep is not None
+            strip, valid = keep, keep_valid
         else:
-            bottom = top + self.edge_y
-            keep = self.buf[:, top - self.buf_top :] if self.buf is not None else None
-            start = max(top, self.read_bottom)
-            fresh = self._read(start, bottom) if start < bottom else None
+            fresh, fresh_valid = self._read(start, bottom)
             if keep is None or keep.shape[1] == 0:
-                strip = fresh
-            elif fresh is None:
-                strip = keep
+                strip, valid = fresh, fresh_valid
             else:
                 strip = np.concatenate([keep, fresh], axis=1)
-            self.buf, self.buf_top = strip, top
-        assert strip is not None
-        valid = np.ones(strip.shape[1:], bool)
-        for band in strip:
-            valid &= band != self.nodata
+                valid = np.concatenate([keep_valid, fresh_valid])
+        self.buf, self.buf_valid, self.buf_top = strip, valid, top
         return strip, valid
 
     def take_valid(self, rows: int) -> npt.NDArray[np.bool_]:
@@ -150,9 +280,3 @@ def _argmax_classes(probs: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
         index[probs[k] > best] = k
         np.maximum(best, probs[k], out=best)
     return index
-
-
-def _grow_rows(acc: npt.NDArray[np.float32], rows: int) -> npt.NDArray[np.float32]:
-    grown = np.zeros((acc.shape[0], rows, acc.shape[2]), np.float32)
-    grown[:, : acc.shape[1]] = acc
-    return grown

@@ -24,7 +24,13 @@ from eoforge.inference.item import prediction_item
 from eoforge.inference.predict import _pipelined, predict_raster, predict_scene, predict_to_cog
 from eoforge.inference.scene_io import NODATA_CLASS, ArrayReader, RasterioReader
 from eoforge.inference.session import _BatchRunner, open_session, session_options
-from eoforge.inference.windows import _axis_plan, _axis_weights
+from eoforge.inference.windows import (
+    _axis_plan,
+    _axis_weights,
+    _BlendBuffer,
+    _BlendPlan,
+    _weighted_softmax_,
+)
 from eoforge.io.atomic import write_json_atomic
 
 CRS = "EPSG:32633"
@@ -458,17 +464,64 @@ def test_session_options_are_tuned() -> None:
         session_options(0)
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)  # type: ignore[no-any-return]
+
+
 def test_io_binding_reuses_its_buffers(conv3_model: Any) -> None:
     runner = _BatchRunner(conv3_model, 4, 4, 32, 32, fixed=False)
     runner.stack[:] = scene(32, 32 * 4, seed=8).reshape(4, 32, 4, 32).transpose(2, 0, 1, 3)
-    first = runner.run(4).copy()
+    plan = _BlendPlan.of([np.ones(32, np.float32)], [np.ones(32, np.float32)])
+    expected = _softmax(conv3_model.run(["logits"], {"image": runner.stack})[0])
+    first = runner.run([(0, 0)] * 4, plan).copy()
     buffer = runner.out
-    expected = conv3_model.run(["logits"], {"image": runner.stack})[0]
-    np.testing.assert_allclose(first, expected, rtol=1e-6)
-    second = runner.run(3)
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-7)
+    second = runner.run([(0, 0)] * 3, plan)
     assert runner.out is buffer and second.base is buffer  # no new output allocation
-    np.testing.assert_allclose(second, expected[:3], rtol=1e-6)
+    np.testing.assert_allclose(second, expected[:3], rtol=1e-5, atol=1e-7)
     assert runner.batches == 2
+
+
+def test_weighted_softmax_weighs_only_the_ramps_and_refuses_broken_logits() -> None:
+    starts = [0, 24, 40]
+    weights = _axis_weights(starts, 32)
+    plan = _BlendPlan.of(weights, weights)
+    for w, ramps in zip(weights, plan.ramps_y, strict=True):
+        rebuilt = np.ones_like(w)
+        for cut, part in ramps:
+            rebuilt[cut] = part
+        np.testing.assert_array_equal(rebuilt, w)  # ramps cover every weight below 1
+    logits = np.random.default_rng(3).normal(0, 4, (3, 5, 32, 32)).astype(np.float32)
+    logits[0, 2, 3, 4] = -np.inf  # a class the model rules out: probability 0, not an error
+    windows = [(0, 1), (1, 1), (2, 0)]
+    wy, wx = plan.weights(windows)
+    expected = _softmax(logits) * (wy[:, None, :, None] * wx[:, None, None, :])
+    got = _weighted_softmax_(logits.copy(), plan.ramps(windows))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    for bad in (np.nan, np.inf):
+        broken = logits.copy()
+        broken[1, 0, 5, 5] = bad
+        with pytest.raises(InputError, match="non-finite"):
+            _weighted_softmax_(broken, plan.ramps(windows))
+
+
+def test_blend_buffer_reuses_rows_and_grows_only_when_needed() -> None:
+    buf = _BlendBuffer(2, 4, capacity=6)
+    first = buf.buf
+    buf.region(0, 4)[:] += 1
+    buf.region(2, 6)[:] += 2  # rows 2..3 overlap
+    np.testing.assert_array_equal(buf.region(0, 6)[0, :, 0], [1, 1, 3, 3, 2, 2])
+    buf.release(4)
+    assert buf.rows == 2
+    buf.region(0, 4)[:] += 5  # runs past the end: the 2 live rows move to the top
+    assert buf.buf is first
+    np.testing.assert_array_equal(buf.region(0, 4)[1, :, 3], [7, 7, 5, 5])
+    buf.region(0, 9)  # more than the capacity: grows, keeping the live rows
+    assert buf.buf.shape[1] >= 9
+    np.testing.assert_array_equal(buf.region(0, 9)[1, :, 3], [7, 7, 5, 5, 0, 0, 0, 0, 0])
+    buf.release(9)
+    assert not buf.buf.any()  # released rows are zero for reuse
 
 
 # --------------------------------------------------------------------------- streaming

@@ -55,6 +55,25 @@ def test_torch_cpu_pipelined_is_bitwise_serial(model_dir: Path, scene: np.ndarra
     np.testing.assert_array_equal(serial, piped)
 
 
+def test_blend_weights_applied_on_the_device_match_the_host(
+    model_dir: Path, scene: np.ndarray
+) -> None:
+    host = open_torch_session(model_dir, "cpu")
+    assert not host.blend_on_device  # the CPU default: numpy weighs the ramps
+    on_device = TorchSession(
+        host.model, torch.device("cpu"), in_channels=4, blend_on_device=True
+    )  # the GPU's path (softmax and weights in torch), exercised on the CPU
+    expected = predict_scene(host, scene, SPEC)
+    np.testing.assert_array_equal(predict_scene(on_device, scene, SPEC), expected)
+    piped = predict_scene(on_device, scene, SPEC.model_copy(update={"pipelined": True}))
+    np.testing.assert_array_equal(piped, expected)
+    binding = on_device.io_binding()
+    binding.bind_cpu_input("image", np.full((2, 4, 32, 32), np.nan, np.float32))
+    binding.bind_blend_weights(np.ones((2, 32), np.float32), np.ones((2, 32), np.float32))
+    with pytest.raises(InputError, match="non-finite"):
+        on_device.run_with_iobinding(binding)
+
+
 def test_scene_with_other_bands_is_refused(model_dir: Path, scene: np.ndarray) -> None:
     with pytest.raises(InputError, match="expects 4 input bands but the scene has 3"):
         predict_scene(open_torch_session(model_dir, "cpu"), scene[:3], SPEC)
