@@ -136,6 +136,7 @@ def _machine() -> dict[str, Any]:
         "numpy": np.__version__,
         "cuda_devices": gpu.cuda_device_count(),
         "chip_route": gpu.chip_read_route(),
+        "commit": os.environ.get("EOFORGE_COMMIT"),  # the device gets files, not .git
     }
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
@@ -297,6 +298,16 @@ def bench_inference(
         del session
         if not _REHEARSE:
             torch.cuda.empty_cache()
+    # the host's own ceiling: the same predictor with a model that costs nothing (a 1x1 conv)
+    free = TorchSession(
+        torch.nn.Conv2d(channels, int(config["architecture"]["num_classes"]), 1),
+        torch.device(_device()),
+        in_channels=channels,
+    )
+    host_bound = {
+        key: _steady(free, large, default.model_copy(update={"pipelined": pipelined}), seconds)
+        for key, pipelined in (("pipelined", True), ("serial", False))
+    }
     best = max(runs.values(), key=lambda r: r["mpx_per_s"])
     top = "bf16" if "bf16" in model_only else "fp32"
     section.update(
@@ -304,7 +315,10 @@ def bench_inference(
             "measured": True,
             "whole_scene": runs,
             "model_only": model_only,
+            "host_bound_free_model": host_bound,
             "ratios": {
+                "best_whole_scene_vs_host_bound": best["mpx_per_s"]
+                / max(r["mpx_per_s"] for r in host_bound.values()),
                 "pipelined_vs_serial_fp32_default_batch": runs[
                     f"fp32_batch{default.batch_size}_pipelined"
                 ]["mpx_per_s"]
@@ -360,6 +374,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "machine": _machine(),
     }
     timings: dict[str, float] = {}
+    sections = set(args.sections.split(","))
+    unknown = sections - {"chip_reads", "training", "inference", "full_preset"}
+    if unknown:
+        raise SystemExit(f"--sections: unknown {sorted(unknown)}")
     try:
         for name, fn in (
             ("chip_reads", lambda: bench_reads(chips, args.repeats)),
@@ -369,19 +387,26 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 lambda: bench_inference(model_dir, scene, args.scene_size, args.seconds),
             ),
         ):
+            if name not in sections:
+                continue
             t0 = time.perf_counter()
             result[name] = fn()
             timings[name] = time.perf_counter() - t0
             _dump(result, args.json)  # what is measured survives a later failure
-        left = args.budget_s - (time.perf_counter() - started)
-        t0 = time.perf_counter()
-        result["full_preset"] = bench_full_preset(chips, work / "full", left)
-        timings["full_preset"] = time.perf_counter() - t0
+        if "full_preset" in sections:
+            left = args.budget_s - (time.perf_counter() - started)
+            t0 = time.perf_counter()
+            result["full_preset"] = bench_full_preset(chips, work / "full", left)
+            timings["full_preset"] = time.perf_counter() - t0
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result["seconds"] = timings
-    missing = [k for k in ("training", "inference", "full_preset") if not result[k]["measured"]]
-    if "cupy" not in result["chip_reads"]["routes"]:
+    missing = [
+        k
+        for k in ("training", "inference", "full_preset")
+        if k in sections and not result[k]["measured"]
+    ]
+    if "chip_reads" in sections and "cupy" not in result["chip_reads"]["routes"]:
         missing.append("chip_reads.routes.cupy (no cupy or no GPU)")
     result["missing"] = missing
     return result
@@ -406,6 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--scene-size", type=int, default=4096, help="tiled scene edge, px")
     m.add_argument("--seconds", type=float, default=6.0, help="per steady-state inference run")
     m.add_argument("--budget-s", type=float, default=330.0, help="caps the full preset's time")
+    m.add_argument(
+        "--sections",
+        default="chip_reads,training,inference,full_preset",
+        help="comma-separated sections to measure (default: all)",
+    )
     m.add_argument(
         "--rehearse", action="store_true", help="run the GPU code paths on the CPU (not figures)"
     )
