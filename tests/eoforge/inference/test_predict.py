@@ -29,6 +29,7 @@ from eoforge.inference.windows import (
     _axis_weights,
     _BlendBuffer,
     _BlendPlan,
+    _RowSource,
     _weighted_softmax_,
 )
 from eoforge.io.atomic import write_json_atomic
@@ -784,3 +785,18 @@ def test_chunk_row_reader_serves_every_strip_and_decodes_each_chunk_row_once(
     assert sorted(decoded) == sorted(list(range(0, 100, 16)) * 2)
     with pytest.raises(InputError):
         ChunkRowReader(arrays, t=3)
+
+
+def test_nodata_compares_in_the_bands_dtype() -> None:
+    from eoforge.inference.windows import _nodata_as
+
+    assert _nodata_as(np.dtype(np.uint16), 0.0) == 0
+    assert _nodata_as(np.dtype(np.uint16), 0.0).dtype == np.uint16
+    assert _nodata_as(np.dtype(np.int16), -9999) == -9999
+    for dtype, nodata in ((np.uint16, -9999), (np.uint16, 0.5), (np.float32, 0.1)):
+        assert _nodata_as(np.dtype(dtype), nodata) is None  # no pixel can equal it
+    bands = scene(16, 16, seed=4)
+    bands[:, 3, 5] = 0
+    valid = _RowSource(ArrayReader(bands), 0.0, 16, 16).strip(0)[1]
+    assert not valid[3, 5] and valid.sum() == 16 * 16 - 1
+    assert _RowSource(ArrayReader(bands), 0.5, 16, 16).strip(0)[1].all()
