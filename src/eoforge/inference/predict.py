@@ -130,6 +130,14 @@ def _stream(
     edge_x, padded_w, xs = _axis_plan(width, spec.window, spec.overlap, io.width)
     plan = _BlendPlan.of(_axis_weights(ys, edge_y), _axis_weights(xs, edge_x))
     capacity = io.batch or spec.batch_size
+    if getattr(session, "blend_on_device", False):  # a TorchSession on a GPU: ADR 0008
+        from eoforge.inference.device_blend import stream_on_device
+
+        source = _RowSource(reader, nodata, edge_y, padded_w)
+        yield from stream_on_device(
+            session, source, plan, ys, xs, (edge_y, edge_x), capacity, stats, scores_sink
+        )
+        return
     pipelined = _pipelined(session, spec)
     # two runners when pipelined: one fills its batch while the other's runs on the worker
     runners = [

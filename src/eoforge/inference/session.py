@@ -158,10 +158,7 @@ class _BatchRunner:
         len(windows)`` windows in :attr:`stack` (a view), ``windows`` being their (row, column)
         indices in ``plan``.
 
-        A session whose binding weighs on its device (``blends_on_device`` and
-        ``bind_blend_weights``, e.g. :class:`~eoforge.inference.torch_session.TorchSession` on
-        a GPU) gets the weights bound;
-        otherwise the logits come back and are weighed here (:func:`_weighted_softmax_`).
+        The weights are applied here, on the host (:func:`_weighted_softmax_`).
 
         Raises:
             InputError: unusable logits (shape, dtype, class count, NaN or +inf).
@@ -170,13 +167,6 @@ class _BatchRunner:
         if self.fixed:
             self.stack[n:] = 0
         x = self.stack if self.fixed else self.stack[:n]
-        on_device = getattr(self.binding, "blends_on_device", False)
-        if on_device:
-            wy, wx = plan.weights(windows)
-            if len(x) > n:  # a static batch: the padding windows are dropped anyway
-                wy = np.concatenate([wy, np.ones((len(x) - n, wy.shape[1]), np.float32)])
-                wx = np.concatenate([wx, np.ones((len(x) - n, wx.shape[1]), np.float32)])
-            self.binding.bind_blend_weights(wy, wx)
         self.binding.bind_cpu_input(INPUT_NAME, x)
         if self.out is None:
             self.binding.bind_output(OUTPUT_NAME, "cpu")
@@ -192,8 +182,6 @@ class _BatchRunner:
             )
             self.session.run_with_iobinding(self.binding)
         self.batches += 1
-        if on_device:
-            return self.out[:n]
         return _weighted_softmax_(self.out[:n], plan.ramps(windows))
 
     @staticmethod

@@ -11,11 +11,10 @@ class maps match the ONNX path's up to floating-point rounding (and bf16 roundin
 ``amp=True``).
 
 Each batch is copied into a pinned host buffer, sent to the device asynchronously, run under
-``torch.inference_mode`` (optionally bf16 autocast, channels-last). The softmax and the
-windows' blend weights are applied on the device too (the predictor binds the weights), so only
-the weighted float32 probabilities come back, straight into the buffer the predictor bound: on
-a GPU the host's part per window is then the addition into the blend alone. The CUDA work releases the GIL, so with
-``infer.pipelined`` the next batch runs while the previous one is blended.
+``torch.inference_mode`` (optionally bf16 autocast, channels-last), and its logits come back as
+float32 into the buffer the predictor bound. On a GPU (``blend_on_device``) the predictor keeps
+the whole blend on the device instead (:mod:`eoforge.inference.device_blend`): only the input
+strips go up and finished class rows come back.
 """
 
 from __future__ import annotations
@@ -51,21 +50,10 @@ class _Arg:
 class _Binding:
     """The slice of ``onnxruntime.IOBinding`` the predictor uses, for a :class:`TorchSession`."""
 
-    def __init__(self, blends_on_device: bool) -> None:
-        #: whether the predictor should bind blend weights (:meth:`bind_blend_weights`)
-        self.blends_on_device = blends_on_device
+    def __init__(self) -> None:
         self.input: npt.NDArray[np.float32] | None = None
         self.output: npt.NDArray[np.float32] | None = None  # caller's buffer, or None
         self.result: npt.NDArray[np.float32] | None = None
-        self.weights: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
-
-    def bind_blend_weights(
-        self, rows: npt.NDArray[np.float32], cols: npt.NDArray[np.float32]
-    ) -> None:
-        """Return softmax probabilities times ``rows[n, :, None] * cols[n, None, :]`` for
-        window ``n`` instead of logits, computed on the session's device (the predictor's
-        :class:`~eoforge.inference.session._BatchRunner` binds them)."""
-        self.weights = (rows, cols)
 
     def bind_cpu_input(self, name: str, array: npt.NDArray[np.float32]) -> None:
         if name != INPUT_NAME:
@@ -110,8 +98,9 @@ class TorchSession:
         amp: run the forward pass under bf16 autocast (CUDA only); logits come back float32.
         channels_last: keep activations in NHWC (faster cuDNN convolutions on tensor cores).
         in_channels: the bands the model takes (checked against scenes; None: not checked).
-        blend_on_device: apply the softmax and the blend weights on ``device`` (None: on a
-            CUDA device only; on the CPU numpy's single pass over the ramps is faster).
+        blend_on_device: hold the predictor's blend on ``device`` too
+            (:mod:`eoforge.inference.device_blend`; None: on a CUDA device only, where the
+            host's blending would otherwise set the speed).
     """
 
     def __init__(
@@ -150,15 +139,13 @@ class TorchSession:
         return [TORCH_CUDA if self.device.type == "cuda" else TORCH_CPU]
 
     def io_binding(self) -> _Binding:
-        return _Binding(self.blend_on_device)
+        return _Binding()
 
     def run_with_iobinding(self, binding: _Binding) -> None:
         if binding.input is None:
             raise InputError(f"no '{INPUT_NAME}' bound before run_with_iobinding.")
         with self._lock, torch.inference_mode():
             out = self._forward(binding.input)
-            if binding.weights is not None:
-                out = self._weighted_probabilities(out, *binding.weights)
             if binding.output is not None:
                 if binding.output.shape != tuple(out.shape):
                     raise InputError(
@@ -196,20 +183,16 @@ class TorchSession:
         self.batches += 1
         return out.float()
 
-    def _weighted_probabilities(
-        self, logits: torch.Tensor, rows: npt.NDArray[np.float32], cols: npt.NDArray[np.float32]
-    ) -> torch.Tensor:
-        """Softmax over classes times each window's separable blend weights, on the device."""
-        if not bool(torch.isfinite(logits.amax(1)).all()):  # NaN and +inf reach the max
-            raise InputError("the model returned non-finite logits; retrain or re-export it.")
-        if rows.shape[0] != logits.shape[0] or cols.shape[0] != logits.shape[0]:
-            raise InputError(
-                f"blend weights for {rows.shape[0]} windows bound to a batch of {logits.shape[0]}."
-            )
-        wy = torch.from_numpy(rows).to(self.device, non_blocking=True)
-        wx = torch.from_numpy(cols).to(self.device, non_blocking=True)
-        weights = wy[:, None, :, None] * wx[:, None, None, :]
-        return torch.softmax(logits, dim=1).mul_(weights).contiguous()
+    def forward_on_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Float32 logits of a float32 batch already on :attr:`device` (no host copies; the
+        device blend of :mod:`eoforge.inference.device_blend`)."""
+        with self._lock, torch.inference_mode():
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
+                out: torch.Tensor = self.model(x)
+            self.batches += 1
+            return out.float()
 
     def _to_device(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
         host = torch.from_numpy(np.ascontiguousarray(batch, np.float32))

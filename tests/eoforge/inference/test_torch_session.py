@@ -15,7 +15,8 @@ from eoforge.config import InferSpec
 from eoforge.errors import InputError
 from eoforge.export.onnx import export_onnx
 from eoforge.export.torch_session import choose_backend, open_predictor, open_torch_session
-from eoforge.inference.predict import predict_scene
+from eoforge.inference.predict import predict_raster, predict_scene
+from eoforge.inference.scene_io import ArrayReader
 from eoforge.inference.session import open_session
 from eoforge.inference.torch_session import TORCH_CUDA, TorchSession
 
@@ -55,23 +56,52 @@ def test_torch_cpu_pipelined_is_bitwise_serial(model_dir: Path, scene: np.ndarra
     np.testing.assert_array_equal(serial, piped)
 
 
-def test_blend_weights_applied_on_the_device_match_the_host(
-    model_dir: Path, scene: np.ndarray
+class _Rows:
+    """A writer keeping rows (class or uncertainty) by their top row."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, np.ndarray] = {}
+
+    def write_rows(self, top: int, rows: np.ndarray) -> None:
+        self.rows[top] = rows.copy()
+
+    def stacked(self) -> np.ndarray:
+        return np.concatenate([self.rows[t] for t in sorted(self.rows)], axis=-2)
+
+
+@pytest.mark.parametrize("spec", [SPEC, InferSpec(window=256, overlap=64, batch_size=2)])
+def test_blend_held_on_the_device_matches_the_host(
+    model_dir: Path, scene: np.ndarray, spec: InferSpec
 ) -> None:
     host = open_torch_session(model_dir, "cpu")
-    assert not host.blend_on_device  # the CPU default: numpy weighs the ramps
-    on_device = TorchSession(
-        host.model, torch.device("cpu"), in_channels=4, blend_on_device=True
-    )  # the GPU's path (softmax and weights in torch), exercised on the CPU
-    expected = predict_scene(host, scene, SPEC)
-    np.testing.assert_array_equal(predict_scene(on_device, scene, SPEC), expected)
-    piped = predict_scene(on_device, scene, SPEC.model_copy(update={"pipelined": True}))
-    np.testing.assert_array_equal(piped, expected)
-    binding = on_device.io_binding()
-    binding.bind_cpu_input("image", np.full((2, 4, 32, 32), np.nan, np.float32))
-    binding.bind_blend_weights(np.ones((2, 32), np.float32), np.ones((2, 32), np.float32))
+    assert not host.blend_on_device  # the CPU default: the host blends
+    on_device = TorchSession(host.model, torch.device("cpu"), in_channels=4, blend_on_device=True)
+    # the GPU's path (strip, accumulator and argmax in torch), exercised on the CPU
+    results = []
+    for session in (host, on_device):
+        classes, unc = _Rows(), _Rows()
+        stats = predict_raster(session, ArrayReader(scene), spec, classes, uncertainty=unc)
+        results.append((classes.stacked(), unc.stacked(), stats))
+    (host_map, host_unc, host_stats), (dev_map, dev_unc, dev_stats) = results
+    assert dev_map.shape == scene.shape[1:]
+    assert (dev_map == host_map).mean() > 0.999  # float rounding near ties only
+    np.testing.assert_array_equal(dev_map == 255, host_map == 255)  # same nodata
+    assert np.abs(dev_unc.astype(int) - host_unc.astype(int)).max() <= 1
+    assert dev_stats.windows_run == host_stats.windows_run
+    assert dev_stats.windows_skipped == host_stats.windows_skipped
+    assert dev_stats.max_buffered_rows <= 4 * max(spec.window, 64)  # bounded by the window
+
+
+def test_device_blend_refuses_non_finite_logits(model_dir: Path, scene: np.ndarray) -> None:
+    class Broken(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros((x.shape[0], 3, *x.shape[2:]))
+            out[:, 1, 5, 5] = float("nan")
+            return out
+
+    session = TorchSession(Broken(), torch.device("cpu"), in_channels=4, blend_on_device=True)
     with pytest.raises(InputError, match="non-finite"):
-        on_device.run_with_iobinding(binding)
+        predict_scene(session, scene, SPEC)
 
 
 def test_scene_with_other_bands_is_refused(model_dir: Path, scene: np.ndarray) -> None:
