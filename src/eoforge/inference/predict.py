@@ -156,7 +156,8 @@ def _stream(
         """Add a batch's weighted probabilities (from :meth:`_BatchRunner.run`) into the blend."""
         nonlocal acc
         if acc is None:
-            acc = _BlendBuffer(probs.shape[1], padded_w, 2 * edge_y + (edge_y - spec.overlap))
+            # rows [done, bottom of the last window): at most one step + one window, 2 edges
+            acc = _BlendBuffer(probs.shape[1], padded_w, 2 * edge_y)
         for k, (i, j) in enumerate(windows):
             top = ys[i] - done
             acc.region(top, top + edge_y)[:, :, xs[j] : xs[j] + edge_x] += probs[k]
