@@ -48,11 +48,28 @@ def uncertainty_rows(
             f"uncertainty_rows: scores must be (K, n, W) with validity (n, W), got {probs.shape} "
             f"and {valid.shape}."
         )
+    out = np.empty((2, *probs.shape[1:]), np.uint8)
+    # blocks of ~64k pixels: the temporaries below stay in the CPU's cache instead of making
+    # ~10 passes through memory per class (a 10980 px wide strip of 448 rows: 0.09 -> 0.04 s)
+    step = max(1, _BLOCK_PIXELS // max(probs.shape[2], 1))
+    for top in range(0, probs.shape[1], step):
+        rows = slice(top, top + step)
+        _uncertainty_block(probs[:, rows], valid[rows], out[:, rows])
+    return out
+
+
+#: Pixels per block of :func:`uncertainty_rows`.
+_BLOCK_PIXELS = 65536
+
+
+def _uncertainty_block(
+    probs: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_], out: npt.NDArray[np.uint8]
+) -> None:
     k = probs.shape[0]
     total = probs.sum(axis=0, dtype=np.float32)
     ok = valid & (total > 0)
     # One class plane at a time, in place: ~14x faster than whole (K, n, W) temporaries and a
-    # partition along K (a 10980 px wide strip of 448 rows: 1.27 s -> 0.09 s).
+    # partition along K.
     inv = np.divide(np.float32(1.0), total, out=np.zeros_like(total), where=ok)
     entropy = np.zeros_like(total)
     top1 = np.zeros_like(total)
@@ -62,8 +79,8 @@ def uncertainty_rows(
     low = np.empty_like(total)
     for c in range(k):
         np.multiply(probs[c], inv, out=p)
-        plogp.fill(0.0)
-        np.log(p, out=plogp, where=p > 0)
+        np.maximum(p, np.float32(1e-30), out=plogp)  # p log p -> 0 as p -> 0
+        np.log(plogp, out=plogp)
         plogp *= p
         entropy -= plogp
         np.minimum(top1, p, out=low)  # the runner-up is the larger of the old runner-up and
@@ -75,14 +92,12 @@ def uncertainty_rows(
     else:
         entropy[...] = 0.0
         margin = np.ones_like(total)
-    out = np.empty((2, *total.shape), np.uint8)
     for band, value in enumerate((entropy, margin)):
         np.clip(value, 0.0, 1.0, out=value)
         value /= np.float32(UNCERTAINTY_SCALE)
         np.rint(value, out=value)
         out[band] = value
         out[band][~ok] = NODATA_CLASS
-    return out
 
 
 class UncertaintyWriter(CogWriter):
