@@ -158,10 +158,18 @@ class ChunkRowReader:
 
     def _chunk_row(self, k: int) -> npt.NDArray[Any]:
         if k not in self._cache:
-            y0 = k * self.step
-            rows = np.stack([np.asarray(a[self.t, y0 : y0 + self.step, :]) for a in self.arrays])
-            while len(self._cache) >= self.keep:
+            while len(self._cache) >= self.keep:  # a caller's view keeps one it still needs
                 del self._cache[min(self._cache)]
+            y0 = k * self.step
+            rows: npt.NDArray[Any] | None = None
+            for b, array in enumerate(self.arrays):  # band by band into one buffer: no stack
+                band = np.asarray(array[self.t, y0 : y0 + self.step, :])
+                if rows is None:  # the dtype np.stack would give
+                    dtype = np.result_type(*(getattr(a, "dtype", band.dtype) for a in self.arrays))
+                    rows = np.empty((len(self.arrays), *band.shape), dtype)
+                rows[b] = band
+                del band
+            assert rows is not None
             self._cache[k] = rows
         return self._cache[k]
 
