@@ -157,7 +157,7 @@ def _stream(
         nonlocal acc
         if acc is None:
             # rows [done, bottom of the last window): at most one step + one window, 2 edges
-            acc = _BlendBuffer(probs.shape[1], padded_w, 2 * edge_y)
+            acc = _BlendBuffer(probs.shape[1], padded_w, min(2 * edge_y, padded_h))
         for k, (i, j) in enumerate(windows):
             top = ys[i] - done
             acc.region(top, top + edge_y)[:, :, xs[j] : xs[j] + edge_x] += probs[k]

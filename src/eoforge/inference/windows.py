@@ -149,9 +149,10 @@ class _BlendPlan:
 class _BlendBuffer:
     """The blend accumulator: class scores ``(K, rows, W)`` of the scene rows from ``done`` on.
 
-    One preallocated buffer, reused: finished rows are zeroed and the window moves down; the
-    live rows are moved to the top only when a window would run past the end (and the buffer
-    grows only when even that is not enough), instead of a new array per window row.
+    One preallocated buffer, reused: the window moves down over finished rows; the live rows
+    are moved to the top (and the rows behind them zeroed) only when a window would run past
+    the end, and the buffer grows only when even that is not enough, instead of a new array
+    per window row.
     """
 
     def __init__(self, classes: int, width: int, capacity: int) -> None:
@@ -183,8 +184,8 @@ class _BlendBuffer:
         return self.buf[:, self.start + top : self.start + bottom]
 
     def release(self, rows: int) -> None:
-        """The first ``rows`` unfinished rows are done: zero them for reuse and move on."""
-        self.buf[:, self.start : self.start + rows] = 0
+        """The first ``rows`` unfinished rows are done: move on. They are not touched again
+        until a compaction moves the live rows over them and zeroes what lies behind."""
         self.start += rows
         self.end = max(self.end, self.start)
 

@@ -522,7 +522,12 @@ def test_blend_buffer_reuses_rows_and_grows_only_when_needed() -> None:
     assert buf.buf.shape[1] >= 9
     np.testing.assert_array_equal(buf.region(0, 9)[1, :, 3], [7, 7, 5, 5, 0, 0, 0, 0, 0])
     buf.release(9)
-    assert not buf.buf.any()  # released rows are zero for reuse
+    grown = buf.buf.shape[1]
+    assert not buf.region(0, grown - 9).any()  # rows never written are zero
+    buf.region(0, grown - 9)[:] += 4
+    fresh = buf.region(0, grown - 8)  # past the end: compaction over the released rows
+    assert buf.start == 0 and (fresh[:, :-1] == 4).all() and not fresh[:, -1].any()
+    assert not buf.buf[:, grown - 8 :].any()  # what lay behind the live rows is zeroed
 
 
 # --------------------------------------------------------------------------- streaming
