@@ -53,7 +53,6 @@ def stream_on_device(
     capacity: int,
     stats: dict[str, int],
     scores_sink: ScoresSink | None = None,
-    tap: Callable[[npt.NDArray[Any], npt.NDArray[np.uint8]], None] | None = None,
 ) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
     """Finished class rows ``(top, rows)`` of ``source``'s scene, in order, blended on the
     session's device; the same windows (``ys`` x ``xs`` starts of ``edges`` = (h, w) pixels),
@@ -66,7 +65,7 @@ def stream_on_device(
     acc: torch.Tensor | None = None  # blended scores of rows [done, ...), (K, rows, padded_w)
     finite = torch.ones((), dtype=torch.bool, device=device)  # every batch's logits so far
     done = 0
-    pending: tuple[int, torch.Tensor, torch.Tensor, npt.NDArray[np.bool_], Any, Any] | None = None
+    pending: tuple[int, torch.Tensor, torch.Tensor, npt.NDArray[np.bool_], Any] | None = None
 
     def launch(i: int, strip: npt.NDArray[Any], valid: npt.NDArray[np.bool_]) -> None:
         """Queue window row ``i``'s windows on the device (returns before they finish)."""
@@ -106,7 +105,6 @@ def stream_on_device(
         ready = min(until, height) - done
         if ready <= 0:
             return
-        inputs = source.take_inputs(ready) if tap is not None else None
         valid = source.take_valid(ready)
         if acc is None or acc.shape[1] == 0:
             classes = torch.full((ready, width), int(NODATA_CLASS), dtype=torch.uint8)
@@ -131,14 +129,14 @@ def stream_on_device(
             if not bool(finite):
                 raise InputError("the model returned non-finite logits; retrain or re-export it.")
             scores_sink(done, scores.float().cpu().numpy(), valid)
-        pending = (done, host, ok, valid, inputs, event)
+        pending = (done, host, ok, valid, event)
         done += ready
 
     def take_finished() -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
         nonlocal pending
         if pending is None:
             return
-        top, host, ok, valid, inputs, event = pending
+        top, host, ok, valid, event = pending
         pending = None
         if event is not None:
             event.synchronize()
@@ -146,8 +144,6 @@ def stream_on_device(
             raise InputError("the model returned non-finite logits; retrain or re-export it.")
         rows = host.numpy()
         rows[~valid] = NODATA_CLASS
-        if tap is not None:
-            tap(inputs, rows)
         yield top, rows
 
     with torch.inference_mode():

@@ -97,10 +97,6 @@ def _pipelined(session: Any, spec: InferSpec) -> bool:
 
 #: Receives the blended class scores ``(K, n, W)`` and validity ``(n, W)`` of finished rows.
 ScoresSink = Callable[[int, npt.NDArray[np.float32], npt.NDArray[np.bool_]], None]
-#: Receives the raw input rows ``(C, n, W)`` and the class rows ``(n, W)`` (nodata as
-#: :data:`NODATA_CLASS`) of finished rows, e.g. a drift profile's
-#: :meth:`~eoforge.inference.drift.ProfileAccumulator.add`: no second pass over the scene.
-RowsTap = Callable[[npt.NDArray[Any], npt.NDArray[np.uint8]], None]
 
 
 def _stream(
@@ -110,11 +106,9 @@ def _stream(
     nodata: float,
     stats: dict[str, int],
     scores_sink: ScoresSink | None = None,
-    tap: RowsTap | None = None,
 ) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
     """Finished class rows ``(top, rows)`` of the scene, in order (see :func:`predict_raster`);
-    ``scores_sink`` also gets the blended scores of those rows, and ``tap`` their input and
-    class rows, before they are yielded."""
+    ``scores_sink`` also gets the blended scores of those rows, before they are yielded."""
     _check_spec(spec)
     io = _model_io(session, where="the ONNX session")
     channels, height, width = reader.shape
@@ -139,9 +133,9 @@ def _stream(
     if getattr(session, "blend_on_device", False):  # a TorchSession on a GPU: ADR 0008
         from eoforge.inference.device_blend import stream_on_device
 
-        source = _RowSource(reader, nodata, edge_y, padded_w, keep_inputs=tap is not None)
+        source = _RowSource(reader, nodata, edge_y, padded_w)
         yield from stream_on_device(
-            session, source, plan, ys, xs, (edge_y, edge_x), capacity, stats, scores_sink, tap
+            session, source, plan, ys, xs, (edge_y, edge_x), capacity, stats, scores_sink
         )
         return
     pipelined = _pipelined(session, spec)
@@ -151,7 +145,7 @@ def _stream(
         for _ in range(2 if pipelined else 1)
     ]
     worker = ThreadPoolExecutor(1, thread_name_prefix="eoforge-ort") if pipelined else None
-    source = _RowSource(reader, nodata, edge_y, padded_w, keep_inputs=tap is not None)
+    source = _RowSource(reader, nodata, edge_y, padded_w)
     acc: _BlendBuffer | None = None  # blended probabilities of rows [done, ...)
     done = 0
     cur = 0  # the runner whose stack is being filled
@@ -208,7 +202,6 @@ def _stream(
         ready = min(until, height) - done
         if ready <= 0:
             return
-        inputs = source.take_inputs(ready) if tap is not None else None
         valid = source.take_valid(ready)
         if acc is None:
             rows = np.full((ready, width), NODATA_CLASS, np.uint8)
@@ -221,9 +214,6 @@ def _stream(
                 scores_sink(done, scores, valid)
             acc.release(ready)
         rows[~valid] = NODATA_CLASS
-        if tap is not None:
-            assert inputs is not None
-            tap(inputs, rows)
         yield done, rows
         done += ready
 
@@ -258,7 +248,6 @@ def predict_raster(
     nodata: float = 0,
     *,
     uncertainty: PredictionWriter | None = None,
-    tap: RowsTap | None = None,
 ) -> PredictionStats:
     """Predict a scene of any size strip by strip, with memory bounded by the window, not the scene.
 
@@ -279,9 +268,6 @@ def predict_raster(
         nodata: input value marking missing data (class :data:`NODATA_CLASS` where any band has it).
         uncertainty: if given, receives ``(2, n, W)`` uint8 rows of entropy and margin, in step
             with ``writer`` (e.g. an :class:`~eoforge.inference.uncertainty.UncertaintyWriter`).
-        tap: if given, receives the raw input rows and the class rows of every finished block,
-            in order (e.g. a drift profile's ``add``; the inputs are kept from their reading
-            until their rows are finished, about one window height).
 
     Returns:
         :class:`PredictionStats`.
@@ -298,7 +284,7 @@ def predict_raster(
         def sink(top: int, scores: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]) -> None:
             uncertainty.write_rows(top, uncertainty_rows(scores, valid))
 
-    for top, rows in _stream(session, reader, spec, nodata, stats, sink, tap):
+    for top, rows in _stream(session, reader, spec, nodata, stats, sink):
         writer.write_rows(top, rows)
     _, height, width = reader.shape
     return PredictionStats(pixels=height * width, **stats)
@@ -351,12 +337,10 @@ def predict_to_cog(
     nodata: float = 0,
     *,
     uncertainty_tif: Path | None = None,
-    tap: RowsTap | None = None,
 ) -> tuple[str, PredictionStats]:
     """Stream a scene through the model into a COG (:func:`predict_raster` + :class:`CogWriter`),
     and its uncertainty into ``uncertainty_tif`` when given
-    (:class:`~eoforge.inference.uncertainty.UncertaintyWriter`); ``tap`` as for
-    :func:`predict_raster`.
+    (:class:`~eoforge.inference.uncertainty.UncertaintyWriter`).
 
     Returns:
         (sha256 of the COG, :class:`PredictionStats`).
@@ -375,6 +359,6 @@ def predict_to_cog(
                 UncertaintyWriter(Path(uncertainty_tif), crs, transform, (height, width))
             )
         writer = stack.enter_context(CogWriter(Path(out_tif), crs, transform, (height, width)))
-        stats = predict_raster(session, reader, spec, writer, nodata, uncertainty=unc, tap=tap)
+        stats = predict_raster(session, reader, spec, writer, nodata, uncertainty=unc)
     assert writer.sha256 is not None
     return writer.sha256, stats

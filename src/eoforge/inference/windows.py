@@ -213,19 +213,8 @@ class _RowSource:
     so nodata can be masked when rows are written.
     """
 
-    def __init__(
-        self,
-        reader: SceneReader,
-        nodata: float,
-        edge_y: int,
-        padded_w: int,
-        *,
-        keep_inputs: bool = False,
-    ) -> None:
+    def __init__(self, reader: SceneReader, nodata: float, edge_y: int, padded_w: int) -> None:
         self.reader = reader
-        #: also keep the raw rows read but not yet finalised (:meth:`take_inputs`)
-        self.keep_inputs = keep_inputs
-        self.inputs: list[npt.NDArray[Any]] = []  # (C, n, W) blocks, rows [valid_top, ...)
         self.channels, self.height, self.width = reader.shape
         self.nodata = nodata
         self.edge_y = edge_y
@@ -260,8 +249,6 @@ class _RowSource:
             raise InputError(f"bands must be numeric (uint16 DN), got {rows.dtype}.")
         valid = self._valid(rows)
         self.valid_rows = np.concatenate([self.valid_rows, valid])
-        if self.keep_inputs:
-            self.inputs.append(rows)
         self.read_bottom = bottom
         if self.padded_w > self.width:
             extra = self.padded_w - self.width
@@ -295,23 +282,6 @@ class _RowSource:
                 valid = np.concatenate([keep_valid, fresh_valid])
         self.buf, self.buf_valid, self.buf_top = strip, valid, top
         return strip, valid
-
-    def take_inputs(self, rows: int) -> npt.NDArray[Any]:
-        """Raw rows ``(C, rows, W)`` of the next unfinished rows, to be called before
-        :meth:`take_valid` consumes them (``keep_inputs`` only)."""
-        have = 0
-        parts: list[npt.NDArray[Any]] = []
-        while have < rows:
-            block = self.inputs[0]
-            need = rows - have
-            if block.shape[1] <= need:
-                parts.append(self.inputs.pop(0))
-                have += block.shape[1]
-            else:
-                parts.append(block[:, :need])
-                self.inputs[0] = block[:, need:]
-                have = rows
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def take_valid(self, rows: int) -> npt.NDArray[np.bool_]:
         """Validity of the next ``rows`` unfinished rows (consumed)."""

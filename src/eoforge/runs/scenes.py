@@ -364,12 +364,7 @@ def infer_scene(
     import zarr
 
     from eoforge.cube.build import write_cube
-    from eoforge.inference.drift import (
-        ProfileAccumulator,
-        drift_scores,
-        item_summary,
-        load_reference,
-    )
+    from eoforge.inference.drift import drift_scores, item_summary, load_reference, profile_scene
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.scene_io import ChunkRowReader
@@ -403,17 +398,12 @@ def infer_scene(
         crs, transform = str(attrs["crs"]), tuple(float(v) for v in attrs["transform"][:6])
         tif = Path(out) / "predictions" / f"{item_id}.tif"
         unc = Path(out) / "uncertainty" / f"{item_id}.tif"
-        reference = load_reference(model.parent)
-        # the drift profile takes each block of rows as it is finished: no second pass
-        profile = ProfileAccumulator(bands, classes) if reference is not None else None
-        predict_to_cog(
-            session, reader, spec, tif, crs, transform, uncertainty_tif=unc,
-            tap=profile.add if profile is not None else None,
-        )  # fmt: skip
+        predict_to_cog(session, reader, spec, tif, crs, transform, uncertainty_tif=unc)
         drift = None
-        if profile is not None and reference is not None:
-            summary = profile.profile()
-            drift = item_summary(summary, drift_scores(summary, reference))
+        reference = load_reference(model.parent)
+        if reference is not None:  # a second pass over the rows, as the run's infer stage does
+            profile = profile_scene(reader, tif, bands, classes)
+            drift = item_summary(profile, drift_scores(profile, reference))
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # created above by this call
     stac_item = prediction_item(tif, item, classes, model_href, crs, transform, (height, width))

@@ -240,12 +240,7 @@ def stage_infer(
     from eoforge.export.mlm import MODEL_ITEM_NAME, check_model_matches, model_item
     from eoforge.export.quantize import INT8_MODEL_NAME
     from eoforge.export.torch_session import open_predictor
-    from eoforge.inference.drift import (
-        ProfileAccumulator,
-        drift_scores,
-        item_summary,
-        load_reference,
-    )
+    from eoforge.inference.drift import drift_scores, item_summary, load_reference, profile_scene
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.scene_io import ChunkRowReader
@@ -316,19 +311,12 @@ def stage_infer(
         tif = run / "predictions" / f"{item_id}.tif"
         crs, transform = ds.attrs["crs"], tuple(ds.attrs["transform"])
         unc_tif = run / "uncertainty" / f"{item_id}.tif"
-        # the drift profile takes each block of rows as it is finished: no second pass
-        profile = None
-        if reference is not None:
-            profile = ProfileAccumulator(spec.stac.bands, spec.labels.classes)
-        predict_to_cog(
-            session, reader, spec.infer, tif, crs, transform, uncertainty_tif=unc_tif,
-            tap=profile.add if profile is not None else None,
-        )  # fmt: skip
+        predict_to_cog(session, reader, spec.infer, tif, crs, transform, uncertainty_tif=unc_tif)
         drift = None
-        if profile is not None and reference is not None:
+        if reference is not None:  # a second pass over the rows, strip by strip
             t_drift = time.perf_counter()
-            summary = profile.profile()
-            drift = item_summary(summary, drift_scores(summary, reference))
+            profile = profile_scene(reader, tif, spec.stac.bands, spec.labels.classes)
+            drift = item_summary(profile, drift_scores(profile, reference))
             drift_report[item_id] = drift["scores"]
             drift_s += time.perf_counter() - t_drift
         item = prediction_item(

@@ -22,7 +22,7 @@ from eoforge.errors import InputError
 from eoforge.inference.cog import CogWriter, write_prediction
 from eoforge.inference.item import prediction_item
 from eoforge.inference.predict import _pipelined, predict_raster, predict_scene, predict_to_cog
-from eoforge.inference.scene_io import NODATA_CLASS, ArrayReader, RasterioReader, _ArrayWriter
+from eoforge.inference.scene_io import NODATA_CLASS, ArrayReader, RasterioReader
 from eoforge.inference.session import _BatchRunner, open_session, session_options
 from eoforge.inference.windows import (
     _axis_plan,
@@ -805,19 +805,3 @@ def test_nodata_compares_in_the_bands_dtype() -> None:
     valid = _RowSource(ArrayReader(bands), 0.0, 16, 16).strip(0)[1]
     assert not valid[3, 5] and valid.sum() == 16 * 16 - 1
     assert _RowSource(ArrayReader(bands), 0.5, 16, 16).strip(0)[1].all()
-
-
-@pytest.mark.parametrize("pipelined", [False, True])
-def test_tap_gets_every_finished_block_with_its_inputs(conv3_model: Any, pipelined: bool) -> None:
-    bands = scene(150, 170, seed=9)
-    bands[:, 40:60, :30] = 0  # nodata: 255 in the tapped classes as in the map
-    spec = InferSpec(window=64, overlap=16, batch_size=3, pipelined=pipelined)
-    blocks: list[tuple[np.ndarray, np.ndarray]] = []
-    writer = _ArrayWriter(150, 170)
-    predict_raster(
-        conv3_model, ArrayReader(bands), spec, writer, tap=lambda i, c: blocks.append((i, c))
-    )
-    assert len(blocks) > 1  # streamed, not one block at the end
-    np.testing.assert_array_equal(np.concatenate([i for i, _ in blocks], axis=1), bands)
-    np.testing.assert_array_equal(np.concatenate([c for _, c in blocks]), writer.out)
-    assert (writer.out[40:60, :30] == NODATA_CLASS).all()
