@@ -50,6 +50,7 @@ import numpy.typing as npt
 
 from eoforge.errors import InputError
 from eoforge.inference.scene_io import SceneReader
+from eoforge.inference.windows import _nodata_as
 
 __all__ = [
     "FINE_MAX",
@@ -136,23 +137,36 @@ class ProfileAccumulator:
                 f"(...) with C = {len(self.bands)} ({self.bands})."
             )
         flat = arr.reshape(arr.shape[0], -1)
-        cls = cls.reshape(-1).astype(np.int64)
-        valid = (flat != self.nodata).all(axis=0)
+        # 1 byte per pixel for the classes and masks, the bands' own dtype for the bins: a
+        # whole-tile strip is profiled without int64/float64 copies of it (the predict peak)
+        cls = cls.reshape(-1)
+        if cls.dtype != np.uint8:  # outside 0..255 (e.g. -1): unclassified, like 255
+            cls = np.where((cls < 0) | (cls > 255), 255, cls).astype(np.uint8)
+        valid = np.ones(flat.shape[1], bool)
+        nodata = _nodata_as(flat.dtype, self.nodata)
+        if nodata is not None:
+            for band in flat:
+                valid &= band != nodata
         self.pixels += flat.shape[1]
-        self.valid += int(valid.sum())
+        self.valid += int(np.count_nonzero(valid))
         counts = np.bincount(cls[valid], minlength=256)
         self.class_counts += counts[: len(self.classes)]
-        clear = valid & self.surface[np.clip(cls, 0, 255)]
+        surface = self.surface[cls]
+        clear = valid & surface
         if np.asarray(classes).ndim == 2 and CLOUD_BUFFER_PX:
             # cloud and shadow edges and the thin haze around them are not clear surface
             from scipy.ndimage import binary_dilation
 
-            obscured = ~self.surface[np.clip(cls, 0, 255)].reshape(np.asarray(classes).shape)
+            obscured = ~surface.reshape(np.asarray(classes).shape)
             near = binary_dilation(obscured, np.ones((3, 3), bool), iterations=CLOUD_BUFFER_PX)
             clear &= ~near.reshape(-1)
         for b in range(flat.shape[0]):
-            values = flat[b, clear].astype(np.float64)
-            idx = np.clip(values // FINE_STEP, 0, FINE_BINS - 1).astype(np.int64)
+            values = flat[b, clear]
+            if np.issubdtype(values.dtype, np.integer):
+                idx = values // FINE_STEP  # floor division, as on floats
+            else:
+                idx = values.astype(np.float64) // FINE_STEP
+            idx = np.clip(idx, 0, FINE_BINS - 1).astype(np.intp, copy=False)
             self.hist[b] += np.bincount(idx, minlength=FINE_BINS)
 
     def profile(self) -> dict[str, Any]:
