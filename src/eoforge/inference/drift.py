@@ -144,9 +144,8 @@ class ProfileAccumulator:
             cls = np.where((cls < 0) | (cls > 255), 255, cls).astype(np.uint8)
         valid = np.ones(flat.shape[1], bool)
         nodata = _nodata_as(flat.dtype, self.nodata)
-        if nodata is not None:
-            for band in flat:
-                valid &= band != nodata
+        for band in flat if nodata is not None else ():
+            valid &= band != nodata
         self.pixels += flat.shape[1]
         self.valid += int(np.count_nonzero(valid))
         counts = np.bincount(cls[valid], minlength=256)
@@ -161,11 +160,9 @@ class ProfileAccumulator:
             near = binary_dilation(obscured, np.ones((3, 3), bool), iterations=CLOUD_BUFFER_PX)
             clear &= ~near.reshape(-1)
         for b in range(flat.shape[0]):
-            values = flat[b, clear]
-            if np.issubdtype(values.dtype, np.integer):
-                idx = values // FINE_STEP  # floor division, as on floats
-            else:
-                idx = values.astype(np.float64) // FINE_STEP
+            values = flat[b, clear]  # integers floor-divide like floats
+            floats = not np.issubdtype(values.dtype, np.integer)
+            idx = (values.astype(np.float64) if floats else values) // FINE_STEP
             idx = np.clip(idx, 0, FINE_BINS - 1).astype(np.intp, copy=False)
             self.hist[b] += np.bincount(idx, minlength=FINE_BINS)
 
