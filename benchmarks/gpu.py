@@ -362,7 +362,17 @@ def bench_full_preset(chips: Path, work: Path, budget_s: float) -> dict[str, Any
     }
 
 
+#: What ``measure --sections`` may name, in the order they run.
+SECTIONS = ("chip_reads", "training", "inference", "full_preset")
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    sections = set(args.sections.split(","))
+    unknown = sections - set(SECTIONS)
+    if unknown:  # before anything is loaded or a work folder made
+        raise SystemExit(
+            f"--sections: unknown {sorted(unknown)}; choose from {', '.join(SECTIONS)}"
+        )
     started = time.perf_counter()
     inputs = Path(args.inputs)
     chips, model_dir = inputs / "chips.zarr", inputs / "model"
@@ -374,10 +384,6 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "machine": _machine(),
     }
     timings: dict[str, float] = {}
-    sections = set(args.sections.split(","))
-    unknown = sections - {"chip_reads", "training", "inference", "full_preset"}
-    if unknown:
-        raise SystemExit(f"--sections: unknown {sorted(unknown)}")
     try:
         for name, fn in (
             ("chip_reads", lambda: bench_reads(chips, args.repeats)),
@@ -433,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--budget-s", type=float, default=330.0, help="caps the full preset's time")
     m.add_argument(
         "--sections",
-        default="chip_reads,training,inference,full_preset",
+        default=",".join(SECTIONS),
         help="comma-separated sections to measure (default: all)",
     )
     m.add_argument(

@@ -26,7 +26,6 @@ from eoforge.io.atomic import sha256_file, staged_file, staging_path
 __all__ = ["CogWriter", "write_prediction"]
 
 
-# Creation options shared by write_prediction and CogWriter, so both give the same bytes.
 def _compression_threads() -> int:
     """Threads GDAL compresses COG blocks with: the CPUs this process may use, at most 8.
 
@@ -37,6 +36,7 @@ def _compression_threads() -> int:
     return max(1, min(8, usable or 1))
 
 
+# Creation options shared by write_prediction and CogWriter, so both give the same bytes.
 _COG_OPTIONS: dict[str, Any] = {
     "compress": "DEFLATE",
     "overview_resampling": "MODE",

@@ -14,7 +14,7 @@ rows before ``i``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -24,11 +24,9 @@ import torch
 from eoforge.errors import InputError
 from eoforge.inference.scene_io import NODATA_CLASS
 from eoforge.inference.torch_session import TorchSession
-from eoforge.inference.windows import _BlendPlan, _RowSource
+from eoforge.inference.windows import ScoresSink, _BlendPlan, _RowSource
 
 __all__ = ["stream_on_device"]
-
-ScoresSink = Callable[[int, npt.NDArray[np.float32], npt.NDArray[np.bool_]], None]
 
 
 def _strip_to_device(strip: npt.NDArray[Any], device: torch.device) -> torch.Tensor:
@@ -41,6 +39,18 @@ def _strip_to_device(strip: npt.NDArray[Any], device: torch.device) -> torch.Ten
     if strip.dtype in (np.uint8, np.int8, np.int16, np.int32, np.float32, np.float64):
         return torch.from_numpy(np.ascontiguousarray(strip)).to(device).float()
     return torch.from_numpy(strip.astype(np.float32)).to(device)
+
+
+def _with_rows(acc: torch.Tensor, rows: int) -> torch.Tensor:
+    """``acc`` ``(K, n, W)`` extended with zero rows to at least ``rows``."""
+    if rows <= acc.shape[1]:
+        return acc
+    return torch.cat([acc, acc.new_zeros((acc.shape[0], rows - acc.shape[1], acc.shape[2]))], 1)
+
+
+def _check_finite(finite: torch.Tensor) -> None:
+    if not bool(finite):
+        raise InputError("the model returned non-finite logits; retrain or re-export it.")
 
 
 def stream_on_device(
@@ -86,9 +96,7 @@ def stream_on_device(
             probs = torch.softmax(logits, dim=1).mul_(weights)
             if acc is None:
                 acc = torch.zeros((probs.shape[1], 0, x_dev.shape[2]), device=device)
-            if top + edge_y > acc.shape[1]:
-                grow = top + edge_y - acc.shape[1]
-                acc = torch.cat([acc, acc.new_zeros((acc.shape[0], grow, acc.shape[2]))], 1)
+            acc = _with_rows(acc, top + edge_y)
             for k, j in enumerate(batch):
                 acc[:, top : top + edge_y, xs[j] : xs[j] + edge_x] += probs[k]
             stats["windows_run"] += len(batch)
@@ -110,9 +118,7 @@ def stream_on_device(
             classes = torch.full((ready, width), int(NODATA_CLASS), dtype=torch.uint8)
             scores = torch.zeros((1, ready, width))
         else:
-            if ready > acc.shape[1]:
-                grow = ready - acc.shape[1]
-                acc = torch.cat([acc, acc.new_zeros((acc.shape[0], grow, acc.shape[2]))], 1)
+            acc = _with_rows(acc, ready)
             scores = acc[:, :ready, :width]
             classes = scores.argmax(0).to(torch.uint8)  # the first maximum wins, as on the host
             acc = acc[:, ready:]
@@ -126,8 +132,7 @@ def stream_on_device(
             event = torch.cuda.Event()
             event.record()
         if scores_sink is not None:  # the sink needs the scores now: a synchronous copy
-            if not bool(finite):
-                raise InputError("the model returned non-finite logits; retrain or re-export it.")
+            _check_finite(finite)
             scores_sink(done, scores.float().cpu().numpy(), valid)
         pending = (done, host, ok, valid, event)
         done += ready
@@ -140,8 +145,7 @@ def stream_on_device(
         pending = None
         if event is not None:
             event.synchronize()
-        if not bool(ok):
-            raise InputError("the model returned non-finite logits; retrain or re-export it.")
+        _check_finite(ok)
         rows = host.numpy()
         rows[~valid] = NODATA_CLASS
         yield top, rows

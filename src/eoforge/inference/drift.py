@@ -50,7 +50,7 @@ import numpy.typing as npt
 
 from eoforge.errors import InputError
 from eoforge.inference.scene_io import SceneReader
-from eoforge.inference.windows import _nodata_as
+from eoforge.inference.windows import _valid_pixels
 
 __all__ = [
     "FINE_MAX",
@@ -142,10 +142,7 @@ class ProfileAccumulator:
         cls = cls.reshape(-1)
         if cls.dtype != np.uint8:  # outside 0..255 (e.g. -1): unclassified, like 255
             cls = np.where((cls < 0) | (cls > 255), 255, cls).astype(np.uint8)
-        valid = np.ones(flat.shape[1], bool)
-        nodata = _nodata_as(flat.dtype, self.nodata)
-        for band in flat if nodata is not None else ():
-            valid &= band != nodata
+        valid = _valid_pixels(flat, self.nodata)
         self.pixels += flat.shape[1]
         self.valid += int(np.count_nonzero(valid))
         counts = np.bincount(cls[valid], minlength=256)

@@ -14,7 +14,7 @@ This module is the streaming predictor; the rest lives in :mod:`eoforge.inferenc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +38,7 @@ from eoforge.inference.session import (
     _model_io,
 )
 from eoforge.inference.windows import (
+    ScoresSink,
     _argmax_classes,
     _axis_plan,
     _axis_weights,
@@ -93,10 +94,6 @@ def _pipelined(session: Any, spec: InferSpec) -> bool:
         return spec.pipelined
     providers = session.get_providers() if hasattr(session, "get_providers") else []
     return bool(providers) and providers[0] != "CPUExecutionProvider"
-
-
-#: Receives the blended class scores ``(K, n, W)`` and validity ``(n, W)`` of finished rows.
-ScoresSink = Callable[[int, npt.NDArray[np.float32], npt.NDArray[np.bool_]], None]
 
 
 def _stream(

@@ -155,7 +155,7 @@ class TorchSession:
                 torch.from_numpy(binding.output).copy_(out)  # straight into the caller's buffer
                 binding.result = binding.output
             else:
-                binding.result = out.float().cpu().numpy()
+                binding.result = out.cpu().numpy()
 
     def run(
         self, output_names: list[str] | None, feeds: dict[str, npt.NDArray[Any]]
@@ -170,18 +170,14 @@ class TorchSession:
     def logits(self, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
         """Float32 logits ``(N, K, H, W)`` of a raw-DN batch ``(N, bands, H, W)``."""
         with self._lock, torch.inference_mode():
-            result: npt.NDArray[np.float32] = self._forward(batch).float().cpu().numpy()
+            result: npt.NDArray[np.float32] = self._forward(batch).cpu().numpy()
         return result
 
     def _forward(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
         """The model's float32 logits of ``batch``, on the device (lock held by the caller)."""
         if batch.ndim != 4:
             raise InputError(f"a batch must be (N, bands, H, W), got shape {batch.shape}.")
-        x = self._to_device(batch)
-        with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
-            out: torch.Tensor = self.model(x)
-        self.batches += 1
-        return out.float()
+        return self._run_model(self._to_device(batch))
 
     def forward_on_device(self, x: torch.Tensor) -> torch.Tensor:
         """Float32 logits of a float32 batch already on :attr:`device` (no host copies; the
@@ -189,10 +185,14 @@ class TorchSession:
         with self._lock, torch.inference_mode():
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
-                out: torch.Tensor = self.model(x)
-            self.batches += 1
-            return out.float()
+            return self._run_model(x)
+
+    def _run_model(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a device batch (layout set), under autocast if asked: float32."""
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
+            out: torch.Tensor = self.model(x)
+        self.batches += 1
+        return out.float()
 
     def _to_device(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
         host = torch.from_numpy(np.ascontiguousarray(batch, np.float32))

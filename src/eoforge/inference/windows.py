@@ -4,7 +4,7 @@ and taper weights per axis, the rolling input strip, and the softmax/argmax of t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +62,9 @@ def _axis_weights(starts: Sequence[int], edge: int) -> list[npt.NDArray[np.float
         weights.append(w)
     return weights
 
+
+#: Receives the blended class scores ``(K, n, W)`` and validity ``(n, W)`` of finished rows.
+ScoresSink = Callable[[int, npt.NDArray[np.float32], npt.NDArray[np.bool_]], None]
 
 #: Where one window's blend weight is below 1 along one axis: (slice, weights there) pairs.
 Ramps = list[tuple[slice, npt.NDArray[np.float32]]]
@@ -136,15 +139,6 @@ class _BlendPlan:
         """The (rows, columns) ramps of windows given as (row, column) indices."""
         return [(self.ramps_y[i], self.ramps_x[j]) for i, j in windows]
 
-    def weights(
-        self, windows: Sequence[tuple[int, int]]
-    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """Row weights ``(n, h)`` and column weights ``(n, w)`` of windows (row, column)."""
-        return (
-            np.stack([self.weights_y[i] for i, _ in windows]),
-            np.stack([self.weights_x[j] for _, j in windows]),
-        )
-
 
 class _BlendBuffer:
     """The blend accumulator: class scores ``(K, rows, W)`` of the scene rows from ``done`` on.
@@ -205,6 +199,20 @@ def _nodata_as(dtype: np.dtype[Any], nodata: float) -> Any:
     return value if float(value) == nodata else None
 
 
+def _valid_pixels(bands: npt.NDArray[Any], nodata: float) -> npt.NDArray[np.bool_]:
+    """Pixels of ``bands`` ``(C, ...)`` where no band equals ``nodata`` (compared in the bands'
+    dtype, :func:`_nodata_as`; band by band: no ``(C, ...)`` boolean temporary)."""
+    valid = np.ones(bands.shape[1:], bool)
+    value = _nodata_as(bands.dtype, nodata)
+    if value is None:  # no value of this dtype equals it: every pixel is valid
+        return valid
+    unequal = np.empty(bands.shape[1:], bool)
+    for band in bands:
+        np.not_equal(band, value, out=unequal)
+        valid &= unequal
+    return valid
+
+
 class _RowSource:
     """The input rows a window row needs, read once each, padded like the whole scene would be.
 
@@ -226,17 +234,6 @@ class _RowSource:
         self.valid_top = 0
         self.read_bottom = 0
 
-    def _valid(self, rows: npt.NDArray[Any]) -> npt.NDArray[np.bool_]:
-        valid = np.ones(rows.shape[1:], bool)
-        nodata = _nodata_as(rows.dtype, self.nodata)
-        if nodata is None:  # no value of this dtype equals it: every pixel is valid
-            return valid
-        unequal = np.empty(rows.shape[1:], bool)
-        for band in rows:  # band by band: no (C, rows, W) boolean temporary
-            np.not_equal(band, nodata, out=unequal)
-            valid &= unequal
-        return valid
-
     def _read(self, top: int, bottom: int) -> tuple[npt.NDArray[Any], npt.NDArray[np.bool_]]:
         rows = self.reader.read_rows(top, bottom)
         expected = (self.channels, bottom - top, self.width)
@@ -247,7 +244,7 @@ class _RowSource:
             )
         if not (np.issubdtype(rows.dtype, np.integer) or np.issubdtype(rows.dtype, np.floating)):
             raise InputError(f"bands must be numeric (uint16 DN), got {rows.dtype}.")
-        valid = self._valid(rows)
+        valid = _valid_pixels(rows, self.nodata)
         self.valid_rows = np.concatenate([self.valid_rows, valid])
         self.read_bottom = bottom
         if self.padded_w > self.width:
@@ -263,7 +260,7 @@ class _RowSource:
                 rows, _ = self._read(0, self.height)
                 pad = ((0, 0), (0, self.edge_y - self.height), (0, 0))
                 self.buf = np.pad(rows, pad, mode="reflect")
-                self.buf_valid = self._valid(self.buf)
+                self.buf_valid = _valid_pixels(self.buf, self.nodata)
             return self.buf, self.buf_valid
         bottom = top + self.edge_y
         skip = top - self.buf_top

@@ -496,7 +496,8 @@ def test_weighted_softmax_weighs_only_the_ramps_and_refuses_broken_logits() -> N
     logits = np.random.default_rng(3).normal(0, 4, (3, 5, 32, 32)).astype(np.float32)
     logits[0, 2, 3, 4] = -np.inf  # a class the model rules out: probability 0, not an error
     windows = [(0, 1), (1, 1), (2, 0)]
-    wy, wx = plan.weights(windows)
+    wy = np.stack([weights[i] for i, _ in windows])
+    wx = np.stack([weights[j] for _, j in windows])
     expected = _softmax(logits) * (wy[:, None, :, None] * wx[:, None, None, :])
     got = _weighted_softmax_(logits.copy(), plan.ramps(windows))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
