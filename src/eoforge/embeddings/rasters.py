@@ -20,6 +20,7 @@ from rasterio.warp import transform_geom
 from rasterio.windows import Window
 
 from eoforge.cube.grid import TileGrid
+from eoforge.inference.cog import compression_threads
 from eoforge.io.atomic import sha256_file, staged_file, staging_path
 
 __all__ = ["RowCog", "raster_item"]
@@ -73,7 +74,7 @@ class RowCog:
                 with staged_file(self.out) as final, rasterio.Env(GDAL_PAM_ENABLED="NO"):
                     rasterio.shutil.copy(
                         self._tmp, final, driver="COG", compress="DEFLATE", blocksize=512,
-                        overview_resampling=self.resampling, num_threads=1,
+                        overview_resampling=self.resampling, num_threads=compression_threads(),
                     )  # fmt: skip
                 self.sha256 = sha256_file(self.out)
         finally:

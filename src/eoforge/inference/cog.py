@@ -23,10 +23,10 @@ from eoforge.errors import InputError
 from eoforge.inference.scene_io import NODATA_CLASS
 from eoforge.io.atomic import sha256_file, staged_file, staging_path
 
-__all__ = ["CogWriter", "write_prediction"]
+__all__ = ["CogWriter", "compression_threads", "write_prediction"]
 
 
-def _compression_threads() -> int:
+def compression_threads() -> int:
     """Threads GDAL compresses COG blocks with: the CPUs this process may use, at most 8.
 
     Blocks are compressed independently and written in order, so the bytes are the same with
@@ -42,7 +42,7 @@ _COG_OPTIONS: dict[str, Any] = {
     "overview_resampling": "MODE",
     "blocksize": 512,
     "bigtiff": "IF_SAFER",
-    "num_threads": _compression_threads(),
+    "num_threads": compression_threads(),
 }
 
 
