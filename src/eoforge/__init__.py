@@ -10,6 +10,7 @@ import os
 # 2-core machine; it only takes effect if set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from eoforge._malloc import limit_malloc_arenas
 from eoforge.config import RunSpec, load_run_spec
 from eoforge.errors import (
     ContractViolation,
@@ -18,6 +19,9 @@ from eoforge.errors import (
     InternalError,
     TransientError,
 )
+
+# before the native thread pools (zarr, ONNX Runtime, GDAL) start: see eoforge._malloc
+limit_malloc_arenas()
 
 __all__ = [
     "ContractViolation",
