@@ -9,7 +9,7 @@ Measured side by side in one process run, on this machine:
   classes and width and the in-graph NDVI / NDWI inputs, seeded random weights and BatchNorm
   statistics; or a trained ``--model-dir``), exported with ``eoforge.export.onnx.export_onnx``
   (the inference form of ``eoforge.export.graph``, parity-checked), at the product's default
-  windows (``InferSpec()``: 512 px, 64 px overlap, batch 2);
+  windows (``InferSpec()``: 512 px, 48 px overlap, batch 2);
 - ``limits``: the model's FLOPs per output pixel (torch's flop counter) and the best measured
   GFLOP/s of its own 3x3 conv shapes (ORT NCHWc and torch channels-last), hence the
   ``limits.mpx_per_s`` the machine allows; ``ratios.whole_scene_vs_limit`` is the whole-scene
