@@ -11,7 +11,8 @@ of imports on its own (measured in ADR 0012).
   forked run and exits with its status; without one it becomes ``python -m prefect.engine``.
 
 The client part imports nothing beyond the standard library (and, run with ``-m``, eoforge's
-package init: 0.15 s). Limits: a SIGKILLed client leaves its run to finish in the engine, and
+package init: 0.15 s). A client that dies without a word (SIGKILL) takes its run with it: the
+engine sees its socket close and sends the run SIGTERM, then SIGKILL after ``ORPHAN_GRACE_S``. Limit:
 the engine must share the worker's environment (modules keep what they read at import).
 """
 
@@ -92,7 +93,8 @@ def run_client() -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
     line = reply.readline()  # the run's exit status, once it ended
-    return int(line) if line.strip() else 1
+    code = int(line) if line.strip() else 1
+    return 128 - code if code < 0 else code  # killed by signal N: 128 + N, as a shell reports it
 
 
 def _child(request: dict[str, object], fds: list[int]) -> None:
@@ -161,6 +163,45 @@ def _claim_socket_path(path: Path) -> None:
     )
 
 
+#: Seconds an orphaned run (its client gone) gets after SIGTERM before SIGKILL.
+ORPHAN_GRACE_S = 10.0
+
+
+def _client_gone(pid: int, client: socket.socket, orphans: dict[int, float]) -> bool:
+    """Whether a running flow run's readable client socket was closed; then the run gets
+    SIGTERM now and SIGKILL after ``ORPHAN_GRACE_S`` (:func:`_reap_orphans`).
+
+    A client never sends after its request, so a close means its process is gone: SIGKILLed
+    by the worker once its cancellation grace period ran out, or crashed. The run must not live
+    on unseen in the engine.
+    """
+    import time
+
+    try:
+        data = client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        data = b""
+    if data:
+        client.recv(len(data))  # not a close (clients send nothing else): drop it
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    orphans[pid] = time.monotonic()
+    print(f"warm engine: the client of run pid {pid} is gone; run sent SIGTERM", flush=True)
+    return True
+
+
+def _reap_orphans(orphans: dict[int, float]) -> None:
+    import time
+
+    for pid, since in list(orphans.items()):
+        if time.monotonic() - since > ORPHAN_GRACE_S:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def serve(path: Path, preload: tuple[str, ...] = PRELOAD) -> None:
     """Import ``preload``, then fork a flow run for every client until SIGTERM / SIGINT."""
     import importlib
@@ -173,6 +214,7 @@ def serve(path: Path, preload: tuple[str, ...] = PRELOAD) -> None:
     bound = path.lstat().st_ino
     listener.listen(16)
     running: dict[int, socket.socket] = {}
+    orphans: dict[int, float] = {}  # run pid -> when it was sent SIGTERM, its client gone
     stopping = False
 
     def stop(signum: int, frame: object) -> None:
@@ -185,10 +227,15 @@ def serve(path: Path, preload: tuple[str, ...] = PRELOAD) -> None:
     try:
         while not stopping:
             try:
-                ready, _, _ = select.select([listener], [], [], 0.2)
+                ready, _, _ = select.select([listener, *running.values()], [], [], 0.2)
             except InterruptedError:
                 continue
-            if ready:
+            for pid, client in list(running.items()):
+                if client in ready and _client_gone(pid, client, orphans):
+                    del running[pid]
+                    client.close()
+            _reap_orphans(orphans)
+            if listener in ready:
                 conn, _ = listener.accept()
                 try:
                     request, fds = _receive(conn)
@@ -204,15 +251,16 @@ def serve(path: Path, preload: tuple[str, ...] = PRELOAD) -> None:
                     os.close(fd)
                 conn.sendall(f"{pid}\n".encode())
                 running[pid] = conn
-            while running:
+            while running or orphans:
                 done, status = os.waitpid(-1, os.WNOHANG)
                 if done == 0:
                     break
-                client = running.pop(done, None)
-                if client is not None:
+                orphans.pop(done, None)
+                waiting = running.pop(done, None)
+                if waiting is not None:
                     with contextlib.suppress(OSError):
-                        client.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
-                    client.close()
+                        waiting.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
+                    waiting.close()
     finally:
         listener.close()
         with contextlib.suppress(OSError):

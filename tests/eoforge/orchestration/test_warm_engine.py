@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ ENGINE = [sys.executable, "-m", "eoforge.orchestration.warm_engine"]
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Path]:
+def engine_proc(tmp_path: Path) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
     # a short path: Unix socket names are limited to ~100 bytes
     sock = Path(f"/tmp/eoforge-warm-{os.getpid()}-{time.monotonic_ns()}.sock")
     log = (tmp_path / "engine.log").open("w")
@@ -33,11 +34,45 @@ def engine(tmp_path: Path) -> Iterator[Path]:
             tmp_path / "engine.log"
         ).read_text()
         time.sleep(0.2)
-    yield sock
+    yield sock, proc
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     log.close()
     assert not sock.exists()  # the engine cleans up its socket
+
+
+@pytest.fixture
+def engine(engine_proc: tuple[Path, subprocess.Popen[bytes]]) -> Path:
+    return engine_proc[0]
+
+
+@pytest.fixture
+def silent_api() -> Iterator[str]:
+    """A Prefect API URL on loopback that accepts connections and never answers: a flow run
+    started against it blocks reading its own record, i.e. it stays running until stopped."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/api"
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _wait_for(check: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
 
 
 def _client(env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -96,3 +131,37 @@ def test_the_socket_path_never_takes_a_users_file_or_a_live_engine(tmp_path: Pat
     finally:
         live.close()
         sock.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_stopping_the_client_stops_its_run_in_the_engine(
+    engine_proc: tuple[Path, subprocess.Popen[bytes]],
+    silent_api: str,
+    tmp_path: Path,
+    how: str,
+) -> None:
+    """A worker cancels a flow run by SIGTERM to the process it started (the client), then
+    SIGKILL after its grace period: either way the run forked in the engine must end too."""
+    sock, proc = engine_proc
+    env = dict(
+        os.environ,
+        **{
+            SOCKET_ENV: str(sock),
+            "PREFECT__FLOW_RUN_ID": str(uuid.uuid4()),
+            "PREFECT_API_URL": silent_api,
+        },
+    )
+    client = subprocess.Popen([*ENGINE, "run"], env=env, cwd=tmp_path)
+    _wait_for(lambda: bool(_children(proc.pid)), 60, "the engine never forked the run")
+    (run,) = _children(proc.pid)
+    time.sleep(1.0)  # the run is blocked on the silent API, not finished
+    assert client.poll() is None and _children(proc.pid) == [run]
+    client.send_signal(getattr(signal, how))
+    code = client.wait(timeout=60)
+    if how == "SIGTERM":  # forwarded to the run; the client exits as the run did: by SIGTERM
+        assert code == 128 + signal.SIGTERM, code
+    else:
+        assert code == -signal.SIGKILL
+    # the engine saw the client go (SIGKILL) or the run end (SIGTERM): no run is left behind
+    _wait_for(lambda: run not in _children(proc.pid), 30, f"run {run} outlived its client")
+    assert proc.poll() is None  # the engine itself serves on
