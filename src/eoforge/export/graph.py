@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eoforge.training.models import SegmentationUNet
+from eoforge.training.models import SegmentationUNet, unet_forward
 
 __all__ = ["InferenceUNet", "inference_form"]
 
@@ -83,25 +83,12 @@ class InferenceUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(N, K, H, W)`` for raw DN ``(N, C, H, W)`` float32."""
-        h = (x - self.band_mean) / self.band_std
-        if self.index_pairs:
-            ratios = [
-                (x[:, a : a + 1] - x[:, b : b + 1]) / (x[:, a : a + 1] + x[:, b : b + 1] + 1.0)
-                for a, b in self.index_pairs
-            ]
-            h = torch.cat([h, *ratios], dim=1)
-        skips = []
-        for encoder in self.encoders:
-            h = encoder(h)
-            skips.append(h)
-            h = self.pool(h)
-        h = self.bottleneck(h)
-        for upsample, decoder, skip in zip(
-            self.upsamplers, self.decoders, reversed(skips), strict=True
-        ):
-            h = decoder(upsample(h), skip)
-        out: torch.Tensor = self.head(h)
-        return out
+        return unet_forward(self, x, _split_decode)
+
+
+def _split_decode(decoder: nn.Module, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = decoder(up, skip)
+    return out
 
 
 def inference_form(model: nn.Module) -> nn.Module:

@@ -11,7 +11,8 @@ three times, so input height and width must be multiples of :data:`WINDOW_MULTIP
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ __all__ = [
     "build_model",
     "check_window",
     "index_pairs_for",
+    "unet_forward",
 ]
 
 #: Name recorded in ``model.json`` for this architecture.
@@ -123,25 +125,40 @@ class SegmentationUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Class logits ``(N, K, H, W)`` for raw DN ``(N, C, H, W)`` float32."""
-        h = (x - self.band_mean) / self.band_std
-        if self.index_pairs:
-            ratios = [
-                (x[:, a : a + 1] - x[:, b : b + 1]) / (x[:, a : a + 1] + x[:, b : b + 1] + 1.0)
-                for a, b in self.index_pairs
-            ]
-            h = torch.cat([h, *ratios], dim=1)
-        skips = []
-        for encoder in self.encoders:
-            h = encoder(h)
-            skips.append(h)
-            h = self.pool(h)
-        h = self.bottleneck(h)
-        for upsample, decoder, skip in zip(
-            self.upsamplers, self.decoders, reversed(skips), strict=True
-        ):
-            h = decoder(torch.cat([upsample(h), skip], dim=1))
-        out: torch.Tensor = self.head(h)
-        return out
+        return unet_forward(self, x, _concat_decode)
+
+
+#: One decoder level: ``decode(decoder, upsampled, skip)`` -> features.
+Decode = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _concat_decode(decoder: nn.Module, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    out: torch.Tensor = decoder(torch.cat([up, skip], dim=1))
+    return out
+
+
+def unet_forward(net: Any, x: torch.Tensor, decode: Decode) -> torch.Tensor:
+    """The UNet's forward pass over ``net``'s parts (``band_mean``, ``band_std``,
+    ``index_pairs``, ``encoders``, ``pool``, ``bottleneck``, ``upsamplers``, ``decoders``,
+    ``head``), each decoder level run by ``decode``: the trained network and its exported
+    inference form (:mod:`eoforge.export.graph`) share it and differ only there."""
+    h = (x - net.band_mean) / net.band_std
+    if net.index_pairs:
+        ratios = [
+            (x[:, a : a + 1] - x[:, b : b + 1]) / (x[:, a : a + 1] + x[:, b : b + 1] + 1.0)
+            for a, b in net.index_pairs
+        ]
+        h = torch.cat([h, *ratios], dim=1)
+    skips = []
+    for encoder in net.encoders:
+        h = encoder(h)
+        skips.append(h)
+        h = net.pool(h)
+    h = net.bottleneck(h)
+    for upsample, decoder, skip in zip(net.upsamplers, net.decoders, reversed(skips), strict=True):
+        h = decode(decoder, upsample(h), skip)
+    out: torch.Tensor = net.head(h)
+    return out
 
 
 def build_model(
