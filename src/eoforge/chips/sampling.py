@@ -49,22 +49,44 @@ class WindowCounts:
 
     Few windows are counted directly on the mask; once the windows asked for would touch more
     pixels than the mask holds, a summed-area table is built and each window costs O(1).
+    A mask may also be registered as a comparison of an array already held (``region == 1``,
+    ``labels != ignore``, :meth:`add_comparison`): it is then never stored whole, only evaluated
+    on the windows counted (or once, to build its table), so a tile's derived masks cost no
+    memory beyond the arrays they are made from.
     """
 
     size: int
     """Window edge in pixels."""
-    masks: dict[str, NDArray[np.bool_]] = field(default_factory=dict)
+    _sources: dict[str, tuple[NDArray[Any], str, int]] = field(default_factory=dict, repr=False)
     _tables: dict[str, NDArray[np.int32]] = field(default_factory=dict, repr=False)
     _touched: dict[str, int] = field(default_factory=dict, repr=False)
 
     def add(self, name: str, mask: NDArray[np.bool_]) -> None:
         """Register a boolean mask ``(time, h, w)`` or ``(h, w)``."""
-        self.masks[name] = np.asarray(mask, dtype=bool)
+        self._register(name, np.asarray(mask, dtype=bool), "mask", 0)
+
+    def add_comparison(self, name: str, values: NDArray[Any], op: str, value: int) -> None:
+        """Register the mask ``values == value`` (``op`` ``"eq"``) or ``values != value``
+        (``"ne"``) without materialising it."""
+        if op not in ("eq", "ne"):
+            raise ValueError(f"op must be 'eq' or 'ne', got {op!r}")
+        self._register(name, np.asarray(values), op, value)
+
+    def _register(self, name: str, values: NDArray[Any], op: str, value: int) -> None:
+        self._sources[name] = (values, op, value)
         self._tables.pop(name, None)
         self._touched[name] = 0
 
     def __contains__(self, name: str) -> bool:
-        return name in self.masks
+        return name in self._sources
+
+    @staticmethod
+    def _mask(values: NDArray[Any], op: str, value: int) -> NDArray[np.bool_]:
+        if op == "eq":
+            return values == value  # type: ignore[no-any-return]
+        if op == "ne":
+            return values != value  # type: ignore[no-any-return]
+        return values
 
     def count(
         self,
@@ -75,14 +97,14 @@ class WindowCounts:
     ) -> NDArray[np.int64]:
         """Pixels of mask ``name`` inside each window at (t, r, c); ``t`` None for 2-D masks."""
         s = self.size
-        mask = self.masks[name]
+        values, op, value = self._sources[name]
         self._touched[name] += len(r) * s * s
-        if name not in self._tables and self._touched[name] <= 2 * mask.size:
-            win = sliding_window_view(mask, (s, s), axis=(-2, -1))
-            picked = win[r, c] if t is None else win[t, r, c]
+        if name not in self._tables and self._touched[name] <= 2 * values.size:
+            win = sliding_window_view(values, (s, s), axis=(-2, -1))
+            picked = self._mask(win[r, c] if t is None else win[t, r, c], op, value)
             return picked.sum(axis=(-2, -1), dtype=np.int64)  # type: ignore[no-any-return]
         if name not in self._tables:
-            self._tables[name] = _integral(mask)
+            self._tables[name] = _integral(self._mask(values, op, value))
         ii = self._tables[name]
         if t is None:
             a, b, d, e = ii[r + s, c + s], ii[r, c + s], ii[r + s, c], ii[r, c]
@@ -250,7 +272,7 @@ def _class_counts(
     labels: NDArray[np.uint8], k: int, size: int, pool: _Candidates
 ) -> NDArray[np.int64]:
     counts = WindowCounts(size)
-    counts.add("k", labels == k)
+    counts.add_comparison("k", labels, "eq", k)
     return counts.count("k", pool.t, pool.r, pool.c)
 
 
@@ -296,10 +318,10 @@ def sample_tile(
         allowed = np.ones((3, n_time), dtype=bool)
     counts = WindowCounts(s)
     for code in range(3):
-        counts.add(f"region{code}", region == code)
-    counts.add("covered", region == COVERED)
+        counts.add_comparison(f"region{code}", region, "eq", code)
+    counts.add_comparison("covered", region, "eq", COVERED)
     counts.add("nodata", nodata)
-    counts.add("labelled", labels != ignore_index)
+    counts.add_comparison("labelled", labels, "ne", ignore_index)
     if sampling.max_cloud_fraction is not None:
         if cloud is None:
             raise InputError("sampling.max_cloud_fraction is set but no cloud mask was given.")

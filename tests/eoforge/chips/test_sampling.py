@@ -158,6 +158,23 @@ def test_window_counts_direct_and_summed_area_agree() -> None:
     assert "m" in few._tables
 
 
+def test_window_counts_of_a_comparison_match_the_materialised_mask() -> None:
+    rng = np.random.default_rng(4)
+    values = rng.integers(0, 4, (2, 30, 40), dtype=np.uint8)
+    t, r, c = rng.integers(0, 2, 500), rng.integers(0, 23, 500), rng.integers(0, 33, 500)
+    for op, mask in (("eq", values == 2), ("ne", values != 2)):
+        lazy, whole = WindowCounts(8), WindowCounts(8)
+        lazy.add_comparison("m", values, op, 2)
+        whole.add("m", mask)
+        for n in (3, 500):  # direct, then summed-area table
+            assert np.array_equal(
+                lazy.count("m", t[:n], r[:n], c[:n]), whole.count("m", t[:n], r[:n], c[:n])
+            )
+        assert "m" in lazy._tables
+    with pytest.raises(ValueError, match="op"):
+        WindowCounts(8).add_comparison("m", values, "lt", 2)
+
+
 # --------------------------------------------------------------------------- properties
 
 
