@@ -1,10 +1,10 @@
 """Chips: cut the cube into fixed-size patches with labels, filtered and split, into ``chips.zarr``.
 
 Each tile is read once; windows are chosen by :mod:`eoforge.chips.sampling` (grid, random or
-class-balanced; split by tile or by block, optionally in time) and gathered in one vectorised
-step; each split is written with one call into sharded Zarr v3 arrays, in a seeded random order
-so that any run of chips is a random sample (what the loader in :mod:`eoforge.chips.torch_data` relies
-on). The chip index (:mod:`eoforge.chips.index`) is written next to the store. The store layout
+class-balanced; split by tile or by block, optionally in time) and gathered strip by strip
+into raw spill files (:mod:`eoforge.chips.spill`); each split is then written into (optionally
+sharded) Zarr v3 arrays a slab at a time, in a seeded random order so that any run of chips is
+a random sample (what the loader in :mod:`eoforge.chips.torch_data` relies on). The chip index (:mod:`eoforge.chips.index`) is written next to the store. The store layout
 extends ADR 0001 (see ADR 0002).
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +26,11 @@ from zarr.codecs import BloscCodec
 
 from eoforge.chips.index import chip_index_frame, chip_index_uri, cross_split_overlaps, index_bytes
 from eoforge.chips.sampling import TileSample, sample_tile
+from eoforge.chips.spill import SplitSpill, band_stats, write_shuffled
 from eoforge.chips.splits import SPLITS, assign_blocks, split_regions, temporal_mask
 from eoforge.chips.strips import (
-    gather_band_windows,
     gather_windows,
+    iter_band_windows,
     nodata_mask,
     tile_labels,
     value_mask,
@@ -108,22 +110,15 @@ def _split_of(tile: str, col: int, size: int, width: int, spec: ChipSpec) -> str
     return None  # straddles the block boundary: would leak space between train and val
 
 
-@dataclass
-class _SplitParts:
-    x: list[NDArray[np.uint16]] = field(default_factory=list)
-    y: list[NDArray[np.uint8]] = field(default_factory=list)
-    origin: list[NDArray[np.int32]] = field(default_factory=list)
-    index: list[pd.DataFrame] = field(default_factory=list)
-
-    def n(self) -> int:
-        return sum(len(a) for a in self.x)
-
-
 def _histograms(y: NDArray[np.uint8]) -> NDArray[np.int64]:
     """``(n, 256)`` pixel counts of each label value per chip (one bincount for all chips)."""
     n = len(y)
     flat = y.reshape(n, -1).astype(np.int64) + (np.arange(n, dtype=np.int64) * 256)[:, None]
     return np.bincount(flat.ravel(), minlength=n * 256).reshape(n, 256)
+
+
+#: Chips whose labels are gathered, counted and indexed at once (bounds that memory).
+_LABEL_BATCH = 4096
 
 
 def _cut_tile(
@@ -133,76 +128,51 @@ def _cut_tile(
     cube_y: NDArray[np.uint8],
     size: int,
     labels: LabelSpec,
-    parts: dict[str, _SplitParts],
+    spills: dict[str, SplitSpill],
 ) -> None:
-    """Gather the sampled windows of one tile (bands strip by strip) into ``parts``, by split."""
-    x_all = gather_band_windows(tile, bands, sample.t, sample.r, sample.c, size)
+    """Spill the sampled windows of one tile, by split, in sample order after the chips of the
+    tiles before (bands strip by strip, labels a batch at a time)."""
+    position = np.empty(len(sample), dtype=np.int64)  # each chip's place in its split's spill
     for code, name in enumerate(SPLITS):
         sel = np.flatnonzero(sample.split == code)
         if sel.size == 0:
             continue
+        spill = spills[name]
+        first = spill.reserve(sel.size)
+        position[sel] = first + np.arange(sel.size)
         t, r, c = sample.t[sel], sample.r[sel], sample.c[sel]
-        x = x_all[sel]
-        y = gather_windows(cube_y, t, r, c, size)
-        hist = _histograms(y)
-        part = parts[name]
-        part.x.append(x)
-        part.y.append(y)
-        part.origin.append(np.stack([t, r, c], axis=1).astype(np.int32))
-        part.index.append(
-            chip_index_frame(
-                name,
-                tile.grid,
-                tile.item_ids,
-                tile.times,
-                t,
-                r,
-                c,
-                size,
-                {
-                    "nodata_fraction": sample.nodata_fraction[sel],
-                    "labelled_fraction": sample.labelled_fraction[sel],
-                    "cloud_fraction": sample.cloud_fraction[sel],
-                },
-                hist,
-                labels.classes,
-                labels.ignore_index,
+        spill.origin.append(np.stack([t, r, c], axis=1).astype(np.int32))
+        for lo in range(0, sel.size, _LABEL_BATCH):
+            part = slice(lo, lo + _LABEL_BATCH)
+            y = gather_windows(cube_y, t[part], r[part], c[part], size)
+            spill.write_y(first + lo, y)
+            hist = _histograms(y)
+            spill.label_counts += hist.sum(axis=0)
+            spill.index.append(
+                chip_index_frame(
+                    name,
+                    tile.grid,
+                    tile.item_ids,
+                    tile.times,
+                    t[part],
+                    r[part],
+                    c[part],
+                    size,
+                    {
+                        "nodata_fraction": sample.nodata_fraction[sel][part],
+                        "labelled_fraction": sample.labelled_fraction[sel][part],
+                        "cloud_fraction": sample.cloud_fraction[sel][part],
+                    },
+                    hist,
+                    labels.classes,
+                    labels.ignore_index,
+                )
             )
-        )
-
-
-def _band_stats(x: NDArray[np.uint16]) -> tuple[list[float], list[float]]:
-    """Per-band mean / std (floored at 1 DN) over pixels where every band is valid."""
-    valid = (x != 0).all(axis=1)
-    mean: list[float] = []
-    std: list[float] = []
-    for b in range(x.shape[1]):
-        values = x[:, b][valid].astype(np.float64)
-        mean.append(float(values.mean()))
-        std.append(float(max(values.std(), 1.0)))
-    return mean, std
-
-
-def _create(
-    group: zarr.Group, name: str, data: NDArray[Any], chunk_chips: int, shard_chips: int | None
-) -> None:
-    """One array written in one call: ``chunk_chips`` chips per chunk, optionally sharded."""
-    n = data.shape[0]
-    inner = (chunk_chips, *data.shape[1:])
-    shards = None
-    if shard_chips is not None and n > chunk_chips:
-        shards = (min(shard_chips, -(-n // chunk_chips) * chunk_chips), *data.shape[1:])
-    arr = group.create_array(
-        name,
-        shape=data.shape,
-        dtype=data.dtype,
-        chunks=inner,
-        shards=shards,
-        compressors=_CODEC,
-        fill_value=0,
-    )
-    if n:
-        arr[...] = data
+    for sel, windows in iter_band_windows(tile, bands, sample.t, sample.r, sample.c, size):
+        for code, name in enumerate(SPLITS):
+            mine = sample.split[sel] == code
+            if mine.any():
+                spills[name].write_x(position[sel[mine]], windows[mine])
 
 
 @transient_storage_errors("chipping")
@@ -267,52 +237,63 @@ def build_chips(
         blocks = assign_blocks(
             shapes, sampling.block_size, spec.val_fraction, sampling.test_fraction, sampling.seed
         )
-    parts = {s: _SplitParts() for s in SPLITS}
-    rejected: dict[str, int] = {}
-    for i, name in enumerate(order):
-        cube_tile = tiles[name]
-        missing = [b for b in bands if b not in cube_tile.variables]
+    for name in order:
+        missing = [b for b in bands if b not in tiles[name].variables]
         if missing:
             raise InputError(
                 f"cube tile '{name}' lacks variable(s) {missing}; re-run ingest with them."
             )
-        covered = exclude_covered(cube_tile.grid, [tiles[o].grid for o in order[:i]])
-        region = split_regions(
-            name, cube_tile.grid.height, cube_tile.grid.width, spec, sampling, blocks, covered
-        )
-        # Bands are read a chunk row at a time; only the (time, y, x) masks and labels are whole.
-        nodata = nodata_mask(cube_tile, bands)
-        cube_y = tile_labels(cube_tile, source, labels, nodata)
-        cloud = None
-        if sampling.max_cloud_fraction is not None:
-            cloud = value_mask(cube_tile, sampling.cloud_variable, sampling.cloud_codes)
-        sample = sample_tile(
-            cube_y,
-            nodata,
-            region,
-            spec,
-            sampling,
-            labels.ignore_index,
-            len(labels.classes),
-            temporal_mask(cube_tile.times, sampling, name),
-            cloud,
-            seed=(i,),
-        )
-        for reason, count in sample.rejected.items():
-            rejected[reason] = rejected.get(reason, 0) + count
-        _cut_tile(cube_tile, sample, bands, cube_y, spec.size, labels, parts)
-        del nodata, cube_y, cloud
-        cube_tile.release()
-    for name in ("train", "test"):
-        if not parts[name].n():
-            raise InputError(
-                f"no {name} chip survived the filters (rejected: {rejected}); relax "
-                "chips.max_nodata_fraction / chips.min_labelled_fraction or pick other tiles/dates."
+    x_dtype = np.result_type(
+        *(tiles[t].read_rows(b, 0, 0).dtype for t in order for b in bands), np.uint16
+    ) if bands else np.dtype(np.uint16)  # fmt: skip
+    rejected: dict[str, int] = {}
+    # chips go to raw files in a folder made here, removed when done (eoforge.chips.spill)
+    with tempfile.TemporaryDirectory(prefix="eoforge-chips-") as folder:
+        spills = {
+            s: SplitSpill(Path(folder), s, (len(bands), spec.size, spec.size), x_dtype, spec.size)
+            for s in SPLITS
+        }
+        for i, name in enumerate(order):
+            cube_tile = tiles[name]
+            covered = exclude_covered(cube_tile.grid, [tiles[o].grid for o in order[:i]])
+            region = split_regions(
+                name, cube_tile.grid.height, cube_tile.grid.width, spec, sampling, blocks, covered
             )
-    return _write_store(
-        out, parts, spec, labels, bands, sampling, source, rejected, storage_options,
-        chunk_chips, shard_chips, units,
-    )  # fmt: skip
+            # Bands are read a chunk row at a time; only the (time, y, x) masks and labels are
+            # whole.
+            nodata = nodata_mask(cube_tile, bands)
+            cube_y = tile_labels(cube_tile, source, labels, nodata)
+            cloud = None
+            if sampling.max_cloud_fraction is not None:
+                cloud = value_mask(cube_tile, sampling.cloud_variable, sampling.cloud_codes)
+            sample = sample_tile(
+                cube_y,
+                nodata,
+                region,
+                spec,
+                sampling,
+                labels.ignore_index,
+                len(labels.classes),
+                temporal_mask(cube_tile.times, sampling, name),
+                cloud,
+                seed=(i,),
+            )
+            for reason, count in sample.rejected.items():
+                rejected[reason] = rejected.get(reason, 0) + count
+            _cut_tile(cube_tile, sample, bands, cube_y, spec.size, labels, spills)
+            del nodata, cube_y, cloud
+            cube_tile.release()
+        for name in ("train", "test"):
+            if not spills[name].n:
+                raise InputError(
+                    f"no {name} chip survived the filters (rejected: {rejected}); relax "
+                    "chips.max_nodata_fraction / chips.min_labelled_fraction or pick other "
+                    "tiles/dates."
+                )
+        return _write_store(
+            out, spills, spec, labels, bands, sampling, source, rejected, storage_options,
+            chunk_chips, shard_chips, units,
+        )  # fmt: skip
 
 
 def _band_units(tiles: Mapping[str, CubeTile], bands: Sequence[str]) -> dict[str, Any]:
@@ -337,7 +318,7 @@ def _band_units(tiles: Mapping[str, CubeTile], bands: Sequence[str]) -> dict[str
 
 def _write_store(
     out: Path | str,
-    parts: dict[str, _SplitParts],
+    spills: dict[str, SplitSpill],
     spec: ChipSpec,
     labels: LabelSpec,
     bands: Sequence[str],
@@ -349,28 +330,26 @@ def _write_store(
     shard_chips: int | None,
     units: Mapping[str, Any] | None = None,
 ) -> ChipsInfo:
-    c, s = len(bands), spec.size
-    arrays: dict[str, tuple[NDArray[np.uint16], NDArray[np.uint8], NDArray[np.int32]]] = {}
+    orders: dict[str, NDArray[np.int64]] = {}
+    origins: dict[str, NDArray[np.int32]] = {}
     frames = []
     for code, name in enumerate(SPLITS):
-        part = parts[name]
-        n = part.n()
-        if n == 0:
-            arrays[name] = (
-                np.zeros((0, c, s, s), np.uint16),
-                np.zeros((0, s, s), np.uint8),
-                np.zeros((0, 3), np.int32),
-            )
-            continue
+        spill = spills[name]
+        n = spill.n
         # stored in a seeded random order: any run of chunks is then a random sample
-        order = np.random.default_rng([sampling.seed, code]).permutation(n)
-        x = np.concatenate(part.x)[order]
-        y = np.concatenate(part.y)[order]
-        origin = np.concatenate(part.origin)[order]
-        frame = pd.concat(part.index, ignore_index=True).iloc[order].reset_index(drop=True)
-        frame.insert(1, "index", np.arange(n, dtype=np.int32))
-        arrays[name] = (x, y, origin)
-        frames.append(frame)
+        order = (
+            np.random.default_rng([sampling.seed, code]).permutation(n)
+            if n
+            else np.zeros(0, dtype=np.int64)
+        )
+        orders[name] = order
+        origins[name] = (
+            np.concatenate(spill.origin)[order] if n else np.zeros((0, 3), dtype=np.int32)
+        )
+        if n:
+            frame = pd.concat(spill.index, ignore_index=True).iloc[order].reset_index(drop=True)
+            frame.insert(1, "index", np.arange(n, dtype=np.int32))
+            frames.append(frame)
     index = pd.concat(frames, ignore_index=True)
     overlaps = cross_split_overlaps(index)
     if overlaps.any():
@@ -378,7 +357,7 @@ def _write_store(
             f"{int((overlaps > 0).sum())} chip(s) share ground with chips of another split; the "
             "split guarantee of eoforge.chips.splits is broken."
         )
-    mean, std = _band_stats(arrays["train"][0])
+    mean, std = band_stats(spills["train"])
     payload = index_bytes(index)
     index_uri = chip_index_uri(out)
     counts: dict[str, int] = {}
@@ -402,18 +381,26 @@ def _write_store(
         )
         if units:  # harmonised bands: reflectance = value * scale + offset (eoforge.cube.units)
             root.attrs["units"] = dict(units)
-        for name, (x, y, origin) in arrays.items():
+        for name in SPLITS:
+            spill, order = spills[name], orders[name]
             group = root.create_group(name)
             rows = index[index["split"] == name]
             group.attrs.update(
                 tiles=sorted(set(rows["tile"])), item_ids=[str(i) for i in rows["item_id"]]
             )
-            _create(group, "x", x, chunk_chips, shard_chips)
-            _create(group, "y", y, chunk_chips, shard_chips)
+            for array, take, item, dtype in (
+                ("x", spill.take_x, spill.x_shape, spill.x_dtype),
+                ("y", spill.take_y, spill.y_shape, np.dtype(np.uint8)),
+            ):
+                write_shuffled(
+                    group, array, take, item, dtype, order, chunk_chips, shard_chips, _CODEC
+                )
+            origin = origins[name]
             group.create_array("origin", data=origin, chunks=(max(len(origin), 1), 3))
-            counts[name] = len(x)
-            hist = np.bincount(y.ravel(), minlength=256)
-            class_counts[name] = {cls: int(hist[i]) for i, cls in enumerate(labels.classes)}
+            counts[name] = spill.n
+            class_counts[name] = {
+                cls: int(spill.label_counts[i]) for i, cls in enumerate(labels.classes)
+            }
         write_bytes_atomic(index_uri, payload, storage_options)
     return ChipsInfo(
         path=str(out) if is_remote(out) else Path(out),

@@ -48,7 +48,10 @@ class WindowCounts:
     """Pixel counts of square windows of boolean masks.
 
     Few windows are counted directly on the mask; once the windows asked for would touch more
-    pixels than the mask holds, a summed-area table is built and each window costs O(1).
+    pixels than the mask holds, a summed-area table is built and each window costs O(1). A
+    table is kept only up to :data:`TABLE_BYTES`; for a larger mask (a whole 10980 px tile:
+    480 MB per date) each call counts from tables of row bands of that size instead, so memory
+    stays bounded by the band, not the tile.
     A mask may also be registered as a comparison of an array already held (``region == 1``,
     ``labels != ignore``, :meth:`add_comparison`): it is then never stored whole, only evaluated
     on the windows counted (or once, to build its table), so a tile's derived masks cost no
@@ -98,19 +101,53 @@ class WindowCounts:
         """Pixels of mask ``name`` inside each window at (t, r, c); ``t`` None for 2-D masks."""
         s = self.size
         values, op, value = self._sources[name]
-        self._touched[name] += len(r) * s * s
-        if name not in self._tables and self._touched[name] <= 2 * values.size:
+        touch = len(r) * s * s
+        self._touched[name] += touch
+        big = 4 * values.size > TABLE_BYTES  # a whole table would outgrow the bound
+        if name in self._tables:
+            return _table_counts(self._tables[name], t, r, c, s)
+        if self._touched[name] <= 2 * values.size or (big and touch <= values.size):
             win = sliding_window_view(values, (s, s), axis=(-2, -1))
             picked = self._mask(win[r, c] if t is None else win[t, r, c], op, value)
             return picked.sum(axis=(-2, -1), dtype=np.int64)  # type: ignore[no-any-return]
-        if name not in self._tables:
+        if not big:
             self._tables[name] = _integral(self._mask(values, op, value))
-        ii = self._tables[name]
-        if t is None:
-            a, b, d, e = ii[r + s, c + s], ii[r, c + s], ii[r + s, c], ii[r, c]
-        else:
-            a, b, d, e = ii[t, r + s, c + s], ii[t, r, c + s], ii[t, r + s, c], ii[t, r, c]
-        return a.astype(np.int64) - b - d + e
+            return _table_counts(self._tables[name], t, r, c, s)
+        # many windows of a large mask: summed-area tables of row bands, never of the whole
+        h, w = values.shape[-2:]
+        rows = max(4 * s, TABLE_BYTES // (4 * (values.size // (h * w)) * (w + 1)))
+        out = np.empty(len(r), dtype=np.int64)
+        order = np.argsort(r, kind="stable")
+        starts = r[order]
+        for top in range(0, h - s + 1, rows):
+            lo, hi = np.searchsorted(starts, [top, top + rows])
+            if lo == hi:
+                continue
+            sel = order[lo:hi]
+            band = self._mask(values[..., top : min(h, top + rows + s - 1), :], op, value)
+            out[sel] = _table_counts(
+                _integral(band), None if t is None else t[sel], r[sel] - top, c[sel], s
+            )
+        return out
+
+
+#: Largest summed-area table :class:`WindowCounts` keeps (int32 per pixel); larger masks are
+#: counted from tables of row bands of about this size, built per call.
+TABLE_BYTES = 64 << 20
+
+
+def _table_counts(
+    ii: NDArray[np.int32],
+    t: NDArray[np.int64] | None,
+    r: NDArray[np.int64],
+    c: NDArray[np.int64],
+    s: int,
+) -> NDArray[np.int64]:
+    if t is None:
+        a, b, d, e = ii[r + s, c + s], ii[r, c + s], ii[r + s, c], ii[r, c]
+    else:
+        a, b, d, e = ii[t, r + s, c + s], ii[t, r, c + s], ii[t, r + s, c], ii[t, r, c]
+    return a.astype(np.int64) - b - d + e  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- samplers

@@ -8,7 +8,7 @@ it (2 bytes per pixel and date) plus one band's chunk row at a time.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,14 @@ from eoforge.cube.tiles import CubeTile
 from eoforge.errors import InputError, InternalError
 from eoforge.labels.classes import LabelSource, TileLabelContext
 
-__all__ = ["gather_band_windows", "gather_windows", "nodata_mask", "tile_labels", "value_mask"]
+__all__ = [
+    "gather_band_windows",
+    "gather_windows",
+    "iter_band_windows",
+    "nodata_mask",
+    "tile_labels",
+    "value_mask",
+]
 
 
 def gather_windows(
@@ -76,28 +83,55 @@ def gather_band_windows(
     c: NDArray[np.int64],
     size: int,
 ) -> NDArray[Any]:
-    """The ``(n, bands, size, size)`` windows of a tile, each stored chunk decoded once.
-
-    Strips go down the tile a chunk row at a time; each band keeps the last ``size - 1`` rows of
-    the strip before, so a window is cut from the strip holding its bottom row. Memory: the
-    windows, one band's chunk row and ``bands x (size - 1)`` carried rows.
-    """
+    """The ``(n, bands, size, size)`` windows of a tile, each stored chunk decoded once
+    (:func:`iter_band_windows` gathered into one array)."""
     dtypes = [tile.read_rows(b, 0, 0).dtype for b in bands]
     dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.uint16)
     out = np.empty((len(t), len(bands), size, size), dtype=dtype)
+    for sel, windows in iter_band_windows(tile, bands, t, r, c, size):
+        out[sel] = windows
+    return out
+
+
+def iter_band_windows(
+    tile: CubeTile,
+    bands: Sequence[str],
+    t: NDArray[np.int64],
+    r: NDArray[np.int64],
+    c: NDArray[np.int64],
+    size: int,
+    batch: int = 4096,
+) -> Iterator[tuple[NDArray[np.intp], NDArray[Any]]]:
+    """``(positions, windows (k, bands, size, size))``, at most ``batch`` windows at a time,
+    strip by strip: the windows whose bottom row lies in each chunk row of the tile, each
+    stored chunk decoded once.
+
+    Strips go down the tile a chunk row at a time; each band keeps the last ``size - 1`` rows of
+    the strip before, so a window is cut from the strip holding its bottom row. Memory: one
+    strip of every band (plus ``size - 1`` carried rows each) and one batch of windows, however
+    densely the windows overlap.
+    """
+    dtypes = [tile.read_rows(b, 0, 0).dtype for b in bands]
+    dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.uint16)
     last_row = np.asarray(r, dtype=np.int64) + size - 1
     carried: dict[str, NDArray[Any]] = {}
     for top, bottom in tile.strips():
         sel = np.flatnonzero((last_row >= top) & (last_row < bottom))
-        for i, band in enumerate(bands):
+        buffers = []
+        for band in bands:
             rows = tile.read_rows(band, top, bottom)
             previous = carried.get(band)
             buffer = rows if previous is None else np.concatenate([previous, rows], axis=1)
-            first = bottom - buffer.shape[1]  # tile row of the buffer's first row
-            if sel.size:
-                out[sel, i] = gather_windows(buffer, t[sel], r[sel] - first, c[sel], size)
+            buffers.append(buffer)
             carried[band] = buffer[:, max(buffer.shape[1] - (size - 1), 0) :].copy()
-    return out
+        for lo in range(0, sel.size, batch):
+            part = sel[lo : lo + batch]
+            out = np.empty((part.size, len(bands), size, size), dtype=dtype)
+            for i, buffer in enumerate(buffers):
+                first = bottom - buffer.shape[1]  # tile row of the buffer's first row
+                out[:, i] = gather_windows(buffer, t[part], r[part] - first, c[part], size)
+            yield part, out
+        del buffers
 
 
 def tile_labels(

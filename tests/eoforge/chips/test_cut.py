@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -282,3 +283,22 @@ def test_failed_build_keeps_the_previous_store(tmp_path: Path) -> None:
     assert np.array_equal(read_split(tmp_path / "chips.zarr", "train")[0], before)
     with pytest.raises(InputError, match="not one of"):
         read_split(tmp_path / "chips.zarr", "holdout")
+
+
+def test_build_chips_leaves_no_spill_behind_even_when_it_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    cube = tmp_path / "cube.zarr"
+    _tiny_cube(cube, {"AAA": 1, "BBB": 1})
+    spec = ChipSpec(size=16, stride=8, train_tiles=("AAA",), test_tiles=("BBB",))
+    info = build_chips(cube, tmp_path / "c.zarr", spec, LabelSpec(), BANDS)
+    assert info.counts["train"] > 0 and not list(scratch.iterdir())
+    with pytest.raises(InputError, match="no train chip survived"):
+        build_chips(
+            cube, tmp_path / "d.zarr", spec.model_copy(update={"min_labelled_fraction": 1.0}),
+            LabelSpec(scl_groups={"vegetation": (4,)}), BANDS,
+        )  # fmt: skip
+    assert not list(scratch.iterdir()) and not (tmp_path / "d.zarr").exists()

@@ -158,6 +158,35 @@ def test_window_counts_direct_and_summed_area_agree() -> None:
     assert "m" in few._tables
 
 
+@pytest.mark.parametrize("depth", [None, 3])
+def test_window_counts_of_a_large_mask_use_bounded_row_bands(
+    monkeypatch: pytest.MonkeyPatch, depth: int | None
+) -> None:
+    import eoforge.chips.sampling as sampling
+
+    monkeypatch.setattr(sampling, "TABLE_BYTES", 4 * 8 * 41)  # "large": bands of 24 rows (4 s)
+    rng = np.random.default_rng(5)
+    shape = (61, 40) if depth is None else (depth, 61, 40)
+    values = rng.integers(0, 3, shape, dtype=np.uint8)
+    n = 3000  # many windows: more pixels than the mask, every band boundary crossed
+    r, c = rng.integers(0, 61 - 6 + 1, n), rng.integers(0, 40 - 6 + 1, n)
+    t = None if depth is None else rng.integers(0, depth, n)
+    brute = np.array(
+        [
+            ((values if t is None else values[t[i]])[r[i] : r[i] + 6, c[i] : c[i] + 6] == 1).sum()
+            for i in range(n)
+        ]
+    )
+    counts = WindowCounts(6)
+    counts.add_comparison("m", values, "eq", 1)
+    assert np.array_equal(counts.count("m", t, r, c), brute)
+    assert "m" not in counts._tables  # nothing of the whole mask's size kept
+    few = slice(0, 5)  # a call touching few pixels is counted directly
+    assert np.array_equal(
+        counts.count("m", None if t is None else t[few], r[few], c[few]), brute[few]
+    )
+
+
 def test_window_counts_of_a_comparison_match_the_materialised_mask() -> None:
     rng = np.random.default_rng(4)
     values = rng.integers(0, 4, (2, 30, 40), dtype=np.uint8)

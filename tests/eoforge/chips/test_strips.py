@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from eoforge.chips.strips import gather_band_windows, gather_windows, nodata_mask, value_mask
+from eoforge.chips.strips import (
+    gather_band_windows,
+    gather_windows,
+    iter_band_windows,
+    nodata_mask,
+    value_mask,
+)
 from eoforge.cube.tiles import open_cube_tile
 from eoforge.errors import InputError
 
@@ -54,6 +60,13 @@ def test_strips_equal_whole_tile_stacks(tmp_path: Path, chunk_rows: int) -> None
     got = gather_band_windows(tile, BANDS, t, r, c, size)
     assert got.dtype == np.uint16
     assert np.array_equal(got, gather_windows(stack, t, r, c, size))
+    # in batches of at most 5 windows: every window once, the same pixels
+    seen = np.zeros(len(r), dtype=int)
+    for sel, windows in iter_band_windows(tile, BANDS, t, r, c, size, batch=5):
+        assert 0 < len(sel) <= 5 and windows.shape == (len(sel), len(BANDS), size, size)
+        assert np.array_equal(windows, got[sel])
+        seen[sel] += 1
+    assert (seen == 1).all()
     assert not tile._arrays  # nothing was cached with the tile
 
 
