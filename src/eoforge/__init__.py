@@ -10,7 +10,7 @@ import os
 # 2-core machine; it only takes effect if set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from eoforge._malloc import limit_malloc_arenas
+from eoforge.compute.malloc import limit_malloc_arenas
 from eoforge.config import RunSpec, load_run_spec
 from eoforge.errors import (
     ContractViolation,
@@ -20,7 +20,7 @@ from eoforge.errors import (
     TransientError,
 )
 
-# before the native thread pools (zarr, ONNX Runtime, GDAL) start: see eoforge._malloc
+# before the native thread pools (zarr, ONNX Runtime, GDAL) start: see eoforge.compute.malloc
 limit_malloc_arenas()
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The malloc arena cap set when eoforge is imported (eoforge._malloc)."""
+"""The malloc arena cap set when eoforge is imported (eoforge.compute.malloc)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import sys
 
 import pytest
 
-from eoforge._malloc import limit_malloc_arenas
+from eoforge.compute.malloc import limit_malloc_arenas
 
 GLIBC = hasattr(os, "confstr") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
 
 
 def _child(env: dict[str, str]) -> str:
-    code = "import eoforge._malloc as m, eoforge; print(m.limit_malloc_arenas())"
+    code = "import eoforge.compute.malloc as m, eoforge; print(m.limit_malloc_arenas())"
     out = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, **env},
