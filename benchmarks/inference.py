@@ -169,7 +169,12 @@ def _product_model(args: argparse.Namespace) -> bool:
 
 def _item_bands(item: str) -> tuple[np.ndarray, np.ndarray]:
     """(bands (4, H, W) uint16, Sen2Cor classes grouped like the labels (H, W)) of an item."""
-    folder = BUNDLED_CATALOG / item
+    return folder_bands(BUNDLED_CATALOG / item)
+
+
+def folder_bands(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(bands (4, H, W) uint16, Sen2Cor classes grouped like the labels (H, W)) of an item
+    folder holding ``B02/B03/B04/B08/SCL.tif``."""
     bands = []
     for name in BAND_FILES:
         with rasterio.open(folder / f"{name}.tif") as src:

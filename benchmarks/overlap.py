@@ -29,20 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 
 from benchmarks._scenes import NullWriter, TiledScene
 from benchmarks._timing import interleaved_seconds
+from benchmarks.inference import folder_bands
 from eoforge.config import BUNDLED_CATALOG, ChipSpec, InferSpec, LabelSpec
 from eoforge.inference.predict import predict_raster, predict_scene
 from eoforge.inference.session import open_session
 from eoforge.inference.windows import _axis_plan
-from eoforge.labels.classes import scl_to_classes
 from eoforge.training.metrics import confusion_matrix, metrics_from_confusion
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = ROOT.parent / "shared" / "data" / "s2-l2a-sample"
-BAND_FILES = ("B02", "B03", "B04", "B08")  # blue, green, red, nir: the product's bands
 S2_TILE_PX = 10980
 
 
@@ -50,14 +48,9 @@ def _scenes(sample: Path) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]
     """tile -> [(item, bands (4, H, W) uint16, Sen2Cor classes (H, W))], items sorted."""
     tiles: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
     for folder in sorted(p for p in sample.iterdir() if (p / "SCL.tif").is_file()):
-        bands = []
-        for name in BAND_FILES:
-            with rasterio.open(folder / f"{name}.tif") as src:
-                bands.append(src.read(1))
-        with rasterio.open(folder / "SCL.tif") as src:
-            labels = scl_to_classes(src.read(1), LabelSpec())
+        bands, labels = folder_bands(folder)
         tile = folder.name.split("_")[1]
-        tiles.setdefault(tile, []).append((folder.name, np.stack(bands), labels))
+        tiles.setdefault(tile, []).append((folder.name, bands, labels))
     return tiles
 
 
