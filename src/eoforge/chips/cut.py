@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from zarr.codecs import BloscCodec
 
 from eoforge.chips.index import chip_index_frame, chip_index_uri, cross_split_overlaps, index_bytes
 from eoforge.chips.sampling import TileSample, sample_tile
-from eoforge.chips.spill import SplitSpill, band_stats, write_shuffled
+from eoforge.chips.spill import SplitSpill, band_stats, spill_folder, write_shuffled
 from eoforge.chips.splits import SPLITS, assign_blocks, split_regions, temporal_mask
 from eoforge.chips.strips import (
     gather_windows,
@@ -248,9 +247,9 @@ def build_chips(
     ) if bands else np.dtype(np.uint16)  # fmt: skip
     rejected: dict[str, int] = {}
     # chips go to raw files in a folder made here, removed when done (eoforge.chips.spill)
-    with tempfile.TemporaryDirectory(prefix="eoforge-chips-") as folder:
+    with spill_folder() as folder:
         spills = {
-            s: SplitSpill(Path(folder), s, (len(bands), spec.size, spec.size), x_dtype, spec.size)
+            s: SplitSpill(folder, s, (len(bands), spec.size, spec.size), x_dtype, spec.size)
             for s in SPLITS
         }
         for i, name in enumerate(order):

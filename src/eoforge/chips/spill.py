@@ -1,7 +1,8 @@
 """Chips on their way to the store: spilled to raw files as they are cut, written out shuffled.
 
 :func:`eoforge.chips.cut.build_chips` cuts tile after tile; every chip goes at once into a raw
-file of its split (``np.memmap``, local disk, in a folder the build creates and removes), and
+file of its split (``np.memmap``, local disk, in a folder the build creates and removes:
+:func:`spill_folder`), and
 the store is written from those files in its seeded random order, a slab of whole chunks (or
 shards) at a time. Memory holds one slab and the per-chip bookkeeping (origin and index rows),
 never a split's chips: 113k chips of 64 px from one 10980 px tile took 13.4 GB when they were
@@ -11,6 +12,10 @@ gathered in memory. The arrays written are the same bytes as from one in-memory 
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +25,54 @@ import pandas as pd
 import zarr
 from numpy.typing import NDArray
 
-__all__ = ["SLAB_BYTES", "SplitSpill", "band_stats", "write_shuffled"]
+from eoforge.errors import InputError
+
+__all__ = ["SLAB_BYTES", "SplitSpill", "band_stats", "spill_folder", "write_shuffled"]
 
 #: Raw bytes of chips moved per slab (rounded to whole chunks or shards).
 SLAB_BYTES = 64 << 20
+#: Spill folders are ``<tmp>/eoforge-chips-<pid>-<random>`` holding this marker (the pid).
+_PREFIX = "eoforge-chips-"
+_MARKER = ".eoforge-chips-spill"
+_SPILL_FILE = re.compile(r"(train|val|test)-[xy]\.raw")
+
+
+@contextlib.contextmanager
+def spill_folder() -> Iterator[Path]:
+    """A new spill folder in the temp directory (``TMPDIR``), removed on exit.
+
+    A build killed outright (SIGKILL, power loss) cannot remove its folder; the next build
+    removes such leftovers first, and only what it can prove a build made: a folder named
+    like ours, holding our marker with the pid of a process that no longer runs, and nothing
+    but spill files.
+    """
+    root = Path(tempfile.gettempdir())
+    _remove_stale(root)
+    folder = Path(tempfile.mkdtemp(prefix=f"{_PREFIX}{os.getpid()}-", dir=root))
+    try:
+        (folder / _MARKER).write_text(str(os.getpid()))
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_stale(root: Path) -> None:
+    for folder in root.glob(f"{_PREFIX}*"):
+        try:
+            pid = int((folder / _MARKER).read_text().strip())
+            names = [p.name for p in folder.iterdir()]
+        except (OSError, ValueError):
+            continue  # not ours, or not readable: leave it
+        if not all(n == _MARKER or _SPILL_FILE.fullmatch(n) for n in names):
+            continue
+        try:
+            os.kill(pid, 0)
+            continue  # its build still runs
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class SplitSpill:
@@ -46,15 +95,32 @@ class SplitSpill:
         self.label_counts = np.zeros(256, dtype=np.int64)
 
     def reserve(self, count: int) -> int:
-        """Grow both files by ``count`` chips; returns the first new chip's position."""
+        """Grow both files by ``count`` chips, their disk blocks allocated now; returns the first
+        new chip's position.
+
+        Raises:
+            InputError: the disk cannot hold them (a write into a mapped file on a full disk
+                would kill the process with SIGBUS instead).
+        """
         start = self.n
-        self.n += count
         for path, shape, dtype in (
             (self.x_path, self.x_shape, self.x_dtype),
             (self.y_path, self.y_shape, np.dtype(np.uint8)),
         ):
+            chip = int(np.prod(shape)) * dtype.itemsize
             with path.open("r+b") as f:
-                f.truncate(self.n * int(np.prod(shape)) * dtype.itemsize)
+                try:
+                    if hasattr(os, "posix_fallocate"):
+                        os.posix_fallocate(f.fileno(), start * chip, count * chip)
+                    else:  # pragma: no cover - not Linux
+                        f.truncate((start + count) * chip)
+                except OSError as exc:
+                    raise InputError(
+                        f"chips: no room for {count} more chips ({count * chip / 1e6:.0f} MB) in "
+                        f"the spill file {path} ({exc.strerror}); free space there or set TMPDIR "
+                        "to a disk with room for the chips of a split."
+                    ) from exc
+        self.n = start + count
         return start
 
     def write_x(self, positions: NDArray[np.int64], windows: NDArray[Any]) -> None:

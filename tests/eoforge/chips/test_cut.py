@@ -302,3 +302,25 @@ def test_build_chips_leaves_no_spill_behind_even_when_it_fails(
             LabelSpec(scl_groups={"vegetation": (4,)}), BANDS,
         )  # fmt: skip
     assert not list(scratch.iterdir()) and not (tmp_path / "d.zarr").exists()
+
+
+def test_a_full_disk_for_the_spill_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    cube = tmp_path / "cube.zarr"
+    _tiny_cube(cube, {"AAA": 1, "BBB": 1})
+    spec = ChipSpec(size=16, stride=16, train_tiles=("AAA",), test_tiles=("BBB",))
+    with pytest.raises(InputError, match=r"no room for .* spill file .*TMPDIR"):
+        build_chips(cube, tmp_path / "c.zarr", spec, LabelSpec(), BANDS)
+    assert not list(scratch.iterdir()) and not (tmp_path / "c.zarr").exists()

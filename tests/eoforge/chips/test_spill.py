@@ -67,3 +67,37 @@ def test_band_stats_over_slabs_match_one_pass(
         values = x[:, b][valid].astype(np.float64)
         assert mean[b] == pytest.approx(values.mean(), rel=1e-12)
         assert std[b] == pytest.approx(max(values.std(), 1.0), rel=1e-12)
+
+
+def test_a_killed_builds_spill_is_removed_but_nothing_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    dead_pid = int(gone.stdout)
+
+    def folder(name: str, pid: int | None, files: tuple[str, ...]) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        if pid is not None:
+            (path / ".eoforge-chips-spill").write_text(str(pid))
+        for f in files:
+            (path / f).write_bytes(b"x")
+        return path
+
+    stale = folder("eoforge-chips-1-a", dead_pid, ("train-x.raw", "val-y.raw"))
+    running = folder("eoforge-chips-2-b", os.getpid(), ("train-x.raw",))
+    mixed = folder("eoforge-chips-3-c", dead_pid, ("train-x.raw", "notes.txt"))
+    unmarked = folder("eoforge-chips-4-d", None, ("train-x.raw",))
+    with spill_module.spill_folder() as mine:
+        assert mine.is_dir() and mine.name.startswith(f"eoforge-chips-{os.getpid()}-")
+        assert not stale.exists()
+        assert running.exists() and mixed.exists() and unmarked.exists()
+    assert not mine.exists()
+    assert (mixed / "notes.txt").read_bytes() == b"x"
