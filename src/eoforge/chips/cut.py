@@ -4,8 +4,9 @@ Each tile is read once; windows are chosen by :mod:`eoforge.chips.sampling` (gri
 class-balanced; split by tile or by block, optionally in time) and gathered strip by strip
 into raw spill files (:mod:`eoforge.chips.spill`); each split is then written into (optionally
 sharded) Zarr v3 arrays a slab at a time, in a seeded random order so that any run of chips is
-a random sample (what the loader in :mod:`eoforge.chips.torch_data` relies on). The chip index (:mod:`eoforge.chips.index`) is written next to the store. The store layout
-extends ADR 0001 (see ADR 0002).
+a random sample (what the loader in :mod:`eoforge.chips.torch_data` relies on). The chip index
+(:mod:`eoforge.chips.index`) is written next to the store. The store layout extends ADR 0001
+(see ADR 0002).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from eoforge.chips.sampling import TileSample, sample_tile
 from eoforge.chips.spill import SplitSpill, band_stats, spill_folder, write_shuffled
 from eoforge.chips.splits import SPLITS, assign_blocks, split_regions, temporal_mask
 from eoforge.chips.strips import (
+    band_dtype,
     gather_windows,
     iter_band_windows,
     nodata_mask,
@@ -144,7 +146,7 @@ def _cut_tile(
         for lo in range(0, sel.size, _LABEL_BATCH):
             part = slice(lo, lo + _LABEL_BATCH)
             y = gather_windows(cube_y, t[part], r[part], c[part], size)
-            spill.write_y(first + lo, y)
+            spill.y.write(slice(first + lo, first + lo + len(y)), y)
             hist = _histograms(y)
             spill.label_counts += hist.sum(axis=0)
             spill.index.append(
@@ -171,7 +173,7 @@ def _cut_tile(
         for code, name in enumerate(SPLITS):
             mine = sample.split[sel] == code
             if mine.any():
-                spills[name].write_x(position[sel[mine]], windows[mine])
+                spills[name].x.write(position[sel[mine]], windows[mine])
 
 
 @transient_storage_errors("chipping")
@@ -242,9 +244,8 @@ def build_chips(
             raise InputError(
                 f"cube tile '{name}' lacks variable(s) {missing}; re-run ingest with them."
             )
-    x_dtype = np.result_type(
-        *(tiles[t].read_rows(b, 0, 0).dtype for t in order for b in bands), np.uint16
-    ) if bands else np.dtype(np.uint16)  # fmt: skip
+    # the chips' dtype: what one tile's windows come in, promoted across tiles
+    x_dtype = np.result_type(*(band_dtype(tiles[t], bands) for t in order))
     rejected: dict[str, int] = {}
     # chips go to raw files in a folder made here, removed when done (eoforge.chips.spill)
     with spill_folder() as folder:
@@ -387,13 +388,8 @@ def _write_store(
             group.attrs.update(
                 tiles=sorted(set(rows["tile"])), item_ids=[str(i) for i in rows["item_id"]]
             )
-            for array, take, item, dtype in (
-                ("x", spill.take_x, spill.x_shape, spill.x_dtype),
-                ("y", spill.take_y, spill.y_shape, np.dtype(np.uint8)),
-            ):
-                write_shuffled(
-                    group, array, take, item, dtype, order, chunk_chips, shard_chips, _CODEC
-                )
+            for array, raw in (("x", spill.x), ("y", spill.y)):
+                write_shuffled(group, array, raw, order, chunk_chips, shard_chips, _CODEC)
             origin = origins[name]
             group.create_array("origin", data=origin, chunks=(max(len(origin), 1), 3))
             counts[name] = spill.n

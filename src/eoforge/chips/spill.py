@@ -2,9 +2,8 @@
 
 :func:`eoforge.chips.cut.build_chips` cuts tile after tile; every chip goes at once into a raw
 file of its split (``np.memmap``, local disk, in a folder the build creates and removes:
-:func:`spill_folder`), and
-the store is written from those files in its seeded random order, a slab of whole chunks (or
-shards) at a time. Memory holds one slab and the per-chip bookkeeping (origin and index rows),
+:func:`spill_folder`), and the store is written from those files in its seeded random order, a
+slab of whole chunks (or shards) at a time. Memory holds one slab and the per-chip bookkeeping (origin and index rows),
 never a split's chips: 113k chips of 64 px from one 10980 px tile took 13.4 GB when they were
 gathered in memory. The arrays written are the same bytes as from one in-memory array.
 """
@@ -16,7 +15,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,14 @@ from numpy.typing import NDArray
 
 from eoforge.errors import InputError
 
-__all__ = ["SLAB_BYTES", "SplitSpill", "band_stats", "spill_folder", "write_shuffled"]
+__all__ = [
+    "SLAB_BYTES",
+    "RawChips",
+    "SplitSpill",
+    "band_stats",
+    "spill_folder",
+    "write_shuffled",
+]
 
 #: Raw bytes of chips moved per slab (rounded to whole chunks or shards).
 SLAB_BYTES = 64 << 20
@@ -75,88 +81,90 @@ def _remove_stale(root: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-class SplitSpill:
-    """The chips of one split so far: ``x`` and ``y`` in raw files, origins and index rows in
-    memory, label value counts."""
+class RawChips:
+    """One array of chips ``(n, *shape)`` in a raw file, grown by :meth:`reserve`."""
 
-    def __init__(
-        self, folder: Path, name: str, x_shape: tuple[int, ...], x_dtype: np.dtype[Any], size: int
-    ) -> None:
-        self.x_shape = x_shape
-        self.y_shape = (size, size)
-        self.x_dtype = np.dtype(x_dtype)
-        self.x_path = folder / f"{name}-x.raw"
-        self.y_path = folder / f"{name}-y.raw"
-        for path in (self.x_path, self.y_path):
-            path.touch(exist_ok=False)
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: np.dtype[Any]) -> None:
+        self.path = path
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
         self.n = 0
-        self.origin: list[NDArray[np.int32]] = []
-        self.index: list[pd.DataFrame] = []
-        self.label_counts = np.zeros(256, dtype=np.int64)
+        path.touch(exist_ok=False)
 
-    def reserve(self, count: int) -> int:
-        """Grow both files by ``count`` chips, their disk blocks allocated now; returns the first
-        new chip's position.
+    def reserve(self, count: int) -> None:
+        """Grow the file by ``count`` chips, their disk blocks allocated now.
 
         Raises:
             InputError: the disk cannot hold them (a write into a mapped file on a full disk
                 would kill the process with SIGBUS instead).
         """
-        start = self.n
-        for path, shape, dtype in (
-            (self.x_path, self.x_shape, self.x_dtype),
-            (self.y_path, self.y_shape, np.dtype(np.uint8)),
-        ):
-            chip = int(np.prod(shape)) * dtype.itemsize
-            with path.open("r+b") as f:
-                try:
-                    if hasattr(os, "posix_fallocate"):
-                        os.posix_fallocate(f.fileno(), start * chip, count * chip)
-                    else:  # pragma: no cover - not Linux
-                        f.truncate((start + count) * chip)
-                except OSError as exc:
-                    raise InputError(
-                        f"chips: no room for {count} more chips ({count * chip / 1e6:.0f} MB) in "
-                        f"the spill file {path} ({exc.strerror}); free space there or set TMPDIR "
-                        "to a disk with room for the chips of a split."
-                    ) from exc
-        self.n = start + count
-        return start
+        chip = int(np.prod(self.shape)) * self.dtype.itemsize
+        with self.path.open("r+b") as f:
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(f.fileno(), self.n * chip, count * chip)
+                else:  # pragma: no cover - not Linux
+                    f.truncate((self.n + count) * chip)
+            except OSError as exc:
+                raise InputError(
+                    f"chips: no room for {count} more chips ({count * chip / 1e6:.0f} MB) in "
+                    f"the spill file {self.path} ({exc.strerror}); free space there or set TMPDIR "
+                    "to a disk with room for the chips of a split."
+                ) from exc
+        self.n += count
 
-    def write_x(self, positions: NDArray[np.int64], windows: NDArray[Any]) -> None:
-        """Store ``windows`` (k, bands, size, size) at chip ``positions``."""
-        with self._mapped(self.x_path, self.x_shape, self.x_dtype) as x:
-            x[positions] = windows
+    def write(self, positions: NDArray[np.int64] | slice, chips: NDArray[Any]) -> None:
+        """Store ``chips`` at ``positions``."""
+        with self._mapped() as view:
+            view[positions] = chips
 
-    def write_y(self, first: int, y: NDArray[np.uint8]) -> None:
-        """Store labels ``y`` (k, size, size) at chips ``first .. first + k``."""
-        with self._mapped(self.y_path, self.y_shape, np.dtype(np.uint8)) as view:
-            view[first : first + len(y)] = y
-
-    def take_x(self, positions: NDArray[np.int64] | slice) -> NDArray[Any]:
-        """A copy of the bands of the chips at ``positions``."""
-        with self._mapped(self.x_path, self.x_shape, self.x_dtype) as x:
-            return np.array(x[positions])
-
-    def take_y(self, positions: NDArray[np.int64] | slice) -> NDArray[np.uint8]:
-        """A copy of the labels of the chips at ``positions``."""
-        with self._mapped(self.y_path, self.y_shape, np.dtype(np.uint8)) as view:
+    def take(self, positions: NDArray[np.int64] | slice) -> NDArray[Any]:
+        """A copy of the chips at ``positions``."""
+        with self._mapped() as view:
             return np.array(view[positions])
 
     @contextlib.contextmanager
-    def _mapped(
-        self, path: Path, shape: tuple[int, ...], dtype: np.dtype[Any]
-    ) -> Iterator[NDArray[Any]]:
+    def _mapped(self) -> Iterator[NDArray[Any]]:
         """The file mapped for one access only: pages it touched leave this process's resident
         set when it is unmapped, so RSS stays bounded by the access, not by the file."""
         if self.n == 0:
-            yield np.zeros((0, *shape), dtype=dtype)
+            yield np.zeros((0, *self.shape), dtype=self.dtype)
             return
-        view = np.memmap(path, dtype=dtype, mode="r+", shape=(self.n, *shape))
+        view = np.memmap(self.path, dtype=self.dtype, mode="r+", shape=(self.n, *self.shape))
         try:
             yield view
         finally:
             del view  # the last reference: the file is unmapped here
+
+
+class SplitSpill:
+    """The chips of one split so far: bands ``x`` and labels ``y`` in raw files, origins and
+    index rows in memory, label value counts."""
+
+    def __init__(
+        self, folder: Path, name: str, x_shape: tuple[int, ...], x_dtype: np.dtype[Any], size: int
+    ) -> None:
+        self.x = RawChips(folder / f"{name}-x.raw", x_shape, x_dtype)
+        self.y = RawChips(folder / f"{name}-y.raw", (size, size), np.dtype(np.uint8))
+        self.origin: list[NDArray[np.int32]] = []
+        self.index: list[pd.DataFrame] = []
+        self.label_counts = np.zeros(256, dtype=np.int64)
+
+    @property
+    def n(self) -> int:
+        """Chips spilled so far."""
+        return self.x.n
+
+    def reserve(self, count: int) -> int:
+        """Room for ``count`` more chips in both files; returns the first new chip's position.
+
+        Raises:
+            InputError: the disk cannot hold them.
+        """
+        start = self.n
+        self.x.reserve(count)
+        self.y.reserve(count)
+        return start
 
 
 def _slab(unit: int, chip_bytes: int) -> int:
@@ -167,17 +175,16 @@ def _slab(unit: int, chip_bytes: int) -> int:
 def write_shuffled(
     group: zarr.Group,
     name: str,
-    take: Callable[[NDArray[np.int64]], NDArray[Any]],
-    item: tuple[int, ...],
-    dtype: np.dtype[Any],
+    source: RawChips,
     order: NDArray[np.int64],
     chunk_chips: int,
     shard_chips: int | None,
     compressors: Any,
 ) -> None:
-    """Array ``name`` = the chips ``take(order)`` (each of shape ``item``), ``chunk_chips``
-    chips per chunk (optionally sharded), written a slab of whole chunks / shards at a time."""
+    """Array ``name`` = ``source``'s chips in ``order``, ``chunk_chips`` chips per chunk
+    (optionally sharded), written a slab of whole chunks / shards at a time."""
     n = len(order)
+    item, dtype = source.shape, source.dtype
     inner = (chunk_chips, *item)
     shards = None
     if shard_chips is not None and n > chunk_chips:
@@ -193,20 +200,20 @@ def write_shuffled(
     )
     per = _slab(shards[0] if shards else chunk_chips, int(np.prod(item)) * dtype.itemsize)
     for start in range(0, n, per):
-        arr[start : start + per] = take(order[start : start + per])
+        arr[start : start + per] = source.take(order[start : start + per])
 
 
 def band_stats(spill: SplitSpill) -> tuple[list[float], list[float]]:
     """Per-band mean / std (std floored at 1 DN) of a split's chips over pixels where every band
     is valid (!= 0), accumulated a slab at a time (Chan et al.'s pairwise update: the values of
     one pass over all chips, up to float rounding)."""
-    bands = spill.x_shape[0]
+    bands = spill.x.shape[0]
     count = np.zeros(bands, dtype=np.float64)
     mean = np.zeros(bands, dtype=np.float64)
     m2 = np.zeros(bands, dtype=np.float64)
-    per = _slab(1, int(np.prod(spill.x_shape)) * spill.x_dtype.itemsize)
+    per = _slab(1, int(np.prod(spill.x.shape)) * spill.x.dtype.itemsize)
     for start in range(0, spill.n, per):
-        block = spill.take_x(slice(start, start + per))
+        block = spill.x.take(slice(start, start + per))
         valid = (block != 0).all(axis=1)
         k = float(valid.sum())
         if k == 0:

@@ -21,6 +21,7 @@ from eoforge.errors import InputError, InternalError
 from eoforge.labels.classes import LabelSource, TileLabelContext
 
 __all__ = [
+    "band_dtype",
     "gather_band_windows",
     "gather_windows",
     "iter_band_windows",
@@ -75,6 +76,12 @@ def value_mask(tile: CubeTile, variable: str, codes: Sequence[int]) -> NDArray[n
     return out
 
 
+def band_dtype(tile: CubeTile, bands: Sequence[str]) -> np.dtype[Any]:
+    """The dtype of a tile's windows over ``bands``: their dtypes promoted (uint16 for none)."""
+    dtypes = [tile.read_rows(b, 0, 0).dtype for b in bands]
+    return np.result_type(*dtypes) if dtypes else np.dtype(np.uint16)
+
+
 def gather_band_windows(
     tile: CubeTile,
     bands: Sequence[str],
@@ -85,8 +92,7 @@ def gather_band_windows(
 ) -> NDArray[Any]:
     """The ``(n, bands, size, size)`` windows of a tile, each stored chunk decoded once
     (:func:`iter_band_windows` gathered into one array)."""
-    dtypes = [tile.read_rows(b, 0, 0).dtype for b in bands]
-    dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.uint16)
+    dtype = band_dtype(tile, bands)
     out = np.empty((len(t), len(bands), size, size), dtype=dtype)
     for sel, windows in iter_band_windows(tile, bands, t, r, c, size):
         out[sel] = windows
@@ -111,8 +117,7 @@ def iter_band_windows(
     strip of every band (plus ``size - 1`` carried rows each) and one batch of windows, however
     densely the windows overlap.
     """
-    dtypes = [tile.read_rows(b, 0, 0).dtype for b in bands]
-    dtype = np.result_type(*dtypes) if dtypes else np.dtype(np.uint16)
+    dtype = band_dtype(tile, bands)
     last_row = np.asarray(r, dtype=np.int64) + size - 1
     carried: dict[str, NDArray[Any]] = {}
     for top, bottom in tile.strips():

@@ -12,8 +12,8 @@ of imports on its own (measured in ADR 0012).
 
 The client part imports nothing beyond the standard library (and, run with ``-m``, eoforge's
 package init: 0.15 s). A client that dies without a word (SIGKILL) takes its run with it: the
-engine sees its socket close and sends the run SIGTERM, then SIGKILL after ``ORPHAN_GRACE_S``. Limit:
-the engine must share the worker's environment (modules keep what they read at import).
+engine sees its socket close and sends the run SIGTERM, then SIGKILL after ``ORPHAN_GRACE_S``.
+Limit: the engine must share the worker's environment (modules keep what they read at import).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import select
 import signal
 import socket
 import sys
+import time
 from pathlib import Path
 
 #: Environment variable naming the engine's Unix socket (set for the worker and the engine).
@@ -175,8 +176,6 @@ def _client_gone(pid: int, client: socket.socket, orphans: dict[int, float]) -> 
     by the worker once its cancellation grace period ran out, or crashed. The run must not live
     on unseen in the engine.
     """
-    import time
-
     try:
         data = client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
@@ -194,8 +193,6 @@ def _client_gone(pid: int, client: socket.socket, orphans: dict[int, float]) -> 
 
 
 def _reap_orphans(orphans: dict[int, float]) -> None:
-    import time
-
     for pid, since in list(orphans.items()):
         if time.monotonic() - since > ORPHAN_GRACE_S:
             with contextlib.suppress(ProcessLookupError):

@@ -285,14 +285,20 @@ def test_failed_build_keeps_the_previous_store(tmp_path: Path) -> None:
         read_split(tmp_path / "chips.zarr", "holdout")
 
 
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The temp directory the spill goes to (``tempfile.tempdir``), and a two-tile cube."""
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    _tiny_cube(tmp_path / "cube.zarr", {"AAA": 1, "BBB": 1})
+    return folder
+
+
 def test_build_chips_leaves_no_spill_behind_even_when_it_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, scratch: Path
 ) -> None:
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     cube = tmp_path / "cube.zarr"
-    _tiny_cube(cube, {"AAA": 1, "BBB": 1})
     spec = ChipSpec(size=16, stride=8, train_tiles=("AAA",), test_tiles=("BBB",))
     info = build_chips(cube, tmp_path / "c.zarr", spec, LabelSpec(), BANDS)
     assert info.counts["train"] > 0 and not list(scratch.iterdir())
@@ -305,21 +311,16 @@ def test_build_chips_leaves_no_spill_behind_even_when_it_fails(
 
 
 def test_a_full_disk_for_the_spill_is_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import errno
     import os
-
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
     def full(fd: int, offset: int, length: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "posix_fallocate", full)
     cube = tmp_path / "cube.zarr"
-    _tiny_cube(cube, {"AAA": 1, "BBB": 1})
     spec = ChipSpec(size=16, stride=16, train_tiles=("AAA",), test_tiles=("BBB",))
     with pytest.raises(InputError, match=r"no room for .* spill file .*TMPDIR"):
         build_chips(cube, tmp_path / "c.zarr", spec, LabelSpec(), BANDS)

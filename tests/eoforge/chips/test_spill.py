@@ -17,12 +17,12 @@ def _spill(tmp_path: Path, x: np.ndarray, y: np.ndarray) -> SplitSpill:
     spill = SplitSpill(tmp_path, "train", x.shape[1:], x.dtype, x.shape[-1])
     # two tiles' worth, the second written out of order (as strips deliver them)
     first = spill.reserve(5)
-    spill.write_x(np.arange(first, first + 5), x[:5])
-    spill.write_y(first, y[:5])
+    spill.x.write(np.arange(first, first + 5), x[:5])
+    spill.y.write(slice(first, first + 5), y[:5])
     second = spill.reserve(len(x) - 5)
     back = np.arange(second, len(x))[::-1]
-    spill.write_x(back, x[5:][::-1])
-    spill.write_y(second, y[5:])
+    spill.x.write(back, x[5:][::-1])
+    spill.y.write(slice(second, len(x)), y[5:])
     return spill
 
 
@@ -34,13 +34,12 @@ def test_shuffled_write_matches_one_in_memory_array(
     x = rng.integers(0, 3000, (37, 3, 8, 8), dtype=np.uint16)
     y = rng.integers(0, 5, (37, 8, 8), dtype=np.uint8)
     spill = _spill(tmp_path, x, y)
-    assert np.array_equal(spill.take_x(slice(None)), x)
-    assert np.array_equal(spill.take_y(np.arange(37)), y)
+    assert np.array_equal(spill.x.take(slice(None)), x)
+    assert np.array_equal(spill.y.take(np.arange(37)), y)
     monkeypatch.setattr(spill_module, "SLAB_BYTES", 1)  # one chunk or shard per slab
     order = rng.permutation(37)
     streamed = zarr.open_group(str(tmp_path / "streamed.zarr"), mode="w")
-    write_shuffled(streamed, "x", spill.take_x, spill.x_shape, spill.x_dtype, order, 4,
-                   shard_chips, None)  # fmt: skip
+    write_shuffled(streamed, "x", spill.x, order, 4, shard_chips, None)
     whole = zarr.open_group(str(tmp_path / "whole.zarr"), mode="w")
     shards = None if shard_chips is None else (shard_chips, 3, 8, 8)
     whole.create_array("x", data=x[order], chunks=(4, 3, 8, 8), shards=shards, compressors=None)
