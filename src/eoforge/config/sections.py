@@ -443,8 +443,9 @@ class InferSpec(_Spec):
     precision: Literal["fp32", "int8"] = Field(
         "fp32",
         description="Run the fp32 model, or its int8 version (static QDQ quantization of the "
-        "convolutions, calibrated on training chips at export; faster on CPUs with int8 dot "
-        "products, class maps within a fraction of a percent of fp32's: benchmarks/inference.py).",
+        "convolutions, their ReLUs and max-pooling, calibrated on training chips at export; "
+        "faster on CPUs with int8 dot products, class maps within a fraction of a percent of "
+        "fp32's: benchmarks/inference.py).",
     )
     backend: Literal["auto", "onnxruntime", "torch"] = Field(
         "auto",

@@ -1,11 +1,16 @@
 """int8 inference: static QDQ quantization of the exported model, calibrated on training chips.
 
 ``onnxruntime.quantization.quantize_static`` inserts QuantizeLinear / DequantizeLinear pairs
-around the convolutions (weights int8 per output channel, activations uint8 per tensor, their
-ranges calibrated on training chips); ONNX Runtime then runs them as int8 kernels (VNNI where
-the CPU has it). Only convolutions are quantized: the input normalisation and the spectral-index
-ratios stay float (raw DN and ratios near 0 would lose most of their precision in 8 bits), and
-so does the output head's softmax input range. Which file a run uses is ``infer.precision``.
+around the convolutions, their ReLUs and the max-pooling (weights int8 per output channel,
+activations uint8 per tensor, their ranges calibrated on training chips); ONNX Runtime then runs
+them as int8 kernels (VNNI where the CPU has it). The ReLUs matter most: quantized, they vanish
+into the uint8 range of the convolution before them, so one QLinearConv feeds the next in
+ONNX Runtime's NHWC int8 layout; left float, every ReLU costs a dequantize, a float pass and a
+requantize (measured on the demo model, two 512 px windows, 2 threads: int8 1.51x fp32 with
+convolutions alone, 1.66x with ReLU and max-pooling; the transposed convolutions have no int8
+CPU kernel and stay float). The input normalisation and the spectral-index ratios stay float
+(raw DN and ratios near 0 would lose most of their precision in 8 bits), and so does the output
+head's softmax input range. Which file a run uses is ``infer.precision``.
 """
 
 from __future__ import annotations
@@ -22,10 +27,13 @@ from eoforge.errors import InputError
 from eoforge.inference.session import INPUT_NAME
 from eoforge.io.atomic import sha256_file, staged_file
 
-__all__ = ["INT8_MODEL_NAME", "quantize_int8", "with_int8_asset"]
+__all__ = ["INT8_MODEL_NAME", "QUANTIZED_OPS", "quantize_int8", "with_int8_asset"]
 
 #: File name of the int8 model next to ``model.onnx``.
 INT8_MODEL_NAME = "model-int8.onnx"
+
+#: Operators quantized: nothing before the first convolution (normalisation, index ratios).
+QUANTIZED_OPS = ("Conv", "Relu", "MaxPool")
 
 
 class _Chips:
@@ -74,7 +82,7 @@ def quantize_int8(onnx_path: Path, out_path: Path, calibration: NDArray[Any]) ->
             f"int8 calibration needs training chips (N >= 1, bands, h, w), got {chips.shape}; "
             "pass the chip store's 'train' split."
         )
-    op_types = ["Conv"]
+    op_types = list(QUANTIZED_OPS)
     with tempfile.TemporaryDirectory(prefix="eoforge-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         try:
@@ -113,7 +121,7 @@ def with_int8_asset(item: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any
     assets["model-int8"] = {
         **base,
         "href": path.name,
-        "title": "int8 ONNX model (static QDQ, convolutions; infer.precision: int8)",
+        "title": "int8 ONNX model (static QDQ: convolutions, ReLU, max-pooling; infer.precision: int8)",
         "file:size": path.stat().st_size,
         "file:checksum": "1220" + int8["sha256"],
         "eoforge:quantization": {k: int8[k] for k in ("format", "calibration_chips", "op_types")},

@@ -59,8 +59,20 @@ def test_int8_model_has_qdq_convs_and_predicts_like_fp32(exported: Path) -> None
     chips = np.stack([train[:, r : r + 64, c : c + 64] for r in (0, 200, 400) for c in (0, 300)])
     info = quantize_int8(exported / "model.onnx", exported / INT8_MODEL_NAME, chips)
     assert info["format"] == "QDQ" and info["calibration_chips"] == len(chips)
-    ops = [n.op_type for n in onnx.load(str(exported / INT8_MODEL_NAME)).graph.node]
+    nodes = onnx.load(str(exported / INT8_MODEL_NAME)).graph.node
+    ops = [n.op_type for n in nodes]
     assert ops.count("QuantizeLinear") > 0 and ops.count("DequantizeLinear") > ops.count("Conv")
+    # a ReLU after a convolution vanishes into its uint8 range (those after the decoders' float
+    # sums stay); max-pooling reads int8 too
+    producer = {out: n.op_type for n in nodes for out in n.output}
+    assert ops.count("Conv") > 0 and ops.count("Relu") <= DEPTH
+    assert all(producer[n.input[0]] == "Add" for n in nodes if n.op_type == "Relu")
+    assert all(producer[n.input[0]] == "DequantizeLinear" for n in nodes if n.op_type == "MaxPool")
+    # the normalisation and the index ratios stay float: raw DN is never quantized
+    float_ops = ("Slice", "Sub", "Div")
+    assert all(producer.get(i) != "DequantizeLinear" for n in nodes if n.op_type in float_ops
+               for i in n.input)  # fmt: skip
+    assert all(n.input[0] != INPUT_NAME for n in nodes if n.op_type == "QuantizeLinear")
 
     test = _bands("S2A_33TWM_20230815_0_L2A")[None, :, :128, :128].astype(np.float32)
     fp32 = open_session(exported / "model.onnx", 1, prefer_gpu=False)
