@@ -150,12 +150,15 @@ class ProfileAccumulator:
         surface = self.surface[cls]
         clear = valid & surface
         if np.asarray(classes).ndim == 2 and CLOUD_BUFFER_PX:
-            # cloud and shadow edges and the thin haze around them are not clear surface
-            from scipy.ndimage import binary_dilation
+            # cloud and shadow edges and the thin haze around them are not clear surface:
+            # within CLOUD_BUFFER_PX (8-connected), a square, dilated as two 1-D maxima
+            from scipy.ndimage import maximum_filter1d
 
-            obscured = ~surface.reshape(np.asarray(classes).shape)
-            near = binary_dilation(obscured, np.ones((3, 3), bool), iterations=CLOUD_BUFFER_PX)
-            clear &= ~near.reshape(-1)
+            near = (~surface).view(np.uint8).reshape(np.asarray(classes).shape)
+            size = 2 * CLOUD_BUFFER_PX + 1
+            for axis in (0, 1):
+                near = maximum_filter1d(near, size, axis=axis, mode="constant", cval=0)
+            clear &= ~near.reshape(-1).view(bool)
         for b in range(flat.shape[0]):
             values = flat[b, clear]  # integers floor-divide like floats
             floats = not np.issubdtype(values.dtype, np.integer)

@@ -169,3 +169,26 @@ def test_the_threshold_is_the_largest_shift_of_a_training_date_left_out() -> Non
     assert max(loo) > 2.0
     assert ref["shift_threshold"] == pytest.approx(max(loo))
     assert not any(drift_scores(s.profile(), ref)["drifted"] for s in scenes)
+
+
+def test_band_histograms_leave_out_pixels_near_cloud_and_shadow() -> None:
+    from scipy.ndimage import binary_dilation
+
+    from eoforge.inference.drift import CLOUD_BUFFER_PX, FINE_BINS, FINE_STEP, OBSCURING
+
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 22000, (4, 90, 70), dtype=np.uint16)  # 0 = nodata, > FINE_MAX clipped
+    classes = rng.choice(len(LABELS.classes), (90, 70), p=[0.6, 0.2, 0.17, 0.02, 0.01])
+    classes = classes.astype(np.uint8)
+    classes[:3, :5] = 255  # unclassified
+    got = _accumulate(x, classes)
+
+    obscured = np.isin(classes, [LABELS.classes.index(c) for c in OBSCURING]) | (classes == 255)
+    near = binary_dilation(obscured, np.ones((3, 3), bool), iterations=CLOUD_BUFFER_PX)
+    clear = ~near & (x != 0).all(axis=0)
+    for b in range(4):
+        bins = np.minimum(x[b][clear] // FINE_STEP, FINE_BINS - 1)
+        assert np.array_equal(got.hist[b], np.bincount(bins, minlength=FINE_BINS))
+    # other dtypes take the general path to the same bins
+    as_float = _accumulate(x.astype(np.float32), classes)
+    assert np.array_equal(as_float.hist, got.hist)
