@@ -19,7 +19,7 @@ fresh subprocess (peak resident memory from ``getrusage`` of that child):
    (``mpx_per_s.whole_tile_predict``, ``memory_mb.whole_tile_predict_peak``), next to the
    window rate of the same model in ONNX Runtime on the product's windows (512 px, batch 2)
    (``ratios.whole_tile_vs_window_rate``; the 48 px overlap alone puts 24 x 24 windows on the
-   tile, 1.25x its pixels);
+   tile, of 504 px since session 9: 1.21x its pixels);
 4. chipping that whole tile's cube (64 px chips, block split, read a chunk row at a time)
    (``seconds.whole_tile_chips``, ``memory_mb.whole_tile_chips_peak``).
 

@@ -422,7 +422,13 @@ class InferSpec(_Spec):
 
     _late_fields = ("pipelined", "precision", "backend")
 
-    window: int = Field(512, gt=0, description="Sliding window edge in pixels (multiple of 8).")
+    window: int = Field(
+        512,
+        gt=0,
+        description="Largest sliding window edge in pixels (multiple of 8). Over a longer "
+        "scene the windows are as short as their count allows, spread evenly (a 10980 px tile "
+        "takes 24 x 24 windows of 504 px at 512 / 48).",
+    )
     overlap: int = Field(
         48,
         ge=0,

@@ -46,6 +46,10 @@ _COG_OPTIONS: dict[str, Any] = {
 }
 
 
+#: Rows per strip of the staging GeoTIFF that :class:`CogWriter` appends to.
+_STRIP_ROWS = 16
+
+
 def _parse_crs(crs: str) -> CRS:
     try:
         return CRS.from_user_input(crs)
@@ -144,6 +148,7 @@ class CogWriter:
         self._options = {**_COG_OPTIONS, "overview_resampling": overview_resampling}
         self.sha256: str | None = None
         self._rows_written = 0
+        self._carry: npt.NDArray[np.uint8] | None = None  # rows short of a whole strip
         self._dst: Any = None
         self._env: Any = None
         self._tmp = staging_path(self.out_tif)  # owner-tagged: only a dead writer's is reaped
@@ -164,7 +169,7 @@ class CogWriter:
             transform=self.transform,
             nodata=NODATA_CLASS,
             tiled=False,
-            blockysize=16,  # striped: whole rows append without read-modify-write of tiles
+            blockysize=_STRIP_ROWS,  # striped: whole rows append, no read-modify-write of tiles
             bigtiff="IF_SAFER",
         )
         return self
@@ -186,12 +191,23 @@ class CogWriter:
                 f"rows {top}..{top + n} for '{self.out_tif}' are out of order: "
                 f"{self._rows_written} of {self.shape[0]} rows written so far."
             )
-        window = Window(0, top, self.shape[1], n)
-        if self.count == 1:
-            self._dst.write(rows, 1, window=window)
-        else:
-            self._dst.write(rows, window=window)
         self._rows_written += n
+        # whole strips only (the last one excepted): a partial strip would wait, dirty, in
+        # GDAL's block cache (up to GDAL_CACHEMAX, 5 % of RAM) until the file is closed;
+        # measured +160 MB on a 10980 px tile whose rows came 455 at a time
+        if self._carry is not None:
+            rows = np.concatenate([self._carry, rows], axis=-2)
+        ready = rows.shape[-2]
+        if self._rows_written < self.shape[0]:
+            ready -= ready % _STRIP_ROWS
+        self._carry = rows[..., ready:, :].copy() if ready < rows.shape[-2] else None
+        if ready:
+            window = Window(0, self._rows_written - rows.shape[-2], self.shape[1], ready)
+            data = rows[..., :ready, :]
+            if self.count == 1:
+                self._dst.write(data, 1, window=window)
+            else:
+                self._dst.write(data, window=window)
 
     def __exit__(
         self,

@@ -20,9 +20,20 @@ def _axis_plan(
 ) -> tuple[int, int, list[int]]:
     """Window edge, padded extent and window starts along one axis.
 
-    A scene at least one window long is never padded: the last window shifts inward instead.
-    A shorter one is padded (by reflection) to a multiple of 8, or to a static model's window.
+    A scene at least one window long is never padded. Along a longer one, a model with dynamic
+    axes gets as many windows as ``window`` and ``overlap`` need, each as short as that count
+    allows (a multiple of 8, at most ``window``), spread evenly with at least ``overlap``
+    between neighbours: a 10980 px tile takes 24 windows of 504 px at 512 / 48 instead of 24 of
+    512 whose last overlaps its neighbour by 252 px (3 % fewer pixels through the model); a
+    915 px scene 2 of 488 px (9 % fewer). A static model's windows keep their size and the
+    last one shifts inward. A shorter scene is padded (by reflection) to a multiple of 8, or to
+    a static model's window.
     """
+    if static is None and size > window:
+        count = -(-(size - overlap) // (window - overlap))
+        edge = min(window, -(-(size + (count - 1) * overlap) // (8 * count)) * 8)
+        last = size - edge
+        return edge, size, [k * last // (count - 1) for k in range(count)]
     if static is not None:
         edge = static
     elif size >= window:

@@ -6,6 +6,7 @@ import json
 import os
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -141,12 +142,27 @@ def conv3_model(tmp_path_factory: pytest.TempPathFactory) -> Any:
 # --------------------------------------------------------------------------- sliding window
 
 
-def test_axis_plan_shifts_last_window_inward_and_pads_short_axes() -> None:
-    assert _axis_plan(300, 64, 16, None) == (64, 300, [0, 48, 96, 144, 192, 236])
+def test_axis_plan_spreads_windows_evenly_and_pads_short_axes() -> None:
+    assert _axis_plan(300, 64, 16, None) == (64, 300, [0, 47, 94, 141, 188, 236])
+    # a static model keeps its window; the last one shifts inward
+    assert _axis_plan(300, 64, 16, 64) == (64, 300, [0, 48, 96, 144, 192, 236])
     assert _axis_plan(64, 64, 16, None) == (64, 64, [0])
     assert _axis_plan(37, 64, 16, None) == (40, 40, [0])  # padded to a multiple of 8
     assert _axis_plan(37, 64, 16, 64) == (64, 64, [0])  # padded to a static model window
-    for starts in ([0, 48, 96, 144, 192, 236], [0, 8], [0]):
+    # the product's windows: as many as 512 px needs, each as short as that count allows
+    assert _axis_plan(10980, 512, 48, None)[:2] == (504, 10980)
+    assert _axis_plan(915, 512, 48, None) == (488, 915, [0, 427])
+    for size in (65, 100, 300, 513, 915, 1000, 4097, 10980):
+        for window, overlap in ((64, 0), (64, 16), (512, 48), (512, 64), (256, 200)):
+            edge, padded, starts = _axis_plan(size, window, overlap, None)
+            if size <= window:
+                continue
+            step = window - overlap  # the count a fixed window needs, with the last inward
+            assert len(starts) == -(-(size - window) // step) + 1
+            assert padded == size and edge <= window and edge % 8 == 0
+            assert starts[0] == 0 and starts[-1] + edge == size
+            assert min(a + edge - b for a, b in pairwise(starts)) >= overlap
+    for starts in ([0, 48, 96, 144, 192, 236], [0, 47, 94, 141, 188, 236], [0, 8], [0]):
         ws = _axis_weights(starts, 64)
         assert all(w.min() > 0 for w in ws)
         cover = np.zeros(starts[-1] + 64)
@@ -670,6 +686,31 @@ def test_cog_writer_refuses_bad_rows_and_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="uint8"), CogWriter(out, CRS, TRANSFORM, (8, 4)) as w:
         w.write_rows(0, np.zeros((2, 4), np.int16))  # type: ignore[arg-type]
     assert not list(tmp_path.iterdir())
+
+
+def test_cog_writer_gives_the_same_bytes_whatever_the_row_blocks(tmp_path: Path) -> None:
+    """Rows arrive in blocks that do not line up with the staging file's 16-row strips (a
+    window step of 455 rows): the writer holds the partial strip back, and the COG is the same."""
+    from eoforge.inference.uncertainty import UncertaintyWriter
+
+    pred = _class_map(203, 150)
+    expected = write_prediction(pred, CRS, TRANSFORM, tmp_path / "whole.tif")
+    two = np.stack([pred, pred[::-1]])
+    digests = set()
+    for name, blocks in (("a", (7, 9, 100, 87)), ("b", (16, 32, 155)), ("c", (203,))):
+        with CogWriter(tmp_path / f"{name}.tif", CRS, TRANSFORM, pred.shape) as w:
+            top = 0
+            for n in blocks:
+                w.write_rows(top, pred[top : top + n])
+                top += n
+        assert w.sha256 == expected
+        with UncertaintyWriter(tmp_path / f"u{name}.tif", CRS, TRANSFORM, pred.shape) as u:
+            top = 0
+            for n in blocks:
+                u.write_rows(top, two[:, top : top + n])
+                top += n
+        digests.add(u.sha256)
+    assert len(digests) == 1
 
 
 def test_readers_refuse_bad_input(tmp_path: Path) -> None:
