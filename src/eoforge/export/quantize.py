@@ -121,7 +121,8 @@ def with_int8_asset(item: dict[str, Any], int8: dict[str, Any]) -> dict[str, Any
     assets["model-int8"] = {
         **base,
         "href": path.name,
-        "title": "int8 ONNX model (static QDQ: convolutions, ReLU, max-pooling; infer.precision: int8)",
+        "title": "int8 ONNX model (static QDQ: convolutions, ReLU, max-pooling; "
+        "infer.precision: int8)",
         "file:size": path.stat().st_size,
         "file:checksum": "1220" + int8["sha256"],
         "eoforge:quantization": {k: int8[k] for k in ("format", "calibration_chips", "op_types")},

@@ -12,6 +12,7 @@ import numpy as np
 import numpy.typing as npt
 
 from eoforge.errors import InputError
+from eoforge.inference.host_threads import over_row_bands
 from eoforge.inference.scene_io import SceneReader
 
 
@@ -114,20 +115,36 @@ def _weighted_softmax_(
     Raises:
         InputError: the logits hold NaN or +inf (the model is broken).
     """
-    top = logits.max(axis=1, keepdims=True)
-    if not np.isfinite(top).all():  # NaN and +inf reach the max; -inf alone is a 0 probability
+    n, _, height, width = logits.shape
+    scale = np.empty((n, 1, height, width), np.float32)
+    broken: list[slice] = []
+
+    def softmax_rows(rows: slice) -> None:  # bands of rows on the host threads
+        part = logits[:, :, rows]
+        top = part.max(axis=1, keepdims=True)
+        if not np.isfinite(top).all():  # NaN and +inf reach the max; -inf alone is a 0
+            broken.append(rows)
+            return
+        np.subtract(part, top, out=part)
+        np.exp(part, out=part)
+        inv = scale[:, :, rows]
+        np.sum(part, axis=1, keepdims=True, out=inv)
+        np.reciprocal(inv, out=inv)
+
+    over_row_bands(softmax_rows, height)
+    if broken:
         raise InputError("the ONNX model returned non-finite logits; retrain or re-export it.")
-    np.subtract(logits, top, out=logits)
-    np.exp(logits, out=logits)
-    scale = logits.sum(axis=1, keepdims=True)
-    np.reciprocal(scale, out=scale)
-    for k, (rows, cols) in enumerate(ramps):
+    for k, (rows_ramps, cols_ramps) in enumerate(ramps):
         plane = scale[k, 0]
-        for cut, w in rows:
+        for cut, w in rows_ramps:
             plane[cut] *= w[:, None]
-        for cut, w in cols:
+        for cut, w in cols_ramps:
             plane[:, cut] *= w[None, :]
-    np.multiply(logits, scale, out=logits)
+
+    def weigh_rows(rows: slice) -> None:
+        np.multiply(logits[:, :, rows], scale[:, :, rows], out=logits[:, :, rows])
+
+    over_row_bands(weigh_rows, height)
     return logits
 
 
@@ -301,9 +318,14 @@ class _RowSource:
 
 def _argmax_classes(probs: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
     """``argmax(axis=0)`` (first maximum wins) for few classes, ~2x faster on strided strips."""
-    best = probs[0].copy()
-    index = np.zeros(best.shape, np.uint8)
-    for k in range(1, probs.shape[0]):
-        index[probs[k] > best] = k
-        np.maximum(best, probs[k], out=best)
+    index = np.zeros(probs.shape[1:], np.uint8)
+
+    def argmax_rows(rows: slice) -> None:  # bands of rows on the host threads
+        best = probs[0, rows].copy()
+        out = index[rows]
+        for k in range(1, probs.shape[0]):
+            out[probs[k, rows] > best] = k
+            np.maximum(best, probs[k, rows], out=best)
+
+    over_row_bands(argmax_rows, len(index))
     return index
