@@ -126,6 +126,7 @@ class CogWriter:
         count: bands per row block: 1 takes ``(n, W)`` rows, more take ``(count, n, W)``.
         overview_resampling: GDAL resampling of the overviews (``MODE`` for classes; e.g.
             ``AVERAGE`` for continuous values such as uncertainty).
+        creation: COG creation options over the defaults (e.g. ``{"predictor": 2}``).
     """
 
     def __init__(
@@ -137,6 +138,7 @@ class CogWriter:
         *,
         count: int = 1,
         overview_resampling: str = "MODE",
+        creation: dict[str, Any] | None = None,
     ) -> None:
         if len(shape) != 2 or min(shape) < 1:
             raise InputError(f"shape {shape!r} of '{out_tif}' must be (height, width) >= 1.")
@@ -145,7 +147,11 @@ class CogWriter:
         self.transform = _affine(transform)
         self.shape = (int(shape[0]), int(shape[1]))
         self.count = int(count)
-        self._options = {**_COG_OPTIONS, "overview_resampling": overview_resampling}
+        self._options = {
+            **_COG_OPTIONS,
+            "overview_resampling": overview_resampling,
+            **(creation or {}),
+        }
         self.sha256: str | None = None
         self._rows_written = 0
         self._carry: npt.NDArray[np.uint8] | None = None  # rows short of a whole strip

@@ -711,6 +711,10 @@ def test_cog_writer_gives_the_same_bytes_whatever_the_row_blocks(tmp_path: Path)
                 top += n
         digests.add(u.sha256)
     assert len(digests) == 1
+    with rasterio.open(tmp_path / "ua.tif") as src:  # level-1 DEFLATE with differencing
+        assert src.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR") == "2"
+        assert src.compression.name.upper() == "DEFLATE"
+        assert np.array_equal(src.read(), two)
 
 
 def test_readers_refuse_bad_input(tmp_path: Path) -> None:
