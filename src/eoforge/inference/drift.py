@@ -5,9 +5,9 @@ A profile holds, per input band, a histogram of the raw DN of the clear pixels (
 predicted as a surface class, away from predicted cloud and shadow) on a fixed fine grid
 (:data:`FINE_STEP` DN wide bins up to :data:`FINE_MAX`, above it in the last bin) and quantiles
 read from it, the valid fraction of the pixels, and the fractions of the predicted classes. It
-is accumulated strip by strip (:class:`ProfileAccumulator`; :func:`profile_scene` reads a
-predicted scene's rows and its class COG again, a strip at a time), so memory is one strip and
-one histogram whatever the scene's size. The model's reference (:func:`reference_from_chips`,
+is accumulated strip by strip (:class:`ProfileAccumulator`;
+:func:`eoforge.inference.drift_scene.profile_scene` reads a predicted scene's rows and its class
+COG again, a strip at a time), so memory is one strip and one histogram whatever the scene's size. The model's reference (:func:`reference_from_chips`,
 written next to ``model.onnx`` as :data:`REFERENCE_NAME` by the training stage) is the same
 profile of its training chips and its own predictions on them, plus the spread between the
 training scenes (dates).
@@ -49,7 +49,7 @@ import numpy as np
 import numpy.typing as npt
 
 from eoforge.errors import InputError
-from eoforge.inference.scene_io import SceneReader
+from eoforge.inference.host_threads import over_row_bands
 from eoforge.inference.windows import _valid_pixels
 
 __all__ = [
@@ -66,7 +66,6 @@ __all__ = [
     "load_reference",
     "loo_threshold",
     "merge",
-    "profile_scene",
     "reference_from_chips",
     "reference_profile",
 ]
@@ -137,8 +136,7 @@ class ProfileAccumulator:
                 f"(...) with C = {len(self.bands)} ({self.bands})."
             )
         flat = arr.reshape(arr.shape[0], -1)
-        # 1 byte per pixel for the classes and masks, the bands' own dtype for the bins: a
-        # whole-tile strip is profiled without int64/float64 copies of it (the predict peak)
+        # 1 byte per pixel for the classes and masks, the bands' own dtype for the bins
         cls = cls.reshape(-1)
         if cls.dtype != np.uint8:  # outside 0..255 (e.g. -1): unclassified, like 255
             cls = np.where((cls < 0) | (cls > 255), 255, cls).astype(np.uint8)
@@ -159,12 +157,20 @@ class ProfileAccumulator:
             for axis in (0, 1):
                 near = maximum_filter1d(near, size, axis=axis, mode="constant", cval=0)
             clear &= ~near.reshape(-1).view(bool)
-        for b in range(flat.shape[0]):
-            values = flat[b, clear]  # integers floor-divide like floats
-            floats = not np.issubdtype(values.dtype, np.integer)
-            idx = (values.astype(np.float64) if floats else values) // FINE_STEP
-            idx = np.clip(idx, 0, FINE_BINS - 1).astype(np.intp, copy=False)
-            self.hist[b] += np.bincount(idx, minlength=FINE_BINS)
+        parts: list[npt.NDArray[np.int64]] = []
+
+        def histograms(px: slice) -> None:  # bands of pixels on the host threads
+            hist, keep = np.zeros_like(self.hist), clear[px]
+            for b in range(flat.shape[0]):
+                values = flat[b, px][keep]  # integers floor-divide like floats
+                floats = not np.issubdtype(values.dtype, np.integer)
+                idx = (values.astype(np.float64) if floats else values) // FINE_STEP
+                idx = np.clip(idx, 0, FINE_BINS - 1).astype(np.intp, copy=False)
+                hist[b] = np.bincount(idx, minlength=FINE_BINS)
+            parts.append(hist)
+
+        over_row_bands(histograms, flat.shape[1], min_rows=1 << 16)
+        self.hist += np.sum(parts, axis=0)
 
     def profile(self) -> dict[str, Any]:
         """The profile as a JSON-able dict."""
@@ -277,33 +283,6 @@ def _band_stats(profile: dict[str, Any]) -> npt.NDArray[np.float64]:
     q = _band_quantiles(profile)
     log_iqr = np.log(np.maximum(q[:, 2] - q[:, 0], FINE_STEP))
     return np.concatenate([q, log_iqr[:, None]], axis=1)
-
-
-def profile_scene(
-    reader: SceneReader,
-    tif: Path,
-    bands: Sequence[str],
-    classes: Sequence[str],
-    nodata: float = 0,
-    strip: int = 512,
-) -> dict[str, Any]:
-    """Profile a predicted scene: its input rows and its class COG, strip by strip."""
-    import rasterio
-    from rasterio.windows import Window
-
-    acc = ProfileAccumulator(bands, classes, nodata)
-    _, height, width = reader.shape
-    with rasterio.open(tif) as src:
-        if (src.height, src.width) != (height, width):
-            raise InputError(
-                f"prediction '{tif}' is {src.height} x {src.width} px but its scene is "
-                f"{height} x {width}; predict the scene again."
-            )
-        for top in range(0, height, strip):
-            bottom = min(top + strip, height)
-            rows = reader.read_rows(top, bottom)
-            acc.add(rows, src.read(1, window=Window(0, top, width, bottom - top)))
-    return acc.profile()
 
 
 def _quantiles(p: npt.NDArray[np.float64]) -> dict[str, float]:

@@ -40,14 +40,15 @@ def host_threads() -> int:
     return max(1, min(4, usable or 1))
 
 
-def over_row_bands(work: Callable[[slice], None], rows: int) -> None:
-    """Call ``work(rows_slice)`` over contiguous bands of ``range(rows)``, in parallel.
+def over_row_bands(work: Callable[[slice], None], rows: int, min_rows: int = MIN_BAND_ROWS) -> None:
+    """Call ``work(rows_slice)`` over contiguous bands of ``range(rows)``, in parallel, each
+    band at least ``min_rows`` long (one call, in this thread, when ``rows`` is short).
 
     ``work`` must only touch its own rows (of arrays that are not resized meanwhile). Its
     exceptions are raised here, the first band's first.
     """
     global _pool
-    parts = min(host_threads(), rows // MIN_BAND_ROWS)
+    parts = min(host_threads(), rows // max(1, min_rows))
     if parts <= 1:
         work(slice(0, rows))
         return

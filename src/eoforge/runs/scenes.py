@@ -364,7 +364,8 @@ def infer_scene(
     import zarr
 
     from eoforge.cube.build import write_cube
-    from eoforge.inference.drift import drift_scores, item_summary, load_reference, profile_scene
+    from eoforge.inference.drift import drift_scores, item_summary, load_reference
+    from eoforge.inference.drift_scene import profile_scene
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.scene_io import ChunkRowReader

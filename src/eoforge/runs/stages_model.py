@@ -240,7 +240,8 @@ def stage_infer(
     from eoforge.export.mlm import MODEL_ITEM_NAME, check_model_matches, model_item
     from eoforge.export.quantize import INT8_MODEL_NAME
     from eoforge.export.torch_session import open_predictor
-    from eoforge.inference.drift import drift_scores, item_summary, load_reference, profile_scene
+    from eoforge.inference.drift import drift_scores, item_summary, load_reference
+    from eoforge.inference.drift_scene import profile_scene
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.scene_io import ChunkRowReader

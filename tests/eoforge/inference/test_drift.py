@@ -17,10 +17,10 @@ from eoforge.inference.drift import (
     ProfileAccumulator,
     drift_scores,
     load_reference,
-    profile_scene,
     reference_from_chips,
     reference_profile,
 )
+from eoforge.inference.drift_scene import profile_scene
 from eoforge.inference.scene_io import ArrayReader
 from eoforge.labels.classes import scl_to_classes
 

@@ -83,6 +83,22 @@ def test_threaded_blend_math_equals_one_thread(monkeypatch: pytest.MonkeyPatch) 
         _weighted_softmax_(broken, ramps)
 
 
+def test_threaded_drift_histograms_equal_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    from eoforge.config import LabelSpec
+    from eoforge.inference.drift import ProfileAccumulator
+
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 22000, (4, 600, 500), dtype=np.uint16)
+    classes = rng.choice(5, (600, 500), p=[0.6, 0.2, 0.17, 0.02, 0.01]).astype(np.uint8)
+    hists = []
+    for threads in (1, 4):
+        monkeypatch.setattr(host_threads, "host_threads", lambda threads=threads: threads)
+        acc = ProfileAccumulator(["a", "b", "c", "d"], LabelSpec().classes)
+        acc.add(x, classes)
+        hists.append(acc.hist)
+    assert np.array_equal(hists[0], hists[1]) and hists[0].sum() > 0
+
+
 def _child(queue: Any) -> None:
     out = np.zeros(1000)
 
