@@ -12,6 +12,7 @@ parent's threads would not run).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
@@ -22,11 +23,12 @@ __all__ = ["MIN_BAND_ROWS", "host_threads", "over_row_bands"]
 MIN_BAND_ROWS = 32
 
 _pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()  # the pipelined predictor calls in from two threads
 
 
 def _forget_pool() -> None:
-    global _pool
-    _pool = None
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -52,11 +54,13 @@ def over_row_bands(work: Callable[[slice], None], rows: int, min_rows: int = MIN
     if parts <= 1:
         work(slice(0, rows))
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(host_threads(), thread_name_prefix="eoforge-host")
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(host_threads(), thread_name_prefix="eoforge-host")
+        pool = _pool
     bounds = [rows * i // parts for i in range(parts + 1)]
     bands = [slice(a, b) for a, b in pairwise(bounds)]
-    futures = [_pool.submit(work, band) for band in bands[1:]]
+    futures = [pool.submit(work, band) for band in bands[1:]]
     try:
         work(bands[0])  # the caller's thread takes the first band
     finally:
