@@ -122,26 +122,43 @@ def test_save_keeps_the_labels_already_in_the_file(tiny_run: Path, tmp_path: Pat
 
 def test_label_command_serves_and_saves(tiny_run: Path, tmp_path: Path) -> None:
     import json
+    import os
+    import queue
     import re
     import shutil
     import signal
     import subprocess
     import sys
+    import threading
     import urllib.request
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     out = tmp_path / "labels.parquet"
+    # faulthandler: if the command ever hangs, SIGABRT makes it print every thread's stack
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "eoforge.cli", "label", str(run), "--out", str(out),
          "--port", "0", "--n", "4"],
-        stderr=subprocess.PIPE, text=True,
+        stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
+    assert proc.stderr is not None
+    stream = proc.stderr
+    lines: queue.Queue[str] = queue.Queue()
+    err: list[str] = []
+
+    def drain() -> None:  # all of stderr, so the command never blocks on a full pipe
+        for line in stream:
+            err.append(line)
+            lines.put(line)
+        lines.put("")
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     try:
-        assert proc.stderr is not None
         seen = ""
         while "labelling page:" not in seen:
-            line = proc.stderr.readline()
+            line = lines.get(timeout=120)
             assert line, f"the command ended before serving: {seen}"
             seen += line
         url = re.search(r"http://127\.0\.0\.1:\d+/", seen)
@@ -154,7 +171,15 @@ def test_label_command_serves_and_saves(tiny_run: Path, tmp_path: Path) -> None:
             assert json.loads(reply.read())["saved"] == 1
     finally:
         proc.send_signal(signal.SIGINT)  # Ctrl-C: stops serving, exits cleanly
-        assert proc.wait(timeout=30) == 0
+        try:
+            code = proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            reader.join(timeout=10)
+            pytest.fail("eoforge label did not exit on Ctrl-C:\n" + "".join(err)[-6000:])
+        reader.join(timeout=10)
+        assert code == 0, "".join(err)[-6000:]
     assert gpd.read_parquet(out)["class"].tolist() == ["bare"]
     # the suggestions it made for itself sit in the run folder, beside the page
     assert (run / "suggestions.parquet").is_file() and (run / "labelling" / "index.html").is_file()
