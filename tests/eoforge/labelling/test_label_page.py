@@ -141,6 +141,9 @@ def test_label_command_serves_and_saves(tiny_run: Path, tmp_path: Path) -> None:
         [sys.executable, "-m", "eoforge.cli", "label", str(run), "--out", str(out),
          "--port", "0", "--n", "4"],
         stderr=subprocess.PIPE, text=True, env=env,
+        # a shell without job control starts background jobs with SIGINT ignored, and the child
+        # would inherit that (how this test hung in a CI rehearsal): Ctrl-C as a terminal sends it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     assert proc.stderr is not None
     stream = proc.stderr
