@@ -16,12 +16,13 @@ import ctypes
 import ctypes.util
 import os
 
-__all__ = ["limit_malloc_arenas"]
+__all__ = ["limit_malloc_arenas", "usable_cpus"]
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
 
 
-def _usable_cpus() -> int:
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
@@ -40,9 +41,9 @@ def limit_malloc_arenas(count: int | None = None) -> int:
     if count is None:
         raw = os.environ.get("EOFORGE_MALLOC_ARENAS", "").strip()
         try:
-            count = int(raw) if raw else max(2, _usable_cpus())
+            count = int(raw) if raw else max(2, usable_cpus())
         except ValueError:
-            count = max(2, _usable_cpus())  # a malformed tuning knob must not break imports
+            count = max(2, usable_cpus())  # a malformed tuning knob must not break imports
     if count <= 0 or not hasattr(os, "confstr"):
         return 0
     try:

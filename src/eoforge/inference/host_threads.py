@@ -17,6 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 
+from eoforge.compute.malloc import usable_cpus
+
 __all__ = ["MIN_BAND_ROWS", "host_threads", "over_row_bands"]
 
 #: Fewer rows than this per band are not worth a thread hand-off.
@@ -38,8 +40,7 @@ if hasattr(os, "register_at_fork"):
 def host_threads() -> int:
     """Threads for the host work: the CPUs this process may use, at most 4 (the work is a few
     passes over memory per batch; more threads only share the memory bandwidth)."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(4, usable or 1))
+    return max(1, min(4, usable_cpus()))
 
 
 def over_row_bands(work: Callable[[slice], None], rows: int, min_rows: int = MIN_BAND_ROWS) -> None:
