@@ -3,15 +3,18 @@
 ``limit Mpx/s = achievable conv GFLOP/s / FLOP per output pixel``: the model's FLOPs are
 counted by torch (``torch.utils.flop_counter``) and the achievable rate is measured here, on
 the model's own convolution shapes (3x3, C -> C, at the resolution of each UNet level), with
-both ONNX Runtime (a chain of four Conv+ReLU, which it runs in its blocked NCHWc layout) and
-torch (channels-last conv2d), timed round-robin with the model's own whole-scene runs so both
-see the same load; the best median of any shape and runtime is the achievable rate.
+ONNX Runtime (a chain of four Conv+ReLU, which it runs in its blocked NCHWc layout), OpenVINO
+(the same chain, compiled for its static shape) and torch (channels-last conv2d), timed
+round-robin with the model's own whole-scene runs so all see the same load; the best median of
+any shape and runtime is the achievable rate.
 """
 
 from __future__ import annotations
 
 import functools
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +22,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from eoforge.inference.openvino_session import openvino_available
 from eoforge.inference.session import session_options
 
 #: Convs chained in one ONNX graph when measuring a shape (amortises the layout reorders).
@@ -65,8 +69,9 @@ def _conv_chain(channels: int, seed: int = 0) -> bytes:
 def conv_contenders(
     shapes: list[tuple[int, int]], batch: int, threads: int
 ) -> tuple[dict[str, Callable[[], Any]], dict[str, float]]:
-    """Callables running the model's 3x3 conv shapes (ORT NCHWc chain and torch channels-last),
-    to be timed round-robin with the model itself, and the FLOPs of one call of each."""
+    """Callables running the model's 3x3 conv shapes (ORT NCHWc chain, the same chain in
+    OpenVINO when installed, torch channels-last), to be timed round-robin with the model
+    itself, and the FLOPs of one call of each."""
     fns: dict[str, Callable[[], Any]] = {}
     flops: dict[str, float] = {}
     for channels, edge in shapes:
@@ -79,11 +84,29 @@ def conv_contenders(
         name = f"conv{channels}x{edge}"
         fns[f"{name}_ort_nchwc"] = functools.partial(session.run, None, {"x": x32})
         flops[f"{name}_ort_nchwc"] = CHAIN * one
+        if openvino_available():
+            fns[f"{name}_openvino"] = _openvino_chain(channels, x32, threads)
+            flops[f"{name}_openvino"] = CHAIN * one
         xt = torch.from_numpy(x32).contiguous(memory_format=torch.channels_last)
         wt = torch.randn(channels, channels, 3, 3).contiguous(memory_format=torch.channels_last)
         fns[f"{name}_torch_channels_last"] = functools.partial(_torch_conv, xt, wt)
         flops[f"{name}_torch_channels_last"] = one
     return fns, flops
+
+
+def _openvino_chain(channels: int, x: np.ndarray, threads: int) -> Callable[[], Any]:
+    """The conv chain compiled by OpenVINO's CPU plugin for ``x``'s shape, f32."""
+    import openvino as ov
+
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chain.onnx"
+        path.write_bytes(_conv_chain(channels))
+        model = core.read_model(str(path))
+    model.reshape({"x": ov.PartialShape(list(x.shape))})
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    request = core.compile_model(model, "CPU", config).create_infer_request()
+    return functools.partial(request.infer, {0: x}, share_inputs=True)
 
 
 def _torch_conv(x: torch.Tensor, w: torch.Tensor) -> None:
@@ -125,8 +148,8 @@ def limit_from_times(
         "mpx_per_s_best": best_of_best * 1e9 / per_px["total"] / 1e6,
         "achievable_conv_gflop_per_cpu_s": best_cpu,
         "mpx_per_cpu_s": best_cpu * 1e9 / per_px["total"] / 1e6,
-        "definition": "best median GFLOP/s of the model's 3x3 conv shapes (ORT NCHWc chain of "
-        f"{CHAIN} or torch channels-last), timed round-robin with the whole-scene runs / the "
+        "definition": "best median GFLOP/s of the model's 3x3 conv shapes (ORT NCHWc or "
+        f"OpenVINO chain of {CHAIN}, or torch channels-last), timed round-robin with the whole-scene runs / the "
         "model's FLOP per output pixel (torch flop counter)",
     }
 

@@ -1,5 +1,5 @@
 """Inference benchmark: the product's model at the product's windows against the machine's
-limit, ONNX Runtime vs torch eager, int8 vs fp32, and whole-scene throughput.
+limit, OpenVINO vs ONNX Runtime vs torch eager, int8 vs fp32, and whole-scene throughput.
 
     python -m benchmarks.inference --json OUT [--threads N] [--repeats 9] [--model-dir DIR]
 
@@ -11,14 +11,18 @@ Measured side by side in one process run, on this machine:
   (the inference form of ``eoforge.export.graph``, parity-checked), at the product's default
   windows (``InferSpec()``: 512 px, 48 px overlap, batch 2);
 - ``limits``: the model's FLOPs per output pixel (torch's flop counter) and the best measured
-  GFLOP/s of its own 3x3 conv shapes (ORT NCHWc and torch channels-last), hence the
+  GFLOP/s of its own 3x3 conv shapes (ORT NCHWc, OpenVINO and torch channels-last), hence the
   ``limits.mpx_per_s`` the machine allows; ``ratios.whole_scene_vs_limit`` is the whole-scene
-  rate over it (medians; ``_best`` from the fastest run);
+  rate over it (medians; ``_best`` from the fastest run), the scene run by what the product
+  opens on this machine (``eoforge.export.torch_session.open_predictor``: OpenVINO on a CPU,
+  ``config.runtime``), beside ONNX Runtime on the same path
+  (``ratios.product_runtime_vs_onnxruntime``);
 - whole-scene inference of the real 512 x 512 scene with the inference form vs the graph
   exported as trained (``ratios.inference_form_vs_trained_graph``, interleaved, and the
   class-map agreement of the two);
 - ``int8``: static QDQ quantization (``eoforge.export.quantize``) calibrated on chips of the
-  training tile vs fp32, interleaved (``ratios.int8_vs_fp32``), class-map agreement on every
+  training tile vs fp32, in the product's runtime (``ratios.int8_vs_fp32``) and in ONNX Runtime
+  (``ratios.int8_vs_fp32_onnxruntime``), interleaved, class-map agreement on every
   date of the test tile, and with a trained ``--model-dir`` the mIoU drop against the Sen2Cor
   labels (``accuracy.int8_miou_drop``);
 - torch eager (``torch.inference_mode``) vs ONNX Runtime with eoforge's tuned session (IO
@@ -60,6 +64,7 @@ from eoforge.compute import gpu
 from eoforge.config import BUNDLED_CATALOG, ChipSpec, InferSpec, LabelSpec, StacSpec, TrainSpec
 from eoforge.export.onnx import _export, export_onnx
 from eoforge.export.quantize import quantize_int8
+from eoforge.export.torch_session import open_predictor, runtime_of
 from eoforge.inference.predict import predict_raster, predict_scene, predict_to_cog
 from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME, open_session
 from eoforge.labels.classes import scl_to_classes
@@ -204,29 +209,39 @@ def _calibration_chips(size: int = 128) -> np.ndarray:
 def _int8_section(
     onnx_path: Path, tmp: Path, batch: np.ndarray, spec: InferSpec, threads: int, args: Any
 ) -> dict[str, Any]:
-    """int8 (static QDQ, calibrated on training-tile chips) vs fp32 ONNX Runtime, side by side;
-    class maps on every date of the test tile against each other and (trained model only)
-    against the Sen2Cor labels."""
+    """int8 (static QDQ, calibrated on training-tile chips) vs fp32 in the product's runtime
+    (what ``infer.precision`` picks on this machine) and in ONNX Runtime, side by side; class
+    maps on every date of the test tile against each other and (trained model only) against
+    the Sen2Cor labels."""
     calibration = _calibration_chips()
     quant = quantize_int8(onnx_path, tmp / "model-int8.onnx", calibration)
-    fp32 = open_session(onnx_path, threads, prefer_gpu=False)
-    int8 = open_session(tmp / "model-int8.onnx", threads, prefer_gpu=False)
+    base = spec.model_copy(update={"threads": threads})
+    sessions = {
+        "fp32": open_predictor(onnx_path, base),
+        "int8": open_predictor(
+            tmp / "model-int8.onnx", base.model_copy(update={"precision": "int8"})
+        ),
+        "fp32_onnxruntime": open_session(onnx_path, threads, prefer_gpu=False),
+        "int8_onnxruntime": open_session(tmp / "model-int8.onnx", threads, prefer_gpu=False),
+    }
     scene = read_scene()
     times = interleaved_seconds(
         {
-            "windows_fp32": _ort_iobinding(fp32, batch),
-            "windows_int8": _ort_iobinding(int8, batch),
-            "scene_fp32": lambda: predict_scene(fp32, scene, spec),
-            "scene_int8": lambda: predict_scene(int8, scene, spec),
+            "windows_fp32": _ort_iobinding(sessions["fp32"], batch),
+            "windows_int8": _ort_iobinding(sessions["int8"], batch),
+            **{
+                f"scene_{name}": lambda s=session: predict_scene(s, scene, spec)
+                for name, session in sessions.items()
+            },
         },
         args.repeats,
     )
     k = CLASSES
-    cms = {"fp32": np.zeros((k, k), np.int64), "int8": np.zeros((k, k), np.int64)}
+    cms = {name: np.zeros((k, k), np.int64) for name in sessions}
     agree, total = 0, 0
     for item in _tile_items(ChipSpec().test_tiles):
         bands, labels = _item_bands(item)
-        maps = {name: predict_scene(s, bands, spec) for name, s in (("fp32", fp32), ("int8", int8))}
+        maps = {name: predict_scene(s, bands, spec) for name, s in sessions.items()}
         valid = maps["fp32"] != 255
         agree += int((maps["fp32"] == maps["int8"])[valid].sum())
         total += int(valid.sum())
@@ -235,21 +250,32 @@ def _int8_section(
     names = list(LabelSpec().classes)
     miou = {name: metrics_from_confusion(cm, names)["miou"] for name, cm in cms.items()}
     trained = args.model_dir is not None
+
+    def ratio(a: str, b: str, key: str = "median") -> float:
+        return float(times[a][key] / times[b][key])
+
     return {
         "quantization": {**quant, "path": "model-int8.onnx"},
+        "runtime": {"fp32": runtime_of(sessions["fp32"]), "int8": runtime_of(sessions["int8"])},
         "seconds": times,
         "ratios": {
-            "windows": times["windows_fp32"]["median"] / times["windows_int8"]["median"],
-            "whole_scene": times["scene_fp32"]["median"] / times["scene_int8"]["median"],
-            "whole_scene_cpu_time": times["scene_fp32"]["cpu_median"]
-            / times["scene_int8"]["cpu_median"],
+            "windows": ratio("windows_fp32", "windows_int8"),
+            "whole_scene": ratio("scene_fp32", "scene_int8"),
+            "whole_scene_cpu_time": ratio("scene_fp32", "scene_int8", "cpu_median"),
+            "whole_scene_onnxruntime": ratio("scene_fp32_onnxruntime", "scene_int8_onnxruntime"),
+            "int8_product_runtime_vs_onnxruntime": ratio("scene_int8_onnxruntime", "scene_int8"),
         },
         "accuracy": {
             "test_tile_items": _tile_items(ChipSpec().test_tiles),
             "class_map_agreement_int8_vs_fp32": agree / max(total, 1),
             "miou_fp32": miou["fp32"],
             "miou_int8": miou["int8"],
+            "miou_fp32_onnxruntime": miou["fp32_onnxruntime"],
+            "miou_int8_onnxruntime": miou["int8_onnxruntime"],
             "int8_miou_drop": (miou["fp32"] - miou["int8"]) if trained else None,
+            "int8_miou_drop_onnxruntime": (miou["fp32_onnxruntime"] - miou["int8_onnxruntime"])
+            if trained
+            else None,
             "note": None
             if trained
             else "random weights: mIoU against the labels means nothing; pass --model-dir "
@@ -429,15 +455,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         conv_fns, conv_flops = conv_contenders(
             model_shapes(widths, args.window), args.batch, threads
         )
-        trained_graph = open_session(
-            _trained_graph(model, batch, Path(tmp) / "trained.onnx"), threads, prefer_gpu=False
-        )
+        trained_path = _trained_graph(model, batch, Path(tmp) / "trained.onnx")
 
         def torch_eager() -> None:
             with torch.inference_mode():
                 model(x)
 
         tuned = open_session(onnx_path, threads=threads, prefer_gpu=False)
+        # what `eoforge` itself opens for this spec on this machine (OpenVINO on a CPU)
+        product = open_predictor(onnx_path, spec.model_copy(update={"threads": threads}))
+        product_trained = open_predictor(trained_path, spec.model_copy(update={"threads": threads}))
         spinning = open_session(onnx_path, threads=threads, prefer_gpu=False, spinning=True)
         plain_opts = ort.SessionOptions()
         plain_opts.intra_op_num_threads = threads
@@ -465,10 +492,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # the model and the conv shapes that set its limit, round-robin under the same load
         side_by_side = interleaved_seconds(
             {
-                "inference_form": lambda: predict_scene(tuned, scene, spec),
-                "trained_graph": lambda: predict_scene(trained_graph, scene, spec),
+                "inference_form": lambda: predict_scene(product, scene, spec),
+                "trained_graph": lambda: predict_scene(product_trained, scene, spec),
+                "onnxruntime": lambda: predict_scene(tuned, scene, spec),
                 # the model alone on the scene's one window: what blending and I/O add
-                "model_only": _ort_iobinding(tuned, one_scene_window),
+                "model_only": _ort_iobinding(product, one_scene_window),
                 **conv_fns,
             },
             args.repeats,
@@ -480,9 +508,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             torch_classes = model(torch.from_numpy(batch)).argmax(1).numpy()
         ort_classes = tuned.run([OUTPUT_NAME], feed)[0].argmax(1)
         class_agreement = float((torch_classes == ort_classes).mean())
-        scene_agreement = float(
-            (predict_scene(tuned, scene, spec) == predict_scene(trained_graph, scene, spec)).mean()
-        )
+        product_map = predict_scene(product, scene, spec)
+        scene_agreement = float((product_map == predict_scene(product_trained, scene, spec)).mean())
+        runtime_agreement = float((product_map == predict_scene(tuned, scene, spec)).mean())
         # the model in a worker thread, overlapped with blending (the GPU default), on the CPU:
         # timed round-robin against the serial path on a scene of many windows (timed one
         # after the other on the one-window scene, as before session 8, the order alone gave
@@ -491,7 +519,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         piping = interleaved_seconds(
             {
                 str(p): lambda p=p: predict_raster(
-                    tuned, large, spec.model_copy(update={"pipelined": p}), NullWriter()
+                    product, large, spec.model_copy(update={"pipelined": p}), NullWriter()
                 )
                 for p in (False, True)
             },
@@ -504,14 +532,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             overlap=args.window // 4,
             batch_size=1,
         )
-        one_window_s = median_seconds(lambda: predict_scene(tuned, scene, one_window), args.repeats)
+        one_window_s = median_seconds(
+            lambda: predict_scene(product, scene, one_window), args.repeats
+        )
         scene_mpx = scene.shape[1] * scene.shape[2] / 1e6
 
         large_mpx = args.large_size**2 / 1e6
         tracemalloc.start()
         t0 = time.perf_counter()
         _, stats = predict_to_cog(
-            tuned, large, spec, Path(tmp) / "large.tif", "EPSG:32633", TRANSFORM
+            product, large, spec, Path(tmp) / "large.tif", "EPSG:32633", TRANSFORM
         )
         large_s = time.perf_counter() - t0
         _, peak = tracemalloc.get_traced_memory()
@@ -543,9 +573,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "inference_form_vs_trained_graph_cpu_time": side_by_side["trained_graph"]["cpu_median"]
             / side_by_side["inference_form"]["cpu_median"],
             "model_only_vs_whole_scene": scene_s / side_by_side["model_only"]["median"],
+            # the product's CPU runtime (OpenVINO) against ONNX Runtime, same whole-scene path
+            "product_runtime_vs_onnxruntime": side_by_side["onnxruntime"]["median"] / scene_s,
+            "product_runtime_vs_onnxruntime_cpu_time": side_by_side["onnxruntime"]["cpu_median"]
+            / side_by_side["inference_form"]["cpu_median"],
             "int8_vs_fp32_cpu_time": int8["ratios"]["whole_scene_cpu_time"],
             "int8_vs_fp32": int8["ratios"]["whole_scene"],
             "int8_vs_fp32_windows": int8["ratios"]["windows"],
+            "int8_vs_fp32_onnxruntime": int8["ratios"]["whole_scene_onnxruntime"],
             "ort_vs_torch": timings["torch_eager"] / timings["ort_tuned_iobinding"],
             "ort_tuned_vs_default_options": timings["ort_default_options"]
             / timings["ort_tuned_iobinding"],
@@ -561,6 +596,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "windows_torch_eager": px / timings["torch_eager"],
             "windows_ort": px / timings["ort_tuned_iobinding"],
             "real_scene": scene_mpx / scene_s,
+            "real_scene_onnxruntime": scene_mpx / side_by_side["onnxruntime"]["median"],
             "large_tiled_serial": large_mpx / piping["False"]["median"],
             "large_tiled_pipelined": large_mpx / piping["True"]["median"],
             "real_scene_one_window": scene_mpx / one_window_s,
@@ -583,6 +619,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ort_vs_torch_max_abs_diff": max_diff,
             "ort_vs_torch_class_agreement": class_agreement,
             "scene_class_map_agreement_vs_trained_graph": scene_agreement,
+            "scene_class_map_agreement_product_runtime_vs_onnxruntime": runtime_agreement,
         },
         "config": {
             "model": str(args.model_dir)
@@ -608,6 +645,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "one_window_spec": one_window.model_dump(),
             "repeats": args.repeats,
             "threads": threads,
+            "runtime": runtime_of(product),
         },
         "machine": machine,
         "gpu": gpu_section,
@@ -625,7 +663,10 @@ def _print(result: dict[str, Any]) -> None:
         ("ORT default options", t["ort_default_options"]),
     ]
     cfg = result["config"]
-    print(f"windows {cfg['windows']}, {cfg['threads']} thread(s), median of {cfg['repeats']}")
+    print(
+        f"windows {cfg['windows']}, {cfg['threads']} thread(s), median of {cfg['repeats']}; "
+        f"whole scenes run by {cfg['runtime']}"
+    )
     lim = result["limits"]
     print(
         f"  limit: {lim['flop_per_output_px'] / 1e3:.1f} kFLOP/px at "

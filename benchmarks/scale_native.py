@@ -17,7 +17,8 @@ fresh subprocess (peak resident memory from ``getrusage`` of that child):
    (``seconds.aoi_pipeline``, ``memory_mb.aoi_pipeline_peak``);
 3. ``eoforge predict`` with that model over one whole 10980 x 10980 tile and date
    (``mpx_per_s.whole_tile_predict``, ``memory_mb.whole_tile_predict_peak``), next to the
-   window rate of the same model in ONNX Runtime on the product's windows (512 px, batch 2)
+   window rate of the same model in the same runtime (OpenVINO on a CPU since session 10) on
+   the product's windows (512 px, batch 2)
    (``ratios.whole_tile_vs_window_rate``; the 48 px overlap alone puts 24 x 24 windows on the
    tile, of 504 px since session 9: 1.21x its pixels);
 4. chipping that whole tile's cube (64 px chips, block split, read a chunk row at a time)
@@ -179,15 +180,17 @@ def _cli(args: list[str], store: Path) -> tuple[float, float, str]:
 
 
 def _window_rate(model_dir: Path, repeats: int) -> float:
-    """Output Mpx/s of the model on batches of the product's windows (no blending)."""
+    """Output Mpx/s of the model on batches of the product's windows (no blending), in the
+    runtime ``eoforge predict`` opens on this machine (OpenVINO on a CPU)."""
     import numpy as np
     import rasterio
 
     from eoforge.config import InferSpec
-    from eoforge.inference.session import INPUT_NAME, open_session
+    from eoforge.export.torch_session import open_predictor
+    from eoforge.inference.session import INPUT_NAME
 
     spec = InferSpec.model_validate({})
-    session = open_session(model_dir / "model.onnx", spec.threads)
+    session = open_predictor(model_dir / "model.onnx", spec)
     with rasterio.open(SAMPLE / ITEMS[1] / "B04.tif") as src:
         base = src.read(1)[: spec.window, : spec.window].astype(np.float32)
     batch = np.stack([np.stack([base] * 4)] * spec.batch_size)

@@ -103,6 +103,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
         item = json.loads(tif.with_suffix(".json").read_text())
         derived = [lk for lk in item["links"] if lk["rel"] == "derived_from"]
         assert derived and tif.stem in derived[0]["href"]
+        assert item["properties"]["eoforge:runtime"].startswith("openvino ")  # the CPU default
         drift = item["properties"]["eoforge:drift"]  # the scene's profile and its drift scores
         assert set(drift["scores"]["band_shift"]) == set(reference["bands"])
         assert isinstance(drift["scores"]["drifted"], bool)

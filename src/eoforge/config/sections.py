@@ -418,7 +418,7 @@ TRAIN_PRESETS: dict[str, TrainSpec] = {
 
 
 class InferSpec(_Spec):
-    """Whole-scene inference with ONNX Runtime."""
+    """Whole-scene inference: the sliding windows, the runtime and its precision."""
 
     _late_fields = ("pipelined", "precision", "backend")
 
@@ -453,12 +453,13 @@ class InferSpec(_Spec):
         "faster on CPUs with int8 dot products, class maps within a fraction of a percent of "
         "fp32's: benchmarks/inference.py).",
     )
-    backend: Literal["auto", "onnxruntime", "torch"] = Field(
+    backend: Literal["auto", "onnxruntime", "openvino", "torch"] = Field(
         "auto",
-        description="What runs the model: ONNX Runtime (model.onnx, CUDA provider with "
-        "onnxruntime-gpu), or torch (model.safetensors, through the same predictor). auto: torch "
-        "on a CUDA GPU when this onnxruntime has no CUDA provider (the default install), ONNX "
-        "Runtime otherwise. int8 always runs in ONNX Runtime.",
+        description="What runs the model: OpenVINO (model.onnx on the CPU; faster there than ONNX "
+        "Runtime, 2x in int8: ADR 0012), ONNX Runtime (model.onnx, CUDA provider with "
+        "onnxruntime-gpu), or torch (model.safetensors, through the same predictor). auto: "
+        "ONNX Runtime on a CUDA GPU it can use, torch on a CUDA GPU it cannot (the default "
+        "install; fp32), OpenVINO on the CPU (ONNX Runtime if openvino is not installed).",
     )
     serve_baseline_onnx: bool = Field(
         False,

@@ -6,6 +6,7 @@ the model directory (the training wing's files), which the inference wing may no
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,11 +15,14 @@ import torch
 from eoforge.compute import gpu
 from eoforge.config import InferSpec
 from eoforge.errors import InputError
+from eoforge.inference.openvino_session import OpenVINOSession, openvino_available
 from eoforge.inference.session import open_session
 from eoforge.inference.torch_session import TorchSession
 from eoforge.training.files import load_model, read_model_config
 
-__all__ = ["choose_backend", "open_predictor", "open_torch_session"]
+__all__ = ["choose_backend", "open_predictor", "open_torch_session", "runtime_of"]
+
+log = logging.getLogger(__name__)
 
 
 def open_torch_session(
@@ -53,17 +57,27 @@ def open_torch_session(
     return TorchSession(model, dev, amp=amp, channels_last=channels_last, in_channels=in_channels)
 
 
-def choose_backend(spec: InferSpec) -> Literal["onnxruntime", "torch"]:
-    """What ``spec.backend`` means on this machine (see :class:`~eoforge.config.InferSpec`)."""
+Backend = Literal["onnxruntime", "openvino", "torch"]
+
+
+def choose_backend(spec: InferSpec) -> Backend:
+    """What ``spec.backend`` means on this machine (see :class:`~eoforge.config.InferSpec`):
+    auto is ONNX Runtime on a CUDA GPU it can use, torch on a CUDA GPU it cannot (fp32), and
+    OpenVINO on the CPU (ONNX Runtime where ``openvino`` is not installed)."""
     if spec.backend != "auto":
         return spec.backend
-    on_gpu = spec.precision == "fp32" and gpu.torch_device().type == "cuda"
-    return "torch" if on_gpu and not gpu.ort_cuda_available() else "onnxruntime"
+    if gpu.torch_device().type == "cuda":
+        if gpu.ort_cuda_available():
+            return "onnxruntime"
+        if spec.precision == "fp32":
+            return "torch"
+    return "openvino" if openvino_available() else "onnxruntime"
 
 
 def open_predictor(onnx_path: Path, spec: InferSpec) -> Any:
-    """The session that runs ``onnx_path``'s model for ``spec``: ONNX Runtime on that file, or
-    torch on the weights beside it (``model.safetensors``), per :func:`choose_backend`.
+    """The session that runs ``onnx_path``'s model for ``spec``: ONNX Runtime or OpenVINO on
+    that file, or torch on the weights beside it (``model.safetensors``), per
+    :func:`choose_backend`.
 
     Raises:
         InputError: the file (or, for torch, the model directory) is unusable, or torch was
@@ -73,10 +87,24 @@ def open_predictor(onnx_path: Path, spec: InferSpec) -> Any:
     backend = choose_backend(spec)
     if backend == "onnxruntime":
         return open_session(path, spec.threads)
+    if backend == "openvino":
+        if not openvino_available():
+            raise InputError(
+                f"infer.backend openvino for '{path}', but the 'openvino' package is not "
+                "installed: pip install openvino, or use backend onnxruntime / auto."
+            )
+        try:
+            return OpenVINOSession(path, spec.threads)
+        except InputError as exc:
+            if spec.backend != "auto":
+                raise
+            # a model OpenVINO cannot read (e.g. an operator it lacks) may still run in ORT
+            log.warning("%s Running it with ONNX Runtime instead.", exc)
+            return open_session(path, spec.threads)
     if spec.precision != "fp32":
         raise InputError(
             f"infer.backend torch runs the fp32 weights; infer.precision {spec.precision} needs "
-            "ONNX Runtime (backend onnxruntime or auto)."
+            "ONNX Runtime or OpenVINO (backend onnxruntime, openvino or auto)."
         )
     if not (path.parent / "model.safetensors").is_file():
         raise InputError(
@@ -84,3 +112,17 @@ def open_predictor(onnx_path: Path, spec: InferSpec) -> Any:
             "use backend onnxruntime for a model shipped as ONNX only."
         )
     return open_torch_session(path.parent, None, amp=False)
+
+
+def runtime_of(session: Any) -> str:
+    """What runs a session from :func:`open_predictor`, with its version and device, for the
+    prediction items (``eoforge:runtime``), e.g. ``openvino 2026.4.1 (CPU)``."""
+    if isinstance(session, OpenVINOSession):
+        import openvino
+
+        return f"openvino {openvino.__version__.split('-')[0]} (CPU)"
+    if isinstance(session, TorchSession):
+        return f"torch {torch.__version__} ({session.device.type})"
+    import onnxruntime
+
+    return f"onnxruntime {onnxruntime.__version__} ({session.get_providers()[0]})"

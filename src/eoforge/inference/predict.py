@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from eoforge.config import InferSpec
 from eoforge.errors import InputError
+from eoforge.inference.openvino_session import OPENVINO_CPU
 from eoforge.inference.scene_io import (
     NODATA_CLASS,
     ArrayReader,
@@ -93,7 +94,7 @@ def _pipelined(session: Any, spec: InferSpec) -> bool:
     if spec.pipelined is not None:
         return spec.pipelined
     providers = session.get_providers() if hasattr(session, "get_providers") else []
-    return bool(providers) and providers[0] != "CPUExecutionProvider"
+    return bool(providers) and providers[0] not in ("CPUExecutionProvider", OPENVINO_CPU)
 
 
 def _stream(

@@ -19,9 +19,7 @@ strips go up and finished class rows come back.
 
 from __future__ import annotations
 
-import ctypes
 import threading
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +27,8 @@ import numpy.typing as npt
 import torch
 
 from eoforge.errors import InputError
+from eoforge.inference.binding import Arg as _Arg
+from eoforge.inference.binding import Binding as _Binding
 from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME
 
 __all__ = ["TORCH_CPU", "TORCH_CUDA", "TorchSession"]
@@ -36,56 +36,6 @@ __all__ = ["TORCH_CPU", "TORCH_CUDA", "TorchSession"]
 #: What :meth:`TorchSession.get_providers` names (the predictor pipelines any non-CPU one).
 TORCH_CUDA = "TorchCUDA"
 TORCH_CPU = "CPUExecutionProvider"
-
-
-@dataclass(frozen=True)
-class _Arg:
-    """The slice of ``onnxruntime.NodeArg`` the predictor reads."""
-
-    name: str
-    type: str
-    shape: list[Any]
-
-
-class _Binding:
-    """The slice of ``onnxruntime.IOBinding`` the predictor uses, for a :class:`TorchSession`."""
-
-    def __init__(self) -> None:
-        self.input: npt.NDArray[np.float32] | None = None
-        self.output: npt.NDArray[np.float32] | None = None  # caller's buffer, or None
-        self.result: npt.NDArray[np.float32] | None = None
-
-    def bind_cpu_input(self, name: str, array: npt.NDArray[np.float32]) -> None:
-        if name != INPUT_NAME:
-            raise InputError(f"a TorchSession has one input, '{INPUT_NAME}', not '{name}'.")
-        self.input = array
-
-    def bind_output(
-        self,
-        name: str,
-        device_type: str = "cpu",
-        device_id: int = 0,
-        element_type: Any = None,
-        shape: list[int] | None = None,
-        buffer_ptr: int | None = None,
-    ) -> None:
-        if name != OUTPUT_NAME or device_type != "cpu":
-            raise InputError(
-                f"a TorchSession returns '{OUTPUT_NAME}' to the CPU; got '{name}' on {device_type}."
-            )
-        if buffer_ptr is None or shape is None:
-            self.output = None
-            return
-        if element_type not in (None, np.float32):
-            raise InputError(f"a TorchSession writes float32 logits, not {element_type}.")
-        count = int(np.prod(shape))
-        raw = (ctypes.c_float * count).from_address(buffer_ptr)
-        self.output = np.ctypeslib.as_array(raw).reshape(shape)
-
-    def copy_outputs_to_cpu(self) -> list[npt.NDArray[np.float32]]:
-        if self.result is None:
-            raise InputError("copy_outputs_to_cpu before run_with_iobinding.")
-        return [self.result]
 
 
 class TorchSession:
@@ -139,7 +89,7 @@ class TorchSession:
         return [TORCH_CUDA if self.device.type == "cuda" else TORCH_CPU]
 
     def io_binding(self) -> _Binding:
-        return _Binding()
+        return _Binding("TorchSession")
 
     def run_with_iobinding(self, binding: _Binding) -> None:
         if binding.input is None:

@@ -364,6 +364,7 @@ def infer_scene(
     import zarr
 
     from eoforge.cube.build import write_cube
+    from eoforge.export.torch_session import runtime_of
     from eoforge.inference.drift import drift_scores, item_summary, load_reference
     from eoforge.inference.drift_scene import profile_scene
     from eoforge.inference.item import prediction_item
@@ -409,6 +410,8 @@ def infer_scene(
         shutil.rmtree(staging, ignore_errors=True)  # created above by this call
     stac_item = prediction_item(tif, item, classes, model_href, crs, transform, (height, width))
     add_uncertainty_asset(stac_item, unc, f"../uncertainty/{unc.name}")
+    stac_item["properties"]["eoforge:precision"] = spec.precision
+    stac_item["properties"]["eoforge:runtime"] = runtime_of(session)
     if drift is not None:
         stac_item["properties"]["eoforge:drift"] = drift
     item_path = tif.with_suffix(".json")

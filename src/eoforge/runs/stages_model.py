@@ -239,7 +239,7 @@ def stage_infer(
     from eoforge.contracts.validation import enforce
     from eoforge.export.mlm import MODEL_ITEM_NAME, check_model_matches, model_item
     from eoforge.export.quantize import INT8_MODEL_NAME
-    from eoforge.export.torch_session import open_predictor
+    from eoforge.export.torch_session import open_predictor, runtime_of
     from eoforge.inference.drift import drift_scores, item_summary, load_reference
     from eoforge.inference.drift_scene import profile_scene
     from eoforge.inference.item import prediction_item
@@ -332,6 +332,7 @@ def stage_infer(
             model_name=model_desc["properties"].get("mlm:name"),
         )
         item["properties"]["eoforge:precision"] = spec.infer.precision
+        item["properties"]["eoforge:runtime"] = runtime_of(session)
         if drift is not None:
             item["properties"]["eoforge:drift"] = drift
         add_uncertainty_asset(item, unc_tif, f"../uncertainty/{unc_tif.name}")

@@ -149,7 +149,7 @@ def test_backend_choice_and_opening(model_dir: Path) -> None:
     auto = InferSpec()
     assert "backend" not in auto._fingerprint_data()  # a late field: stored keys unchanged
     if not torch.cuda.is_available():
-        assert choose_backend(auto) == "onnxruntime"  # the CPU keeps ONNX Runtime
+        assert choose_backend(auto) == "openvino"  # the CPU runs OpenVINO (ADR 0012)
     torch_spec = InferSpec(backend="torch")
     assert choose_backend(torch_spec) == "torch"
     assert choose_backend(InferSpec(backend="onnxruntime")) == "onnxruntime"

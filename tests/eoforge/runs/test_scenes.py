@@ -294,6 +294,8 @@ def test_scene_predictions_carry_drift_scores_against_the_models_reference(
     assert res["drift"] is not None and res["drift"]["drifted"] is False  # its own reference
     stac_item = json.loads(Path(res["item"]).read_text())
     assert stac_item["properties"]["eoforge:drift"]["scores"] == res["drift"]
+    assert stac_item["properties"]["eoforge:precision"] == "fp32"
+    assert stac_item["properties"]["eoforge:runtime"].startswith("openvino ")  # the CPU default
     # a model trained on 40 % brighter pixels: a real scene of the sample drifts from it
     acc2 = ProfileAccumulator(BANDS, AOI_CLASSES)
     bright = (bands.astype(np.float32) * 1.4).astype(np.uint16)
