@@ -437,8 +437,10 @@ class InferSpec(_Spec):
         "vs 0.12-0.13 % at 256 px windows; 32 px: 0.16-0.17 %) with 8 % fewer windows per "
         "10980 px tile.",
     )
-    batch_size: int = Field(2, gt=0, description="Windows per ONNX Runtime call.")
-    threads: int | None = Field(None, gt=0, description="ORT intra-op threads (None: all cores).")
+    batch_size: int = Field(2, gt=0, description="Windows per model run.")
+    threads: int | None = Field(
+        None, gt=0, description="Inference threads of the runtime (None: one per physical core)."
+    )
     pipelined: bool | None = Field(
         None,
         description="Run the model on one batch of windows in a worker thread while the previous "

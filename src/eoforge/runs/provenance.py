@@ -41,6 +41,7 @@ _PACKAGES = (
     "torch",
     "onnx",
     "onnxruntime",
+    "openvino",
     "scikit-learn",
     "numpy",
     "rustac",
