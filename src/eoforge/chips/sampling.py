@@ -17,6 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
+from eoforge.chips.masks import PackedMask
 from eoforge.chips.splits import COVERED, NO_SPLIT
 from eoforge.config import ChipSpec, SamplingSpec
 from eoforge.errors import InputError
@@ -55,18 +56,24 @@ class WindowCounts:
     A mask may also be registered as a comparison of an array already held (``region == 1``,
     ``labels != ignore``, :meth:`add_comparison`): it is then never stored whole, only evaluated
     on the windows counted (or once, to build its table), so a tile's derived masks cost no
-    memory beyond the arrays they are made from.
+    memory beyond the arrays they are made from. A :class:`~eoforge.chips.masks.PackedMask`
+    (a bit per pixel) is unpacked a band of rows at a time, never whole.
     """
 
     size: int
     """Window edge in pixels."""
-    _sources: dict[str, tuple[NDArray[Any], str, int]] = field(default_factory=dict, repr=False)
+    _sources: dict[str, tuple[NDArray[Any] | PackedMask, str, int]] = field(
+        default_factory=dict, repr=False
+    )
     _tables: dict[str, NDArray[np.int32]] = field(default_factory=dict, repr=False)
     _touched: dict[str, int] = field(default_factory=dict, repr=False)
 
-    def add(self, name: str, mask: NDArray[np.bool_]) -> None:
-        """Register a boolean mask ``(time, h, w)`` or ``(h, w)``."""
-        self._register(name, np.asarray(mask, dtype=bool), "mask", 0)
+    def add(self, name: str, mask: NDArray[np.bool_] | PackedMask) -> None:
+        """Register a boolean mask ``(time, h, w)`` or ``(h, w)``, or a packed one."""
+        if isinstance(mask, PackedMask):
+            self._register(name, mask, "mask", 0)
+        else:
+            self._register(name, np.asarray(mask, dtype=bool), "mask", 0)
 
     def add_comparison(self, name: str, values: NDArray[Any], op: str, value: int) -> None:
         """Register the mask ``values == value`` (``op`` ``"eq"``) or ``values != value``
@@ -75,13 +82,22 @@ class WindowCounts:
             raise ValueError(f"op must be 'eq' or 'ne', got {op!r}")
         self._register(name, np.asarray(values), op, value)
 
-    def _register(self, name: str, values: NDArray[Any], op: str, value: int) -> None:
+    def _register(self, name: str, values: NDArray[Any] | PackedMask, op: str, value: int) -> None:
         self._sources[name] = (values, op, value)
         self._tables.pop(name, None)
         self._touched[name] = 0
 
     def __contains__(self, name: str) -> bool:
         return name in self._sources
+
+    @staticmethod
+    def _rows(
+        values: NDArray[Any] | PackedMask, op: str, value: int, top: int, bottom: int
+    ) -> NDArray[np.bool_]:
+        """The mask's rows ``[top, bottom)`` (all of its leading axes)."""
+        if isinstance(values, PackedMask):
+            return values.rows(top, bottom)
+        return WindowCounts._mask(values[..., top:bottom, :], op, value)
 
     @staticmethod
     def _mask(values: NDArray[Any], op: str, value: int) -> NDArray[np.bool_]:
@@ -106,15 +122,19 @@ class WindowCounts:
         big = 4 * values.size > TABLE_BYTES  # a whole table would outgrow the bound
         if name in self._tables:
             return _table_counts(self._tables[name], t, r, c, s)
-        if self._touched[name] <= 2 * values.size or (big and touch <= values.size):
+        h, w = values.shape[-2:]
+        packed = isinstance(values, PackedMask)  # never unpacked whole; no direct counting
+        if not packed and (
+            self._touched[name] <= 2 * values.size or (big and touch <= values.size)
+        ):
+            assert not isinstance(values, PackedMask)
             win = sliding_window_view(values, (s, s), axis=(-2, -1))
             picked = self._mask(win[r, c] if t is None else win[t, r, c], op, value)
             return picked.sum(axis=(-2, -1), dtype=np.int64)  # type: ignore[no-any-return]
         if not big:
-            self._tables[name] = _integral(self._mask(values, op, value))
+            self._tables[name] = _integral(self._rows(values, op, value, 0, h))
             return _table_counts(self._tables[name], t, r, c, s)
         # many windows of a large mask: summed-area tables of row bands, never of the whole
-        h, w = values.shape[-2:]
         rows = max(4 * s, TABLE_BYTES // (4 * (values.size // (h * w)) * (w + 1)))
         out = np.empty(len(r), dtype=np.int64)
         order = np.argsort(r, kind="stable")
@@ -124,7 +144,7 @@ class WindowCounts:
             if lo == hi:
                 continue
             sel = order[lo:hi]
-            band = self._mask(values[..., top : min(h, top + rows + s - 1), :], op, value)
+            band = self._rows(values, op, value, top, min(h, top + rows + s - 1))
             out[sel] = _table_counts(
                 _integral(band), None if t is None else t[sel], r[sel] - top, c[sel], s
             )
@@ -315,28 +335,29 @@ def _class_counts(
 
 def sample_tile(
     labels: NDArray[np.uint8],
-    nodata: NDArray[np.bool_],
+    nodata: NDArray[np.bool_] | PackedMask,
     region: NDArray[np.uint8],
     chip: ChipSpec,
     sampling: SamplingSpec,
     ignore_index: int,
     n_classes: int,
     allowed: NDArray[np.bool_] | None = None,
-    cloud: NDArray[np.bool_] | None = None,
+    cloud: NDArray[np.bool_] | PackedMask | None = None,
     seed: Sequence[int] = (0,),
 ) -> TileSample:
     """Choose the chip windows of one tile.
 
     Args:
         labels: ``(time, h, w)`` class indices (``ignore_index`` = unlabelled).
-        nodata: ``(time, h, w)`` input nodata (any band == 0).
+        nodata: ``(time, h, w)`` input nodata (any band == 0), as bool or packed bits.
         region: ``(h, w)`` split region codes (:func:`split_regions`).
         chip: size, stride and quality thresholds.
         sampling: method, cloud filter, seed.
         ignore_index: the unlabelled value of ``labels``.
         n_classes: number of classes (balanced sampling).
         allowed: ``(3, time)`` slices each split may use (:func:`temporal_mask`).
-        cloud: ``(time, h, w)`` cloud mask, required when ``max_cloud_fraction`` is set.
+        cloud: ``(time, h, w)`` cloud mask (bool or packed), required when
+            ``max_cloud_fraction`` is set.
         seed: extra entropy mixed with ``sampling.seed`` (e.g. the tile's position).
 
     Returns:

@@ -2,8 +2,9 @@
 the strip (and the chips cut), never by the tile's band stack.
 
 A 10980 x 10980 tile of ten uint16 bands and two dates is 4.8 GB as one ``(time, band, y, x)``
-stack; chipping and evaluation need only a ``(time, y, x)`` nodata mask and the label raster of
-it (2 bytes per pixel and date) plus one band's chunk row at a time.
+stack; chipping and evaluation need only a ``(time, y, x)`` nodata mask (a bit per pixel and
+date, :class:`~eoforge.chips.masks.PackedMask`) and the label raster of it (a byte) plus one
+band's chunk row at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
+from eoforge.chips.masks import PackedMask
 from eoforge.config import LabelSpec
 from eoforge.cube.tiles import CubeTile
 from eoforge.errors import InputError, InternalError
@@ -57,23 +59,34 @@ def gather_windows(
     return np.ascontiguousarray(win[t, :, r, c])
 
 
-def nodata_mask(tile: CubeTile, bands: Sequence[str]) -> NDArray[np.bool_]:
-    """``(time, y, x)``: True where any of ``bands`` is 0 (nodata), read strip by strip."""
-    n_t, h, w = len(tile.item_ids), tile.grid.height, tile.grid.width
-    out = np.zeros((n_t, h, w), dtype=np.bool_)
-    for top, bottom in tile.strips():
-        for band in bands:
-            out[:, top:bottom] |= tile.read_rows(band, top, bottom) == 0
-    return out
+def nodata_mask(tile: CubeTile, bands: Sequence[str]) -> PackedMask:
+    """``(time, y, x)``: True where any of ``bands`` is 0 (nodata), read strip by strip and held
+    as bits."""
+
+    def strips() -> Iterator[tuple[int, int, NDArray[np.bool_]]]:
+        for top, bottom in tile.strips():
+            rows = np.zeros((len(tile.item_ids), bottom - top, tile.grid.width), dtype=np.bool_)
+            for band in bands:
+                rows |= tile.read_rows(band, top, bottom) == 0
+            yield top, bottom, rows
+
+    return PackedMask.from_strips(_shape(tile), strips())
 
 
-def value_mask(tile: CubeTile, variable: str, codes: Sequence[int]) -> NDArray[np.bool_]:
-    """``(time, y, x)``: True where ``variable`` holds one of ``codes``, read strip by strip."""
-    n_t, h, w = len(tile.item_ids), tile.grid.height, tile.grid.width
-    out = np.empty((n_t, h, w), dtype=np.bool_)
-    for top, bottom in tile.strips():
-        out[:, top:bottom] = np.isin(tile.read_rows(variable, top, bottom), codes)
-    return out
+def value_mask(tile: CubeTile, variable: str, codes: Sequence[int]) -> PackedMask:
+    """``(time, y, x)``: True where ``variable`` holds one of ``codes``, read strip by strip and
+    held as bits."""
+    return PackedMask.from_strips(
+        _shape(tile),
+        (
+            (top, bottom, np.isin(tile.read_rows(variable, top, bottom), codes))
+            for top, bottom in tile.strips()
+        ),
+    )
+
+
+def _shape(tile: CubeTile) -> tuple[int, int, int]:
+    return len(tile.item_ids), tile.grid.height, tile.grid.width
 
 
 def band_dtype(tile: CubeTile, bands: Sequence[str]) -> np.dtype[Any]:
@@ -140,7 +153,7 @@ def iter_band_windows(
 
 
 def tile_labels(
-    tile: CubeTile, source: LabelSource, labels: LabelSpec, nodata: NDArray[np.bool_]
+    tile: CubeTile, source: LabelSource, labels: LabelSpec, nodata: NDArray[np.bool_] | PackedMask
 ) -> NDArray[np.uint8]:
     """Class indices ``(time, y, x)`` of one cube tile from ``source``, ignored under nodata.
 
@@ -148,7 +161,8 @@ def tile_labels(
         tile: the open cube tile.
         source: where labels come from.
         labels: class schema.
-        nodata: ``(time, y, x)`` input nodata (any band == 0), e.g. :func:`nodata_mask`.
+        nodata: ``(time, y, x)`` input nodata (any band == 0), e.g. :func:`nodata_mask`
+            (packed: applied a strip at a time).
 
     Raises:
         InputError: the source labels no pixel of the tile that has input data.
@@ -163,7 +177,14 @@ def tile_labels(
             f"label source {source.describe()} returned {y.dtype}{y.shape} for tile "
             f"'{tile.grid.tile}', expected uint8{expected}."
         )
-    y = np.where(nodata, np.uint8(labels.ignore_index), y)  # no label where the input is empty
+    # no label where the input is empty (in place only in an array the source handed over)
+    if isinstance(nodata, PackedMask):
+        if not (y.flags.writeable and y.flags.owndata):
+            y = y.copy()
+        for top, bottom in tile.strips():
+            y[:, top:bottom][nodata.rows(top, bottom)] = labels.ignore_index
+    else:
+        y = np.where(nodata, np.uint8(labels.ignore_index), y)
     bad = (y != labels.ignore_index) & (y >= len(labels.classes))
     if bad.any():
         raise InternalError(

@@ -11,6 +11,7 @@ from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from eoforge.chips.masks import PackedMask
 from eoforge.chips.sampling import TileSample, WindowCounts, sample_tile
 from eoforge.chips.splits import COVERED, NO_SPLIT, assign_blocks, split_regions, temporal_mask
 from eoforge.config import ChipSpec, SamplingSpec
@@ -202,6 +203,49 @@ def test_window_counts_of_a_comparison_match_the_materialised_mask() -> None:
         assert "m" in lazy._tables
     with pytest.raises(ValueError, match="op"):
         WindowCounts(8).add_comparison("m", values, "lt", 2)
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_window_counts_of_a_packed_mask_match_the_bool_mask(
+    monkeypatch: pytest.MonkeyPatch, large: bool
+) -> None:
+    import eoforge.chips.sampling as sampling
+
+    if large:  # bands of 24 rows: the packed mask is unpacked a band at a time
+        monkeypatch.setattr(sampling, "TABLE_BYTES", 4 * 8 * 41)
+    rng = np.random.default_rng(6)
+    mask = rng.random((2, 61, 43)) < 0.4  # a width that is not a multiple of 8
+    t, r, c = rng.integers(0, 2, 800), rng.integers(0, 56, 800), rng.integers(0, 38, 800)
+    packed, whole = WindowCounts(6), WindowCounts(6)
+    packed.add("m", PackedMask.of(mask))
+    whole.add("m", mask)
+    for n in (3, 800):
+        assert np.array_equal(
+            packed.count("m", t[:n], r[:n], c[:n]), whole.count("m", t[:n], r[:n], c[:n])
+        )
+    assert ("m" in packed._tables) is not large
+
+
+def test_sample_tile_is_the_same_with_packed_masks() -> None:
+    rng = np.random.default_rng(7)
+    y = _labels(rng, 2, 64, 68)
+    nodata = rng.random(y.shape) < 0.2
+    nodata[:, :20, :20] = True
+    cloud = np.zeros_like(nodata)
+    cloud[:, :, :20] = True
+    spec = _spec(size=8, stride=8, val_fraction=0.25, max_nodata_fraction=0.5,
+                 min_labelled_fraction=0.1)  # fmt: skip
+    region = split_regions("A", 64, 68, spec, SamplingSpec())
+    for method in ("grid", "random", "balanced"):
+        sampling = SamplingSpec(method=method, chips_per_tile=6, max_cloud_fraction=0.5)
+        a = sample_tile(y, nodata, region, spec, sampling, IGNORE, 4, cloud=cloud)
+        b = sample_tile(
+            y, PackedMask.of(nodata), region, spec, sampling, IGNORE, 4,
+            cloud=PackedMask.of(cloud),
+        )  # fmt: skip
+        assert len(a) > 0 and a.rejected == b.rejected
+        for field in ("t", "r", "c", "split", "nodata_fraction", "cloud_fraction"):
+            np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
 
 
 # --------------------------------------------------------------------------- properties

@@ -48,9 +48,9 @@ def test_strips_equal_whole_tile_stacks(tmp_path: Path, chunk_rows: int) -> None
     assert strips[0][0] == 0 and strips[-1][1] == 45
     assert all(a[1] == b[0] for a, b in itertools.pairwise(strips))
     stack = np.stack([np.asarray(tile.group[b][...]) for b in BANDS], axis=1)  # (t, c, h, w)
-    assert np.array_equal(nodata_mask(tile, BANDS), (stack == 0).any(axis=1))
+    assert np.array_equal(nodata_mask(tile, BANDS).to_array(), (stack == 0).any(axis=1))
     scl = np.asarray(tile.group["scl"][...])
-    assert np.array_equal(value_mask(tile, "scl", [8, 9, 10]), np.isin(scl, [8, 9, 10]))
+    assert np.array_equal(value_mask(tile, "scl", [8, 9, 10]).to_array(), np.isin(scl, [8, 9, 10]))
     # every window position, so windows straddle every chunk-row boundary
     size = 6
     rows, cols = np.meshgrid(np.arange(45 - size + 1), np.arange(0, 30 - size + 1, 5))
