@@ -168,7 +168,9 @@ def tile_labels(
         InputError: the source labels no pixel of the tile that has input data.
         InternalError: the source returned the wrong shape, dtype or class indices.
     """
-    ctx = TileLabelContext(tile.grid, tile.item_ids, labels, tile.variable)
+    ctx = TileLabelContext(
+        tile.grid, tile.item_ids, labels, tile.variable, rows=tile.read_rows, strips=tile.strips
+    )
     y = np.asarray(source.label_tile(ctx))
     tile.release()  # the variables a source read (e.g. SCL) are not kept with the tile
     expected = (len(tile.item_ids), tile.grid.height, tile.grid.width)

@@ -12,7 +12,7 @@ A *label source* turns one cube tile into a ``(time, y, x)`` uint8 raster of cla
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -173,6 +173,11 @@ class TileLabelContext:
     """Class names and ignore index the labels must use."""
     variable: Callable[[str], NDArray[Any]] = field(repr=False)
     """Reads a ``(time, y, x)`` cube variable of the tile (raises InputError if absent)."""
+    rows: Callable[[str, int, int], NDArray[Any]] | None = field(default=None, repr=False)
+    """Reads rows ``[top, bottom)`` of a cube variable, ``(time, rows, x)``, not kept (None:
+    only :attr:`variable`)."""
+    strips: Callable[[], Iterable[tuple[int, int]]] | None = field(default=None, repr=False)
+    """``(top, bottom)`` row ranges covering the tile, one chunk row each (with :attr:`rows`)."""
 
     def slice_of(self, item_id: str) -> int | None:
         """Time index whose item id equals ``item_id`` (or contains it, for same-day groups)."""
@@ -212,7 +217,17 @@ class CubeClassMap:
         """See :meth:`LabelSource.label_tile`."""
         mapping = self.mapping or ClassMapping.from_label_spec(ctx.schema)
         mapping.check(ctx.schema)
-        codes = ctx.variable(self.variable)
+        if ctx.rows is None or ctx.strips is None:
+            return self._lookup(ctx, mapping, ctx.variable(self.variable))
+        # a chunk row at a time: the codes are never held whole beside the labels
+        out = np.empty((len(ctx.item_ids), ctx.grid.height, ctx.grid.width), dtype=np.uint8)
+        for top, bottom in ctx.strips():
+            out[:, top:bottom] = self._lookup(ctx, mapping, ctx.rows(self.variable, top, bottom))
+        return out
+
+    def _lookup(
+        self, ctx: TileLabelContext, mapping: ClassMapping, codes: NDArray[Any]
+    ) -> NDArray[np.uint8]:
         if codes.dtype.kind not in "ui":
             raise InputError(
                 f"cube variable '{self.variable}' of tile '{ctx.grid.tile}' is {codes.dtype}; "

@@ -80,6 +80,30 @@ def test_class_mapping_missing_file(tmp_path: Path) -> None:
         ClassMapping.from_file(tmp_path / "nope.yaml")
 
 
+def test_cube_class_map_reads_a_chunk_row_at_a_time() -> None:
+    scl = np.random.default_rng(1).integers(0, 12, (2, 40, 50), dtype=np.uint16)
+    read: list[tuple[int, int]] = []
+
+    def rows(name: str, top: int, bottom: int) -> np.ndarray:
+        if name != "scl":
+            raise InputError(f"no variable {name}")
+        read.append((top, bottom))
+        return scl[:, top:bottom]
+
+    def whole(name: str) -> np.ndarray:
+        raise AssertionError("the whole variable was read")
+
+    def strips() -> list[tuple[int, int]]:
+        return [(0, 16), (16, 32), (32, 40)]
+
+    ctx = TileLabelContext(GRID, ["a", "b"], LabelSpec(), whole, rows=rows, strips=strips)
+    y = CubeClassMap("scl").label_tile(ctx)
+    assert np.array_equal(y, scl_to_classes(scl, LabelSpec())) and y.dtype == np.uint8
+    assert read == strips()
+    with pytest.raises(InputError, match="no variable landcover"):
+        CubeClassMap("landcover").label_tile(ctx)
+
+
 def test_cube_class_map_is_a_label_source() -> None:
     scl = np.random.default_rng(0).integers(0, 12, (2, 40, 50), dtype=np.uint8)
     source = CubeClassMap("scl")
