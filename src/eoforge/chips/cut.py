@@ -28,6 +28,7 @@ from eoforge.chips.index import chip_index_frame, chip_index_uri, cross_split_ov
 from eoforge.chips.sampling import TileSample, sample_tile
 from eoforge.chips.spill import SplitSpill, band_stats, spill_folder, write_shuffled
 from eoforge.chips.splits import SPLITS, assign_blocks, split_regions, temporal_mask
+from eoforge.chips.strip_labels import StripLabels, strip_labels
 from eoforge.chips.strips import (
     band_dtype,
     gather_windows,
@@ -126,14 +127,21 @@ def _cut_tile(
     tile: CubeTile,
     sample: TileSample,
     bands: Sequence[str],
-    cube_y: NDArray[np.uint8],
+    cube_y: NDArray[np.uint8] | StripLabels,
     size: int,
     labels: LabelSpec,
     spills: dict[str, SplitSpill],
 ) -> None:
     """Spill the sampled windows of one tile, by split, in sample order after the chips of the
-    tiles before (bands strip by strip, labels a batch at a time)."""
+    tiles before (bands strip by strip, labels a batch at a time; labels by rows are cut
+    strip by strip too)."""
     position = np.empty(len(sample), dtype=np.int64)  # each chip's place in its split's spill
+    # labels by rows: every label chip of the tile in one pass (n x size x size bytes)
+    cut_y = (
+        cube_y.windows(sample.t, sample.r, sample.c, size)
+        if isinstance(cube_y, StripLabels)
+        else None
+    )
     for code, name in enumerate(SPLITS):
         sel = np.flatnonzero(sample.split == code)
         if sel.size == 0:
@@ -145,7 +153,11 @@ def _cut_tile(
         spill.origin.append(np.stack([t, r, c], axis=1).astype(np.int32))
         for lo in range(0, sel.size, _LABEL_BATCH):
             part = slice(lo, lo + _LABEL_BATCH)
-            y = gather_windows(cube_y, t[part], r[part], c[part], size)
+            if isinstance(cube_y, StripLabels):
+                assert cut_y is not None
+                y = cut_y[sel[part]]
+            else:
+                y = gather_windows(cube_y, t[part], r[part], c[part], size)
             spill.y.write(slice(first + lo, first + lo + len(y)), y)
             hist = _histograms(y)
             spill.label_counts += hist.sum(axis=0)
@@ -259,10 +271,13 @@ def build_chips(
             region = split_regions(
                 name, cube_tile.grid.height, cube_tile.grid.width, spec, sampling, blocks, covered
             )
-            # Bands are read a chunk row at a time; only the (time, y, x) masks and labels are
-            # whole.
+            # Bands are read a chunk row at a time; the (time, y, x) masks are whole as bits,
+            # the labels by rows where the source can label rows (a cube variable such as
+            # SCL), else whole.
             nodata = nodata_mask(cube_tile, bands)
-            cube_y = tile_labels(cube_tile, source, labels, nodata)
+            cube_y: NDArray[np.uint8] | StripLabels = strip_labels(
+                cube_tile, source, labels, nodata
+            ) or tile_labels(cube_tile, source, labels, nodata)
             cloud = None
             if sampling.max_cloud_fraction is not None:
                 cloud = value_mask(cube_tile, sampling.cloud_variable, sampling.cloud_codes)

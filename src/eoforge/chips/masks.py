@@ -10,11 +10,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["PackedMask"]
+__all__ = ["PackedMask", "RowSource"]
+
+
+class RowSource(Protocol):
+    """A ``(time, height, width)`` array produced a band of rows at a time, never whole."""
+
+    @property
+    def shape(self) -> tuple[int, int, int]: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def rows(self, top: int, bottom: int) -> NDArray[Any]:
+        """Rows ``[top, bottom)``: ``(time, bottom - top, width)``."""
+        ...
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
-from eoforge.chips.masks import PackedMask
+from eoforge.chips.masks import PackedMask, RowSource
 from eoforge.chips.splits import COVERED, NO_SPLIT
 from eoforge.config import ChipSpec, SamplingSpec
 from eoforge.errors import InputError
@@ -62,7 +62,7 @@ class WindowCounts:
 
     size: int
     """Window edge in pixels."""
-    _sources: dict[str, tuple[NDArray[Any] | PackedMask, str, int]] = field(
+    _sources: dict[str, tuple[NDArray[Any] | RowSource, str, int]] = field(
         default_factory=dict, repr=False
     )
     _tables: dict[str, NDArray[np.int32]] = field(default_factory=dict, repr=False)
@@ -75,14 +75,17 @@ class WindowCounts:
         else:
             self._register(name, np.asarray(mask, dtype=bool), "mask", 0)
 
-    def add_comparison(self, name: str, values: NDArray[Any], op: str, value: int) -> None:
+    def add_comparison(
+        self, name: str, values: NDArray[Any] | RowSource, op: str, value: int
+    ) -> None:
         """Register the mask ``values == value`` (``op`` ``"eq"``) or ``values != value``
-        (``"ne"``) without materialising it."""
+        (``"ne"``) without materialising it; ``values`` may be produced by rows
+        (:class:`~eoforge.chips.masks.RowSource`, e.g. labels computed strip by strip)."""
         if op not in ("eq", "ne"):
             raise ValueError(f"op must be 'eq' or 'ne', got {op!r}")
-        self._register(name, np.asarray(values), op, value)
+        self._register(name, values if _by_rows(values) else np.asarray(values), op, value)
 
-    def _register(self, name: str, values: NDArray[Any] | PackedMask, op: str, value: int) -> None:
+    def _register(self, name: str, values: NDArray[Any] | RowSource, op: str, value: int) -> None:
         self._sources[name] = (values, op, value)
         self._tables.pop(name, None)
         self._touched[name] = 0
@@ -92,11 +95,11 @@ class WindowCounts:
 
     @staticmethod
     def _rows(
-        values: NDArray[Any] | PackedMask, op: str, value: int, top: int, bottom: int
+        values: NDArray[Any] | RowSource, op: str, value: int, top: int, bottom: int
     ) -> NDArray[np.bool_]:
         """The mask's rows ``[top, bottom)`` (all of its leading axes)."""
-        if isinstance(values, PackedMask):
-            return values.rows(top, bottom)
+        if not isinstance(values, np.ndarray):
+            return WindowCounts._mask(values.rows(top, bottom), op, value)
         return WindowCounts._mask(values[..., top:bottom, :], op, value)
 
     @staticmethod
@@ -123,11 +126,10 @@ class WindowCounts:
         if name in self._tables:
             return _table_counts(self._tables[name], t, r, c, s)
         h, w = values.shape[-2:]
-        packed = isinstance(values, PackedMask)  # never unpacked whole; no direct counting
-        if not packed and (
+        # a mask produced by rows is never made whole: no direct counting on it
+        if isinstance(values, np.ndarray) and (
             self._touched[name] <= 2 * values.size or (big and touch <= values.size)
         ):
-            assert not isinstance(values, PackedMask)
             win = sliding_window_view(values, (s, s), axis=(-2, -1))
             picked = self._mask(win[r, c] if t is None else win[t, r, c], op, value)
             return picked.sum(axis=(-2, -1), dtype=np.int64)  # type: ignore[no-any-return]
@@ -149,6 +151,10 @@ class WindowCounts:
                 _integral(band), None if t is None else t[sel], r[sel] - top, c[sel], s
             )
         return out
+
+
+def _by_rows(values: Any) -> bool:
+    return not isinstance(values, np.ndarray) and callable(getattr(values, "rows", None))
 
 
 #: Largest summed-area table :class:`WindowCounts` keeps (int32 per pixel); larger masks are
@@ -326,7 +332,7 @@ def _balanced(
 
 
 def _class_counts(
-    labels: NDArray[np.uint8], k: int, size: int, pool: _Candidates
+    labels: NDArray[np.uint8] | RowSource, k: int, size: int, pool: _Candidates
 ) -> NDArray[np.int64]:
     counts = WindowCounts(size)
     counts.add_comparison("k", labels, "eq", k)
@@ -334,7 +340,7 @@ def _class_counts(
 
 
 def sample_tile(
-    labels: NDArray[np.uint8],
+    labels: NDArray[np.uint8] | RowSource,
     nodata: NDArray[np.bool_] | PackedMask,
     region: NDArray[np.uint8],
     chip: ChipSpec,
@@ -348,7 +354,8 @@ def sample_tile(
     """Choose the chip windows of one tile.
 
     Args:
-        labels: ``(time, h, w)`` class indices (``ignore_index`` = unlabelled).
+        labels: ``(time, h, w)`` class indices (``ignore_index`` = unlabelled), an array or
+            produced by rows (:class:`~eoforge.chips.strip_labels.StripLabels`).
         nodata: ``(time, h, w)`` input nodata (any band == 0), as bool or packed bits.
         region: ``(h, w)`` split region codes (:func:`split_regions`).
         chip: size, stride and quality thresholds.

@@ -225,6 +225,22 @@ class CubeClassMap:
             out[:, top:bottom] = self._lookup(ctx, mapping, ctx.rows(self.variable, top, bottom))
         return out
 
+    def label_rows(self, ctx: TileLabelContext, top: int, bottom: int) -> NDArray[np.uint8]:
+        """Class indices of rows ``[top, bottom)``, ``(time, rows, x)`` uint8: the codes of
+        those rows only are read (chipping never holds the tile's labels whole).
+
+        Raises:
+            InputError: the context cannot read rows, the variable is absent or not integer.
+        """
+        if ctx.rows is None:
+            raise InputError(
+                f"cube variable '{self.variable}' of tile '{ctx.grid.tile}' cannot be read by rows "
+                "here; label the whole tile instead."
+            )
+        mapping = self.mapping or ClassMapping.from_label_spec(ctx.schema)
+        mapping.check(ctx.schema)
+        return self._lookup(ctx, mapping, ctx.rows(self.variable, top, bottom))
+
     def _lookup(
         self, ctx: TileLabelContext, mapping: ClassMapping, codes: NDArray[Any]
     ) -> NDArray[np.uint8]:

@@ -13,11 +13,14 @@ from hypothesis import strategies as st
 from eoforge.chips.cut import ChipsInfo, build_chips, grid_origins, read_split
 from eoforge.config import ChipSpec, LabelSpec, SamplingSpec
 from eoforge.errors import InputError
+from eoforge.labels.classes import CubeClassMap, TileLabelContext
 
 BANDS = ("blue", "green", "red", "nir")
 
 
-def _tiny_cube(path: Path, tiles: dict[str, int], size: int = 64, nodata_rows: int = 0) -> None:
+def _tiny_cube(
+    path: Path, tiles: dict[str, int], size: int = 64, nodata_rows: int = 0, chunk_rows: int = 0
+) -> None:
     rng = np.random.default_rng(0)
     for i, (tile, t) in enumerate(tiles.items()):
         x0 = i * (size + 10) * 120.0  # tiles side by side: no shared ground
@@ -43,6 +46,8 @@ def _tiny_cube(path: Path, tiles: dict[str, int], size: int = 64, nodata_rows: i
                 "tile": tile,
             },
         )
+        if chunk_rows:  # several chunk rows: what is read a strip at a time
+            ds = ds.chunk({"time": 1, "y": chunk_rows, "x": size})
         ds.to_zarr(path, group=tile, mode="w-", zarr_format=3, consolidated=False)
 
 
@@ -219,6 +224,53 @@ def test_samplers_through_build_chips(tmp_path: Path, sampling: SamplingSpec) ->
         assert tiles == {"train": {"AAA", "BBB"}, "test": {"AAA", "BBB"}}
     else:  # tile split: the test tile holds its ground alone
         assert "BBB" not in tiles["train"] and tiles["test"] == {"BBB"}
+
+
+class _WholeTileOnly:
+    """The default SCL source without ``label_rows``: chipping labels the tile whole."""
+
+    def describe(self) -> str:
+        return "cube variable 'scl' (whole tiles)"
+
+    def label_tile(self, ctx: TileLabelContext) -> np.ndarray:
+        return CubeClassMap("scl").label_tile(ctx)
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [SamplingSpec(), SamplingSpec(method="balanced", chips_per_tile=30)],
+    ids=["grid", "balanced"],
+)
+def test_labels_by_rows_give_the_chips_of_whole_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sampling: SamplingSpec
+) -> None:
+    import eoforge.chips.cut as cut
+    import eoforge.cube.tiles as tiles
+
+    cube = tmp_path / "cube.zarr"
+    _tiny_cube(cube, {"AAA": 2, "BBB": 1}, size=96, nodata_rows=5, chunk_rows=24)
+    spec = ChipSpec(size=16, stride=16, train_tiles=("AAA",), test_tiles=("BBB",))
+    whole = build_chips(
+        cube, tmp_path / "whole.zarr", spec, LabelSpec(), BANDS, sampling=sampling,
+        label_source=_WholeTileOnly(),
+    )  # fmt: skip
+    read_whole = tiles.CubeTile.variable
+
+    def no_whole_scl(self: tiles.CubeTile, name: str) -> np.ndarray:
+        assert name != "scl", "the labels' codes were read whole"
+        return read_whole(self, name)
+
+    def no_whole_labels(*args: object) -> np.ndarray:
+        raise AssertionError("the tile's labels were made whole")
+
+    monkeypatch.setattr(tiles.CubeTile, "variable", no_whole_scl)
+    monkeypatch.setattr(cut, "tile_labels", no_whole_labels)
+    rows = build_chips(cube, tmp_path / "rows.zarr", spec, LabelSpec(), BANDS, sampling=sampling)
+    assert rows.counts == whole.counts and rows.rejected == whole.rejected
+    for split in ("train", "val", "test"):
+        a, b = read_split(tmp_path / "whole.zarr", split), read_split(tmp_path / "rows.zarr", split)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
 
 
 def test_overlapping_tiles_give_their_ground_to_the_test_tile(tmp_path: Path) -> None:
