@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,14 @@ class TileGrid:
                 f"(got crs={crs!r}, transform={transform!r}); re-run ingest (ADR 0001 layout)."
             )
         return cls(tile, crs, Affine(*(float(v) for v in transform[:6])), int(height), int(width))
+
+    def rows(self, top: int, bottom: int) -> TileGrid:
+        """The grid of rows ``[top, bottom)`` (same tile, CRS, columns and pixel size)."""
+        if not 0 <= top < bottom <= self.height:
+            raise ValueError(f"rows [{top}, {bottom}) are not inside 0..{self.height}")
+        return replace(
+            self, transform=self.transform * Affine.translation(0, top), height=bottom - top
+        )
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:

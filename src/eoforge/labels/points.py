@@ -81,6 +81,18 @@ class PointLabels:
 
     def label_tile(self, ctx: TileLabelContext) -> NDArray[np.uint8]:
         """See :meth:`eoforge.labels.classes.LabelSource.label_tile`."""
+        return self._label(ctx, 0, ctx.grid.height)
+
+    def label_rows(self, ctx: TileLabelContext, top: int, bottom: int) -> NDArray[np.uint8]:
+        """Class indices of rows ``[top, bottom)`` of the tile, ``(time, rows, x)`` uint8 (the
+        same pixels as :meth:`label_tile`; chipping never holds the tile's labels whole).
+
+        Raises:
+            InputError: as :meth:`label_tile` (checked against the whole tile).
+        """
+        return self._label(ctx, top, bottom)
+
+    def _label(self, ctx: TileLabelContext, top: int, bottom: int) -> NDArray[np.uint8]:
         frame = self.load()
         schema, grid = ctx.schema, ctx.grid
         classes = class_index(list(frame[self.class_column]), schema, self.path, self.class_column)
@@ -93,12 +105,14 @@ class PointLabels:
                 f"'{grid.tile}' (bounds {tuple(round(v) for v in grid.bounds)} in {grid.crs}) "
                 "for its dates; the points lie outside the area; check their CRS and extent."
             )
-        n_t = len(ctx.item_ids)
-        out = np.full((n_t, grid.height, grid.width), schema.ignore_index, np.uint8)
+        keep &= (rows >= top) & (rows < bottom)
+        n_t, height = len(ctx.item_ids), bottom - top
+        out = np.full((n_t, height, grid.width), schema.ignore_index, np.uint8)
         for t in range(n_t):
             sel = keep & ((slices == t) | (slices == -1))
             flat = out[t].reshape(-1)  # a view: writes land in ``out``
-            pairs = np.unique(np.stack([rows[sel] * grid.width + cols[sel], classes[sel]]), axis=1)
+            index = (rows[sel] - top) * grid.width + cols[sel]
+            pairs = np.unique(np.stack([index, classes[sel]]), axis=1)
             flat[pairs[0]] = pairs[1]
             pixels, n_classes = np.unique(pairs[0], return_counts=True)
             flat[pixels[n_classes > 1]] = schema.ignore_index  # points of 2+ classes disagree

@@ -345,18 +345,31 @@ class PolygonLabels:
 
     def label_tile(self, ctx: TileLabelContext) -> NDArray[np.uint8]:
         """See :meth:`eoforge.labels.classes.LabelSource.label_tile`."""
-        schema, grid = ctx.schema, ctx.grid
-        frame = self._in_crs(grid.crs)
+        return self._label(ctx, ctx.grid)
+
+    def label_rows(self, ctx: TileLabelContext, top: int, bottom: int) -> NDArray[np.uint8]:
+        """Class indices of rows ``[top, bottom)`` of the tile, ``(time, rows, x)`` uint8: only
+        the polygons meeting those rows are burned, onto those rows (the same pixels as
+        :meth:`label_tile`; chipping never holds the tile's labels whole).
+
+        Raises:
+            InputError: as :meth:`label_tile` (checked against the whole tile).
+        """
+        return self._label(ctx, ctx.grid.rows(top, bottom))
+
+    def _label(self, ctx: TileLabelContext, grid: TileGrid) -> NDArray[np.uint8]:
+        schema, tile = ctx.schema, ctx.grid
+        frame = self._in_crs(tile.crs)
         classes, priority, background = self._class_plan(frame, schema)
         geoms = frame.geometry.to_numpy()
-        hits = shapely.intersects(geoms, grid.footprint())
-        if not hits.any():
+        if not shapely.intersects(geoms, tile.footprint()).any():
             raise InputError(
-                f"labels '{self.path}' cover nothing of tile '{grid.tile}': their bounds in "
-                f"{grid.crs} are {tuple(round(v) for v in frame.total_bounds)}, the tile's "
-                f"{tuple(round(v) for v in grid.bounds)}. The labels lie outside the area; check "
+                f"labels '{self.path}' cover nothing of tile '{tile.tile}': their bounds in "
+                f"{tile.crs} are {tuple(round(v) for v in frame.total_bounds)}, the tile's "
+                f"{tuple(round(v) for v in tile.bounds)}. The labels lie outside the area; check "
                 "the file's CRS and extent, or the tiles the chips use."
             )
+        hits = shapely.intersects(geoms, grid.footprint())
         slices = self._slices(frame, ctx)
         out = np.full((len(ctx.item_ids), grid.height, grid.width), schema.ignore_index, np.uint8)
         for t in range(len(ctx.item_ids)):

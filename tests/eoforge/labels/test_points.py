@@ -70,6 +70,19 @@ def test_item_specific_points() -> None:
     assert y[0, 3, 3] == 1 and y[1, 3, 3] == 1
 
 
+def test_label_rows_are_the_rows_of_label_tile() -> None:
+    rng = np.random.default_rng(0)
+    n = 200
+    pts = [_pt(c, r) for c, r in zip(rng.uniform(0, 30, n), rng.uniform(0, 20, n), strict=True)]
+    items = [None if i % 3 else "item1" for i in range(n)]
+    frame = _points(pts, list(rng.choice(["crop", "forest"], n)), item=items)
+    source = PointLabels("mem", frame=frame, item_column="item")
+    whole = source.label_tile(_ctx())
+    assert (whole != 255).sum() > 50
+    for top, bottom in ((0, 7), (7, 8), (8, 20)):
+        np.testing.assert_array_equal(source.label_rows(_ctx(), top, bottom), whole[:, top:bottom])
+
+
 def test_bad_points() -> None:
     with pytest.raises(InputError, match="outside the area"):
         PointLabels("mem", frame=_points([shapely.Point(0, 0)], ["crop"])).label_tile(_ctx())

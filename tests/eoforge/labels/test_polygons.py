@@ -96,8 +96,22 @@ def test_shipped_labels_reproduce_scl_masks_exactly(mini_cube: Path) -> None:
         assert np.array_equal(y, expected), f"{name}: {(y != expected).sum()} pixels differ"
 
 
+@pytest.mark.parametrize("all_touched", [False, True])
+def test_label_rows_are_the_rows_of_label_tile(mini_cube: Path, all_touched: bool) -> None:
+    """Burned a band of rows at a time (chipping never holds the labels whole): the same pixels."""
+    labels = PolygonLabels(str(SHIPPED), background="other", all_touched=all_touched)
+    tile = open_cube_tile(str(mini_cube), "33TWL")
+    ctx = _ctx(tile)
+    whole = labels.label_tile(ctx)
+    h = tile.grid.height
+    for top, bottom in ((0, 37), (37, 100), (100, h)):
+        np.testing.assert_array_equal(labels.label_rows(ctx, top, bottom), whole[:, top:bottom])
+    with pytest.raises(ValueError, match="not inside"):
+        labels.label_rows(ctx, 10, h + 1)
+
+
 def test_shipped_labels_make_chips(mini_cube: Path, tmp_path: Path) -> None:
-    from eoforge.chips.cut import build_chips
+    from eoforge.chips.cut import build_chips, read_split
     from eoforge.chips.index import read_chip_index
 
     info = build_chips(
@@ -113,6 +127,31 @@ def test_shipped_labels_make_chips(mini_cube: Path, tmp_path: Path) -> None:
     assert info.label_source.startswith("polygon labels")
     index = read_chip_index(tmp_path / "chips.zarr")
     assert {"px_other", "px_water", "px_cloud", "px_ignore"} <= set(index.columns)
+
+    class WholeTiles:  # the same polygons without label_rows: chipping labels whole tiles
+        inner = PolygonLabels(str(SHIPPED), background="other")
+
+        def describe(self) -> str:
+            return self.inner.describe()
+
+        def label_tile(self, ctx: TileLabelContext) -> np.ndarray:
+            return self.inner.label_tile(ctx)
+
+    whole = build_chips(
+        mini_cube,
+        tmp_path / "whole.zarr",
+        ChipSpec(size=64, stride=64, min_labelled_fraction=0.9),
+        SCHEMA,
+        BANDS,
+        label_source=WholeTiles(),
+    )
+    assert whole.counts == info.counts and whole.class_counts == info.class_counts
+    for split in ("train", "val", "test"):
+        a, b = (
+            read_split(tmp_path / "chips.zarr", split),
+            read_split(tmp_path / "whole.zarr", split),
+        )
+        np.testing.assert_array_equal(a[1], b[1])
 
 
 @pytest.mark.parametrize("suffix", [".geojson", ".gpkg", ".parquet"])
