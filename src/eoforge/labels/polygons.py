@@ -282,6 +282,9 @@ class PolygonLabels:
     frame: gpd.GeoDataFrame | None = field(default=None, repr=False, compare=False)
     """Labels already in memory (then ``path`` only names them in messages)."""
     _by_crs: dict[str, gpd.GeoDataFrame] = field(default_factory=dict, repr=False, init=False)
+    #: the last tile's plan (classes, priority, background, geometries, time slices), kept so
+    #: labelling a tile by rows does not redo it for every band of rows
+    _plan: tuple[Any, Any] | None = field(default=None, repr=False, init=False, compare=False)
 
     def describe(self) -> str:
         """See :meth:`eoforge.labels.classes.LabelSource.describe`."""
@@ -357,8 +360,13 @@ class PolygonLabels:
         """
         return self._label(ctx, ctx.grid.rows(top, bottom))
 
-    def _label(self, ctx: TileLabelContext, grid: TileGrid) -> NDArray[np.uint8]:
+    def _tile_plan(self, ctx: TileLabelContext) -> tuple[Any, ...]:
+        """(classes, priority, background, geometries, time slices) of the polygons for the
+        tile of ``ctx``, checked to cover some of it; the last tile's is reused."""
         schema, tile = ctx.schema, ctx.grid
+        key = (tile, tuple(ctx.item_ids), schema)
+        if self._plan is not None and self._plan[0] == key:
+            return tuple(self._plan[1])
         frame = self._in_crs(tile.crs)
         classes, priority, background = self._class_plan(frame, schema)
         geoms = frame.geometry.to_numpy()
@@ -369,8 +377,14 @@ class PolygonLabels:
                 f"{tuple(round(v) for v in tile.bounds)}. The labels lie outside the area; check "
                 "the file's CRS and extent, or the tiles the chips use."
             )
+        plan = (classes, priority, background, geoms, self._slices(frame, ctx))
+        self._plan = (key, plan)
+        return plan
+
+    def _label(self, ctx: TileLabelContext, grid: TileGrid) -> NDArray[np.uint8]:
+        schema = ctx.schema
+        classes, priority, background, geoms, slices = self._tile_plan(ctx)
         hits = shapely.intersects(geoms, grid.footprint())
-        slices = self._slices(frame, ctx)
         out = np.full((len(ctx.item_ids), grid.height, grid.width), schema.ignore_index, np.uint8)
         for t in range(len(ctx.item_ids)):
             sel = hits & ((slices == t) | (slices == -1))
