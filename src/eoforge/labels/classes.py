@@ -266,6 +266,8 @@ class RasterFileLabels:
     """GeoTIFF path or URI (anything rasterio opens)."""
     mapping: ClassMapping
     """Code -> class grouping (see :meth:`ClassMapping.from_file`)."""
+    _plane: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    """The last tile's class plane (:meth:`label_rows`), under key ``key``."""
 
     def describe(self) -> str:
         """See :meth:`LabelSource.describe`."""
@@ -308,11 +310,35 @@ class RasterFileLabels:
 
     def label_tile(self, ctx: TileLabelContext) -> NDArray[np.uint8]:
         """See :meth:`LabelSource.label_tile`."""
+        return self._warp(ctx, ctx.grid, len(ctx.item_ids))
+
+    def label_rows(self, ctx: TileLabelContext, top: int, bottom: int) -> NDArray[np.uint8]:
+        """Class indices of rows ``[top, bottom)`` of the tile, ``(time, rows, x)`` uint8.
+
+        The labels are the same for every time slice, so the tile is warped once, a band of
+        rows at a time, into one ``(y, x)`` uint8 plane kept for the tile (a byte per pixel,
+        whatever the number of dates; never the int32 codes of the whole tile), and each call
+        copies its rows for every slice.
+        """
+        key = (ctx.grid, ctx.schema)
+        if self._plane.get("key") != key:
+            self._plane.clear()
+            grid = ctx.grid
+            plane = np.empty((grid.height, grid.width), dtype=np.uint8)
+            step = 1024
+            for first in range(0, grid.height, step):
+                last = min(first + step, grid.height)
+                plane[first:last] = self._warp(ctx, grid.rows(first, last), 1)[0]
+            self._plane.update(key=key, plane=plane)
+        rows: NDArray[np.uint8] = self._plane["plane"][top:bottom]
+        return np.repeat(rows[None], len(ctx.item_ids), axis=0)
+
+    def _warp(self, ctx: TileLabelContext, grid: TileGrid, slices: int) -> NDArray[np.uint8]:
+        """The raster warped onto ``grid``: class indices ``(slices, y, x)``."""
         import rasterio
         from rasterio.warp import Resampling, reproject
 
         self.mapping.check(ctx.schema)
-        grid = ctx.grid
         with self._open() as src:
             codes = np.full((grid.height, grid.width), -1, dtype=np.int32)
             reproject(
@@ -330,4 +356,4 @@ class RasterFileLabels:
             valid &= codes != int(nodata)
         out = np.full(codes.shape, ctx.schema.ignore_index, dtype=np.uint8)
         out[valid] = lut[codes[valid]]
-        return np.broadcast_to(out, (len(ctx.item_ids), *out.shape)).copy()
+        return np.broadcast_to(out, (slices, *out.shape)).copy()

@@ -163,6 +163,36 @@ def test_raster_file_in_another_crs_is_warped_with_nearest(tmp_path: Path) -> No
     assert np.array_equal(y[0], y[2])  # static labels: every slice alike
 
 
+def test_raster_file_rows_are_the_rows_of_the_whole_warp(tmp_path: Path) -> None:
+    """Warped onto a band of rows at a time (chipping): the same codes as the whole tile, on a
+    noisy lon/lat raster where any shift of the warp would show."""
+    schema = LabelSpec(classes=("tree", "crop", "water"), scl_groups={})
+    mapping = ClassMapping({"tree": (10,), "crop": (40,), "water": (80,)})
+    (x0, y1), (x1, y0) = GRID.transform * (0, 0), GRID.transform * (GRID.width, GRID.height)
+    lon0, lat1 = rasterio.warp.transform(GRID.crs, "EPSG:4326", [x0 - 500], [y1 + 500])
+    lon1, lat0 = rasterio.warp.transform(GRID.crs, "EPSG:4326", [x1 + 500], [y0 - 500])
+    h, w = 137, 181
+    transform = rasterio.transform.from_bounds(lon0[0], lat0[0], lon1[0], lat1[0], w, h)
+    codes = np.random.default_rng(5).choice(np.array([0, 10, 40, 80], np.uint8), (h, w))
+    _write_tif(tmp_path / "noise.tif", codes, "EPSG:4326", transform, 0)
+    source = RasterFileLabels(str(tmp_path / "noise.tif"), mapping)
+    ctx = _ctx({}, schema, n_time=2)
+    whole = source.label_tile(ctx)
+    assert len(np.unique(whole)) == 4  # three classes and ignore
+    for top, bottom in ((0, 7), (7, 23), (23, GRID.height)):
+        np.testing.assert_array_equal(source.label_rows(ctx, top, bottom), whole[:, top:bottom])
+    # a tile taller than one band of the warp (1024 rows), on a grid the raster shares
+    tall = TileGrid("T", GRID.crs, Affine(10.0, 0, 500_000.0, 0, -10.0, 5_030_000.0), 2500, 24)
+    grid_codes = np.random.default_rng(6).choice(np.array([0, 10, 40, 80], np.uint8), (2500, 24))
+    _write_tif(tmp_path / "tall.tif", grid_codes, tall.crs, tall.transform, 0)
+    tall_source = RasterFileLabels(str(tmp_path / "tall.tif"), mapping)
+    tall_ctx = TileLabelContext(tall, ["a"], schema, lambda name: np.zeros(1))
+    tall_whole = tall_source.label_tile(tall_ctx)
+    for top, bottom in ((0, 1000), (1000, 2100), (2100, 2500)):
+        got = tall_source.label_rows(tall_ctx, top, bottom)
+        np.testing.assert_array_equal(got, tall_whole[:, top:bottom])
+
+
 def test_raster_file_without_crs_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "nocrs.tif"
     _write_tif(path, np.full((10, 10), 10, np.uint8), None, Affine(1, 0, 0, 0, -1, 10), None)
