@@ -272,8 +272,7 @@ def build_chips(
                 name, cube_tile.grid.height, cube_tile.grid.width, spec, sampling, blocks, covered
             )
             # Bands are read a chunk row at a time; the (time, y, x) masks are whole as bits,
-            # the labels by rows where the source can label rows (a cube variable such as
-            # SCL), else whole.
+            # the labels by rows where the source can label rows (all of eoforge's), else whole.
             nodata = nodata_mask(cube_tile, bands)
             cube_y: NDArray[np.uint8] | StripLabels = strip_labels(
                 cube_tile, source, labels, nodata

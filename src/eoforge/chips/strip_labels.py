@@ -1,7 +1,7 @@
 """A tile's labels computed a chunk row at a time, never held whole.
 
-Where the label source can label rows (:meth:`eoforge.labels.classes.CubeClassMap.label_rows`:
-class codes of a cube variable, Sen2Cor's SCL by default), chipping does not need the tile's
+Where the label source can label rows (``label_rows``: class codes of a cube variable, Sen2Cor's
+SCL by default; polygons; points; a class raster), chipping does not need the tile's
 ``(time, y, x)`` label raster at all: the sampler counts labelled and per-class pixels under
 its candidate windows from summed-area tables of row bands
 (:class:`eoforge.chips.sampling.WindowCounts`), and the label chips are cut strip by strip like
