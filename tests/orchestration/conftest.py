@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from eoforge.testing import (
 from eoforge.testing import prefect_server as services
 
 BIN = Path(sys.executable).parent
+_FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @dataclass
@@ -38,9 +40,21 @@ class PrefectServer(services.PrefectServer):
     def wait(self, flow_run_id: str, timeout: float = 900, poll_s: float = 2.0) -> dict[str, Any]:
         return super().wait(flow_run_id, timeout, poll_s)
 
-    def task_runs(self, flow_run_id: str) -> list[dict[str, Any]]:
+    def task_runs(self, flow_run_id: str, settle_s: float = 60.0) -> list[dict[str, Any]]:
+        """The flow run's task runs, once each has a final state.
+
+        The server writes task-run states from the events a run sends, which may land after the
+        flow run's own final state: a CI rehearsal read a lineage task run with no state yet.
+        Polls until every task run is final, or ``settle_s`` passes (then returns what it has).
+        """
         body = {"task_runs": {"flow_run_id": {"any_": [flow_run_id]}}}
-        return list(self.request("POST", "/task_runs/filter", body))
+        deadline = time.monotonic() + settle_s
+        while True:
+            runs = list(self.request("POST", "/task_runs/filter", body))
+            settled = all((tr.get("state") or {}).get("type") in _FINAL for tr in runs)
+            if settled or time.monotonic() > deadline:
+                return runs
+            time.sleep(0.5)
 
 
 _SERVER_HOMES: list[Path] = []
