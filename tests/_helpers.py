@@ -184,3 +184,35 @@ def tiny_trained_model(chips_dir: Path, model_dir: Path) -> Path:
     )
     spec = TrainSpec(max_epochs=2, batch_size=4, base_channels=8, threads=1)
     return train_model(chips, spec, model_dir, progress=False).model_dir
+
+
+def tiny_exported_model(chips_dir: Path, model_dir: Path) -> Path:
+    """:func:`tiny_trained_model` exported to ``model.onnx`` (parity-checked on seeded chips)."""
+    from eoforge.export.onnx import export_onnx
+
+    folder = tiny_trained_model(chips_dir, model_dir)
+    sample = np.random.default_rng(0).integers(1, 6000, (2, 4, 32, 32)).astype(np.uint16)
+    export_onnx(folder, folder / "model.onnx", sample)
+    return folder
+
+
+def noisy_scene() -> np.ndarray:
+    """A seeded ``(4, 203, 317)`` uint16 scene (no window fits it evenly) with a nodata corner."""
+    rng = np.random.default_rng(3)
+    bands = rng.integers(200, 5000, (4, 203, 317), dtype=np.uint16)
+    bands[:, :20, :40] = 0  # nodata corner
+    return bands
+
+
+class WholeTilesOnly:
+    """A label source without ``label_rows``: chipping labels its tiles whole (the reference
+    that labels by rows must match)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def describe(self) -> str:
+        return str(self.inner.describe())
+
+    def label_tile(self, ctx: Any) -> np.ndarray:
+        return np.asarray(self.inner.label_tile(ctx))

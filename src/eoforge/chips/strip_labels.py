@@ -17,10 +17,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from eoforge.chips.masks import PackedMask
-from eoforge.chips.strips import gather_windows
+from eoforge.chips.strips import check_label_rows, iter_row_windows, no_labels
 from eoforge.config import LabelSpec
 from eoforge.cube.tiles import CubeTile
-from eoforge.errors import InputError, InternalError
+from eoforge.errors import InternalError
 from eoforge.labels.classes import LabelSource, TileLabelContext
 
 __all__ = ["StripLabels", "strip_labels"]
@@ -75,40 +75,24 @@ class StripLabels:
             InputError: the source labels no pixel of the tile that has input data.
             InternalError: the source produced class indices out of range.
         """
-        ignore, k = self.labels.ignore_index, len(self.labels.classes)
         labelled = False
         for top, bottom in self.tile.strips():
-            y = self.rows(top, bottom)
-            known = y != ignore
-            if (known & (y >= k)).any():
-                raise InternalError(
-                    f"label source {self.source.describe()} produced class indices out of range."
-                )
-            labelled = labelled or bool(known.any())
-        if not labelled:
-            raise InputError(
-                f"{self.source.describe()} label no pixel of tile '{self.tile.grid.tile}' that "
-                "has input data: the labels lie outside the area or only on nodata; check their "
-                "extent and CRS, or the tiles named in the chip spec."
+            labelled = (
+                check_label_rows(self.rows(top, bottom), self.labels, self.source) or labelled
             )
+        if not labelled:
+            raise no_labels(self.source, self.tile.grid.tile)
 
     def windows(
         self, t: NDArray[np.int64], r: NDArray[np.int64], c: NDArray[np.int64], size: int
     ) -> NDArray[np.uint8]:
-        """The ``(n, size, size)`` label windows at (t, r, c), in that order, read strip by
-        strip: each window is cut from the rows of the strip holding its bottom row plus the
-        ``size - 1`` rows carried from before."""
+        """The ``(n, size, size)`` label windows at (t, r, c), in that order, cut strip by strip
+        (:func:`~eoforge.chips.strips.iter_row_windows`)."""
         out = np.empty((len(t), size, size), dtype=np.uint8)
-        last_row = np.asarray(r, dtype=np.int64) + size - 1
-        carried: NDArray[np.uint8] | None = None
-        for top, bottom in self.tile.strips():
-            sel = np.flatnonzero((last_row >= top) & (last_row < bottom))
-            rows = self.rows(top, bottom)
-            buffer = rows if carried is None else np.concatenate([carried, rows], axis=1)
-            carried = buffer[:, max(buffer.shape[1] - (size - 1), 0) :].copy()
-            if sel.size:
-                first = bottom - buffer.shape[1]  # tile row of the buffer's first row
-                out[sel] = gather_windows(buffer, t[sel], r[sel] - first, c[sel], size)
+        for part, windows in iter_row_windows(
+            self.tile.strips(), [self.rows], t, r, c, size, np.uint8
+        ):
+            out[part] = windows[:, 0]
         return out
 
 

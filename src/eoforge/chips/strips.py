@@ -9,7 +9,8 @@ band's chunk row at a time.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,9 +25,12 @@ from eoforge.labels.classes import LabelSource, TileLabelContext
 
 __all__ = [
     "band_dtype",
+    "check_label_rows",
     "gather_band_windows",
     "gather_windows",
     "iter_band_windows",
+    "iter_row_windows",
+    "no_labels",
     "nodata_mask",
     "tile_labels",
     "value_mask",
@@ -130,21 +134,39 @@ def iter_band_windows(
     strip of every band (plus ``size - 1`` carried rows each) and one batch of windows, however
     densely the windows overlap.
     """
+    readers = [functools.partial(tile.read_rows, band) for band in bands]
     dtype = band_dtype(tile, bands)
+    yield from iter_row_windows(tile.strips(), readers, t, r, c, size, dtype, batch)
+
+
+def iter_row_windows(
+    strips: Iterable[tuple[int, int]],
+    readers: Sequence[Callable[[int, int], NDArray[Any]]],
+    t: NDArray[np.int64],
+    r: NDArray[np.int64],
+    c: NDArray[np.int64],
+    size: int,
+    dtype: Any,
+    batch: int = 4096,
+) -> Iterator[tuple[NDArray[np.intp], NDArray[Any]]]:
+    """:func:`iter_band_windows` over any arrays read by rows: ``readers[i](top, bottom)``
+    returns rows ``[top, bottom)`` ``(time, rows, x)`` of array ``i``; windows come as
+    ``(k, len(readers), size, size)`` of ``dtype``, cut from the strip holding their bottom row
+    plus the ``size - 1`` rows each array carries from the strip before."""
     last_row = np.asarray(r, dtype=np.int64) + size - 1
-    carried: dict[str, NDArray[Any]] = {}
-    for top, bottom in tile.strips():
+    carried: list[NDArray[Any] | None] = [None] * len(readers)
+    for top, bottom in strips:
         sel = np.flatnonzero((last_row >= top) & (last_row < bottom))
         buffers = []
-        for band in bands:
-            rows = tile.read_rows(band, top, bottom)
-            previous = carried.get(band)
+        for i, read in enumerate(readers):
+            rows = read(top, bottom)
+            previous = carried[i]
             buffer = rows if previous is None else np.concatenate([previous, rows], axis=1)
             buffers.append(buffer)
-            carried[band] = buffer[:, max(buffer.shape[1] - (size - 1), 0) :].copy()
+            carried[i] = buffer[:, max(buffer.shape[1] - (size - 1), 0) :].copy()
         for lo in range(0, sel.size, batch):
             part = sel[lo : lo + batch]
-            out = np.empty((part.size, len(bands), size, size), dtype=dtype)
+            out = np.empty((part.size, len(readers), size, size), dtype=dtype)
             for i, buffer in enumerate(buffers):
                 first = bottom - buffer.shape[1]  # tile row of the buffer's first row
                 out[:, i] = gather_windows(buffer, t[part], r[part] - first, c[part], size)
@@ -152,8 +174,31 @@ def iter_band_windows(
         del buffers
 
 
+def check_label_rows(y: NDArray[np.uint8], labels: LabelSpec, source: LabelSource) -> bool:
+    """Whether ``y`` (class indices) labels any pixel.
+
+    Raises:
+        InternalError: a class index is out of range.
+    """
+    known = y != labels.ignore_index
+    if (known & (y >= len(labels.classes))).any():
+        raise InternalError(
+            f"label source {source.describe()} produced class indices out of range."
+        )
+    return bool(known.any())
+
+
+def no_labels(source: LabelSource, tile: str) -> InputError:
+    """The error for a tile on whose input data ``source`` labels no pixel."""
+    return InputError(
+        f"{source.describe()} label no pixel of tile '{tile}' that has input data: "
+        "the labels lie outside the area or only on nodata; check their extent and CRS, or "
+        "the tiles named in the chip spec."
+    )
+
+
 def tile_labels(
-    tile: CubeTile, source: LabelSource, labels: LabelSpec, nodata: NDArray[np.bool_] | PackedMask
+    tile: CubeTile, source: LabelSource, labels: LabelSpec, nodata: PackedMask
 ) -> NDArray[np.uint8]:
     """Class indices ``(time, y, x)`` of one cube tile from ``source``, ignored under nodata.
 
@@ -161,8 +206,8 @@ def tile_labels(
         tile: the open cube tile.
         source: where labels come from.
         labels: class schema.
-        nodata: ``(time, y, x)`` input nodata (any band == 0), e.g. :func:`nodata_mask`
-            (packed: applied a strip at a time).
+        nodata: ``(time, y, x)`` input nodata (any band == 0) from :func:`nodata_mask`,
+            applied a strip at a time.
 
     Raises:
         InputError: the source labels no pixel of the tile that has input data.
@@ -180,22 +225,10 @@ def tile_labels(
             f"'{tile.grid.tile}', expected uint8{expected}."
         )
     # no label where the input is empty (in place only in an array the source handed over)
-    if isinstance(nodata, PackedMask):
-        if not (y.flags.writeable and y.flags.owndata):
-            y = y.copy()
-        for top, bottom in tile.strips():
-            y[:, top:bottom][nodata.rows(top, bottom)] = labels.ignore_index
-    else:
-        y = np.where(nodata, np.uint8(labels.ignore_index), y)
-    bad = (y != labels.ignore_index) & (y >= len(labels.classes))
-    if bad.any():
-        raise InternalError(
-            f"label source {source.describe()} produced class indices out of range."
-        )
-    if not (y != labels.ignore_index).any():
-        raise InputError(
-            f"{source.describe()} label no pixel of tile '{tile.grid.tile}' that has input data: "
-            "the labels lie outside the area or only on nodata; check their extent and CRS, or "
-            "the tiles named in the chip spec."
-        )
+    if not (y.flags.writeable and y.flags.owndata):
+        y = y.copy()
+    for top, bottom in tile.strips():
+        y[:, top:bottom][nodata.rows(top, bottom)] = labels.ignore_index
+    if not check_label_rows(y, labels, source):
+        raise no_labels(source, tile.grid.tile)
     return y

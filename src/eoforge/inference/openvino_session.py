@@ -96,7 +96,8 @@ class OpenVINOSession:
                 "the model."
             )
         self._out_index = names_out.index(OUTPUT_NAME)
-        self._requests: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        # per input shape: an infer request of the model compiled for it, and its logits' shape
+        self._requests: OrderedDict[tuple[int, ...], tuple[Any, tuple[int, ...]]] = OrderedDict()
         self._lock = threading.Lock()  # two runners may call from the worker and the caller
         self.compilations = 0
         self.batches = 0
@@ -147,8 +148,7 @@ class OpenVINOSession:
             )
         x = np.ascontiguousarray(batch)
         with self._lock:
-            request = self._request(x.shape)
-            shape = tuple(request.get_compiled_model().output(self._out_index).get_shape())
+            request, shape = self._request(x.shape)
             if out is not None and out.shape != shape:
                 raise InputError(
                     f"the bound output has shape {out.shape}; the model returns {shape}."
@@ -164,12 +164,13 @@ class OpenVINOSession:
             self.batches += 1
         return logits
 
-    def _request(self, shape: tuple[int, ...]) -> Any:
-        """An infer request of the model compiled for ``shape`` (lock held by the caller)."""
-        request = self._requests.get(shape)
-        if request is not None:
+    def _request(self, shape: tuple[int, ...]) -> tuple[Any, tuple[int, ...]]:
+        """An infer request of the model compiled for input ``shape``, and the shape of its
+        logits (lock held by the caller)."""
+        cached = self._requests.get(shape)
+        if cached is not None:
             self._requests.move_to_end(shape)
-            return request
+            return cached
         import openvino as ov
 
         model = self._model.clone()
@@ -189,8 +190,11 @@ class OpenVINOSession:
                 f"{exc}; check the bands and window, or use infer.backend onnxruntime."
             ) from exc
         self.compilations += 1
-        request = compiled.create_infer_request()
-        self._requests[shape] = request
+        entry = (
+            compiled.create_infer_request(),
+            tuple(compiled.output(self._out_index).get_shape()),
+        )
+        self._requests[shape] = entry
         while len(self._requests) > _SHAPES:
             self._requests.popitem(last=False)
-        return request
+        return entry

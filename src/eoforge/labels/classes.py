@@ -222,7 +222,7 @@ class CubeClassMap:
         # a chunk row at a time: the codes are never held whole beside the labels
         out = np.empty((len(ctx.item_ids), ctx.grid.height, ctx.grid.width), dtype=np.uint8)
         for top, bottom in ctx.strips():
-            out[:, top:bottom] = self._lookup(ctx, mapping, ctx.rows(self.variable, top, bottom))
+            out[:, top:bottom] = self.label_rows(ctx, top, bottom)
         return out
 
     def label_rows(self, ctx: TileLabelContext, top: int, bottom: int) -> NDArray[np.uint8]:

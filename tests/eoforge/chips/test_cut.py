@@ -7,13 +7,14 @@ import numpy as np
 import pytest
 import xarray as xr
 import zarr
+from eoforge_test_helpers import WholeTilesOnly  # type: ignore[import-not-found]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eoforge.chips.cut import ChipsInfo, build_chips, grid_origins, read_split
 from eoforge.config import ChipSpec, LabelSpec, SamplingSpec
 from eoforge.errors import InputError
-from eoforge.labels.classes import CubeClassMap, TileLabelContext
+from eoforge.labels.classes import CubeClassMap
 
 BANDS = ("blue", "green", "red", "nir")
 
@@ -226,16 +227,6 @@ def test_samplers_through_build_chips(tmp_path: Path, sampling: SamplingSpec) ->
         assert "BBB" not in tiles["train"] and tiles["test"] == {"BBB"}
 
 
-class _WholeTileOnly:
-    """The default SCL source without ``label_rows``: chipping labels the tile whole."""
-
-    def describe(self) -> str:
-        return "cube variable 'scl' (whole tiles)"
-
-    def label_tile(self, ctx: TileLabelContext) -> np.ndarray:
-        return CubeClassMap("scl").label_tile(ctx)
-
-
 @pytest.mark.parametrize(
     "sampling",
     [SamplingSpec(), SamplingSpec(method="balanced", chips_per_tile=30)],
@@ -252,7 +243,7 @@ def test_labels_by_rows_give_the_chips_of_whole_labels(
     spec = ChipSpec(size=16, stride=16, train_tiles=("AAA",), test_tiles=("BBB",))
     whole = build_chips(
         cube, tmp_path / "whole.zarr", spec, LabelSpec(), BANDS, sampling=sampling,
-        label_source=_WholeTileOnly(),
+        label_source=WholeTilesOnly(CubeClassMap("scl")),
     )  # fmt: skip
     read_whole = tiles.CubeTile.variable
 

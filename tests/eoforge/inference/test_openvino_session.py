@@ -10,12 +10,14 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from eoforge_test_helpers import tiny_trained_model  # type: ignore[import-not-found]
+from eoforge_test_helpers import (  # type: ignore[import-not-found]
+    noisy_scene,
+    tiny_exported_model,
+)
 from onnx import TensorProto, helper
 
 from eoforge.config import InferSpec
 from eoforge.errors import InputError
-from eoforge.export.onnx import export_onnx
 from eoforge.export.quantize import INT8_MODEL_NAME, quantize_int8
 from eoforge.export.torch_session import choose_backend, open_predictor
 from eoforge.inference.openvino_session import OPENVINO_CPU, OpenVINOSession
@@ -27,21 +29,17 @@ SPEC = InferSpec(window=64, overlap=16, batch_size=3)
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tiny_trained_model(tmp_path_factory.mktemp("chips"), tmp_path_factory.mktemp("model"))
-    rng = np.random.default_rng(0)
-    sample = rng.integers(1, 6000, (2, 4, 32, 32)).astype(np.uint16)
-    export_onnx(folder, folder / "model.onnx", sample)
-    chips = rng.integers(200, 5000, (8, 4, 32, 32)).astype(np.float32)
+    folder = Path(
+        tiny_exported_model(tmp_path_factory.mktemp("chips"), tmp_path_factory.mktemp("model"))
+    )
+    chips = np.random.default_rng(0).integers(200, 5000, (8, 4, 32, 32)).astype(np.float32)
     quantize_int8(folder / "model.onnx", folder / INT8_MODEL_NAME, chips)
     return folder
 
 
 @pytest.fixture(scope="module")
 def scene() -> np.ndarray:
-    rng = np.random.default_rng(3)
-    bands = rng.integers(200, 5000, (4, 203, 317), dtype=np.uint16)
-    bands[:, :20, :40] = 0  # nodata corner
-    return bands
+    return np.asarray(noisy_scene())
 
 
 @pytest.mark.parametrize("name", ["model.onnx", INT8_MODEL_NAME])

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from eoforge_test_helpers import tiny_trained_model  # type: ignore[import-not-found]
+from eoforge_test_helpers import (  # type: ignore[import-not-found]
+    noisy_scene,
+    tiny_exported_model,
+)
 from pydantic import ValidationError
 
 from eoforge.config import InferSpec
 from eoforge.errors import InputError
-from eoforge.export.onnx import export_onnx
 from eoforge.export.torch_session import choose_backend, open_predictor, open_torch_session
 from eoforge.inference.predict import predict_raster, predict_scene
 from eoforge.inference.scene_io import ArrayReader
@@ -23,18 +25,14 @@ from eoforge.inference.torch_session import TORCH_CUDA, TorchSession
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tiny_trained_model(tmp_path_factory.mktemp("chips"), tmp_path_factory.mktemp("model"))
-    sample = np.random.default_rng(0).integers(1, 6000, (2, 4, 32, 32)).astype(np.uint16)
-    export_onnx(folder, folder / "model.onnx", sample)
-    return folder
+    return Path(
+        tiny_exported_model(tmp_path_factory.mktemp("chips"), tmp_path_factory.mktemp("model"))
+    )
 
 
 @pytest.fixture(scope="module")
 def scene() -> np.ndarray:
-    rng = np.random.default_rng(3)
-    bands = rng.integers(200, 5000, (4, 203, 317), dtype=np.uint16)
-    bands[:, :20, :40] = 0  # nodata corner
-    return bands
+    return np.asarray(noisy_scene())
 
 
 SPEC = InferSpec(window=64, overlap=16, batch_size=3)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import shapely
 from affine import Affine
+from eoforge_test_helpers import WholeTilesOnly  # type: ignore[import-not-found]
 
 from eoforge.config import BUNDLED_CATALOG, ChipSpec, LabelSpec
 from eoforge.cube.grid import TileGrid
@@ -111,40 +112,21 @@ def test_label_rows_are_the_rows_of_label_tile(mini_cube: Path, all_touched: boo
 
 
 def test_shipped_labels_make_chips(mini_cube: Path, tmp_path: Path) -> None:
-    from eoforge.chips.cut import build_chips, read_split
+    from eoforge.chips.cut import ChipsInfo, build_chips, read_split
     from eoforge.chips.index import read_chip_index
 
-    info = build_chips(
-        mini_cube,
-        tmp_path / "chips.zarr",
-        ChipSpec(size=64, stride=64, min_labelled_fraction=0.9),
-        SCHEMA,
-        BANDS,
-        label_source=PolygonLabels(str(SHIPPED), background="other"),
-    )
+    def chips(name: str, source: object) -> ChipsInfo:
+        spec = ChipSpec(size=64, stride=64, min_labelled_fraction=0.9)
+        return build_chips(mini_cube, tmp_path / name, spec, SCHEMA, BANDS, label_source=source)
+
+    info = chips("chips.zarr", PolygonLabels(str(SHIPPED), background="other"))
     assert info.counts["train"] > 0 and info.counts["test"] > 0
     assert info.class_counts["train"]["cloud"] > 0 and info.class_counts["test"]["water"] > 0
     assert info.label_source.startswith("polygon labels")
     index = read_chip_index(tmp_path / "chips.zarr")
     assert {"px_other", "px_water", "px_cloud", "px_ignore"} <= set(index.columns)
-
-    class WholeTiles:  # the same polygons without label_rows: chipping labels whole tiles
-        inner = PolygonLabels(str(SHIPPED), background="other")
-
-        def describe(self) -> str:
-            return self.inner.describe()
-
-        def label_tile(self, ctx: TileLabelContext) -> np.ndarray:
-            return self.inner.label_tile(ctx)
-
-    whole = build_chips(
-        mini_cube,
-        tmp_path / "whole.zarr",
-        ChipSpec(size=64, stride=64, min_labelled_fraction=0.9),
-        SCHEMA,
-        BANDS,
-        label_source=WholeTiles(),
-    )
+    # the same polygons labelling whole tiles give the same chips
+    whole = chips("whole.zarr", WholeTilesOnly(PolygonLabels(str(SHIPPED), background="other")))
     assert whole.counts == info.counts and whole.class_counts == info.class_counts
     for split in ("train", "val", "test"):
         a, b = (
