@@ -2,23 +2,29 @@
 
 :class:`eoforge.inference.torch_session.TorchSession` is the session; this module only loads
 the model directory (the training wing's files), which the inference wing may not import.
+
+torch is imported only when the torch backend is chosen: on a CPU, where OpenVINO or ONNX
+Runtime runs the model, importing it would add about a second to every ``eoforge predict`` and
+every event-driven run (measured 1.06 s on the 2-core CI machine).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from eoforge.compute import gpu
 from eoforge.config import InferSpec
 from eoforge.errors import InputError
 from eoforge.inference.openvino_session import OpenVINOSession, openvino_available
 from eoforge.inference.session import open_session
-from eoforge.inference.torch_session import TorchSession
-from eoforge.training.files import load_model, read_model_config
+
+if TYPE_CHECKING:
+    import torch
+
+    from eoforge.inference.torch_session import TorchSession
 
 __all__ = ["choose_backend", "open_predictor", "open_torch_session", "runtime_of"]
 
@@ -44,6 +50,11 @@ def open_torch_session(
         InputError: the model directory is unusable, or ``cuda`` was asked for and torch
             cannot use a GPU.
     """
+    import torch
+
+    from eoforge.inference.torch_session import TorchSession
+    from eoforge.training.files import load_model, read_model_config
+
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -66,7 +77,8 @@ def choose_backend(spec: InferSpec) -> Backend:
     OpenVINO on the CPU (ONNX Runtime where ``openvino`` is not installed)."""
     if spec.backend != "auto":
         return spec.backend
-    if gpu.torch_device().type == "cuda":
+    # NVML answers without importing torch; only a machine with a GPU asks torch
+    if gpu.cuda_available() and gpu.torch_device().type == "cuda":
         if gpu.ort_cuda_available():
             return "onnxruntime"
         if spec.precision == "fp32":
@@ -121,7 +133,10 @@ def runtime_of(session: Any) -> str:
         import openvino
 
         return f"openvino {openvino.__version__.split('-')[0]} (CPU)"
-    if isinstance(session, TorchSession):
+    torch_sessions = sys.modules.get("eoforge.inference.torch_session")  # loaded if one exists
+    if torch_sessions is not None and isinstance(session, torch_sessions.TorchSession):
+        import torch
+
         return f"torch {torch.__version__} ({session.device.type})"
     import onnxruntime
 

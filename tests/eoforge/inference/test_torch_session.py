@@ -167,3 +167,26 @@ def test_torch_backend_needs_the_weights(model_dir: Path, tmp_path: Path) -> Non
         open_predictor(onnx_only, InferSpec(backend="torch"))
     with pytest.raises(ValidationError, match="backend"):
         InferSpec.model_validate({"backend": "tensorrt"})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU, auto asks torch")
+def test_the_cpu_predictor_never_imports_torch(model_dir: Path) -> None:
+    """On a CPU the default predictor (OpenVINO or ONNX Runtime) opens, runs and names its
+    runtime without importing torch (about a second per `eoforge predict` and per event run)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from eoforge.config import InferSpec\n"
+        "from eoforge.export.torch_session import open_predictor, runtime_of\n"
+        "from eoforge.inference.predict import predict_scene\n"
+        "import eoforge.runs.stages_model, eoforge.runs.scenes\n"
+        f"s = open_predictor({str(model_dir / 'model.onnx')!r}, InferSpec())\n"
+        "classes = predict_scene(s, np.full((4, 64, 64), 900, np.uint16), InferSpec(window=64))\n"
+        "print(runtime_of(s), classes.shape, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    assert out.strip().endswith("(64, 64) False"), out
