@@ -16,16 +16,11 @@ import ctypes
 import ctypes.util
 import os
 
+from eoforge.compute.cpus import usable_cpus
+
 __all__ = ["limit_malloc_arenas", "usable_cpus"]
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def limit_malloc_arenas(count: int | None = None) -> int:

@@ -18,7 +18,7 @@ from rasterio.errors import CRSError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from eoforge.compute.malloc import usable_cpus
+from eoforge.compute.cpus import usable_cpus
 from eoforge.errors import InputError
 from eoforge.inference.scene_io import NODATA_CLASS
 from eoforge.io.atomic import sha256_file, staged_file, staging_path

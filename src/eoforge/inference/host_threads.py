@@ -17,7 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 
-from eoforge.compute.malloc import usable_cpus
+from eoforge.compute.cpus import usable_cpus
 
 __all__ = ["MIN_BAND_ROWS", "host_threads", "over_row_bands"]
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from eoforge.compute.cpus import cpu_limit
 from eoforge.errors import InputError
 from eoforge.inference.binding import Arg, Binding
 from eoforge.inference.safety import check_onnx_external_data
@@ -56,8 +57,9 @@ class OpenVINOSession:
 
     Args:
         onnx_path: ``model.onnx`` or ``model-int8.onnx``.
-        threads: inference threads (None: OpenVINO's choice, one per physical core this
-            process may use).
+        threads: inference threads (None: the CPUs a cgroup quota or affinity mask leaves
+            this process, :func:`eoforge.compute.cpus.cpu_limit`, else OpenVINO's choice, one
+            per physical core).
 
     Raises:
         InputError: the file is missing, not loadable, has other tensors, or names external
@@ -76,7 +78,7 @@ class OpenVINOSession:
             )
         check_onnx_external_data(path)  # external tensors only from the model's own folder
         self.path = path
-        self.threads = threads
+        self.threads = threads if threads is not None else cpu_limit()
         self._core = ov.Core()
         try:
             self._model = self._core.read_model(str(path))

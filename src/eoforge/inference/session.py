@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
+from eoforge.compute.cpus import cpu_limit
 from eoforge.compute.gpu import ort_providers
 from eoforge.errors import InputError
 from eoforge.inference.safety import check_onnx_external_data
@@ -37,7 +38,9 @@ def session_options(threads: int | None = None, *, spinning: bool = False) -> or
     writer and other workers on a shared one (``benchmarks/inference.py`` measures both).
 
     Args:
-        threads: intra-op threads (None: onnxruntime's default, one per physical core).
+        threads: intra-op threads (None: the CPUs a cgroup quota or affinity mask leaves this
+            process, :func:`eoforge.compute.cpus.cpu_limit`, else onnxruntime's default, one
+            per physical core).
         spinning: let idle intra-op threads spin instead of sleeping.
 
     Returns:
@@ -51,7 +54,7 @@ def session_options(threads: int | None = None, *, spinning: bool = False) -> or
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.intra_op_num_threads = threads or 0
+    opts.intra_op_num_threads = threads or cpu_limit() or 0
     opts.inter_op_num_threads = 1
     opts.enable_cpu_mem_arena = True
     opts.enable_mem_pattern = True

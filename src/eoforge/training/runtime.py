@@ -20,6 +20,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from eoforge.compute import gpu
+from eoforge.compute.cpus import usable_cpus
 from eoforge.errors import InputError
 
 __all__ = ["resolve_device"]
@@ -75,7 +76,7 @@ def _torch_runtime(threads: int | None, device: torch.device) -> Iterator[None]:
     previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     previous_warn = torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.set_num_threads(threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or usable_cpus())
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
