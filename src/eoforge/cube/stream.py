@@ -8,6 +8,7 @@ units (:mod:`eoforge.cube.units`) and written to its own chunk file.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,6 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from eoforge.compute.cpus import usable_cpus
 from eoforge.config import CubeSpec
 from eoforge.cube.units import Encoding, convert, slice_encoding
 
@@ -102,7 +102,7 @@ def write_tile(
     group = zarr.open_group(str(staging / tile), mode="r+")
     recorded: dict[str, dict[str, float]] = {}
     windows = blocks(height, width, grid.chunk)
-    with ThreadPoolExecutor(max_workers=min(4, usable_cpus())) as pool:
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         for name in ds.data_vars:
             target = group[str(name)]
             assert isinstance(target, zarr.Array)
