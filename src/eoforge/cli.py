@@ -117,9 +117,10 @@ def _run_pipeline(
     store: Path | None,
     stages: list[str] | None = None,
 ) -> dict[str, Any]:
-    from eoforge.runs.pipeline import check_run_places, plan_stages, run_plain
+    from eoforge.runs.pipeline import check_run_places, plan_stages, refuse_url, run_plain
 
     plan = plan_stages(stages)  # an unknown stage fails here, before anything starts
+    refuse_url(store or "", "--store")
     store_path = (store or default_store()).resolve()
     console.print(f"[bold]store[/] {store_path}")
     if stages is not None:
@@ -219,7 +220,10 @@ def demo(
     _guarded(go)
 
 
-def _check_api_url(api_url: str | None) -> None:
+def _check_args(api_url: str | None, store: Path | None = None) -> None:
+    from eoforge.runs.pipeline import refuse_url
+
+    refuse_url(store or "", "--store")  # before a Path option's 's3:/b' becomes a folder
     if api_url is not None:
         try:
             check_api_url(api_url, "--api-url")
@@ -268,7 +272,7 @@ def run(
 
     def go() -> None:
         spec = load_run_spec(config) if config is not None else RunSpec()
-        _check_api_url(api_url)
+        _check_args(api_url, store)
         t0 = time.perf_counter()
         results = _run_pipeline(spec, out, api_url, not plain, store, _stage_list(stages))
         _summarise(results, out, time.perf_counter() - t0)
@@ -343,7 +347,7 @@ def watch(
         from eoforge.runs.watch_local import watch_loop
 
         spec = load_run_spec(config) if config is not None else RunSpec()
-        _check_api_url(api_url)
+        _check_args(api_url, store)
 
         def said(poll: int, landed: list[str], seconds: float) -> None:
             what = ", ".join(landed) if landed else "nothing new"
@@ -369,14 +373,14 @@ def watch(
 @app.command()
 def predict(
     model: Annotated[
-        Path, typer.Option(help="Model folder: `model/` of a run, or a stored model.")
+        str, typer.Option(help="Model folder (`model/` of a run, a stored model) or s3:// prefix.")
     ],
     config: Annotated[
         Path, typer.Option(help="Run spec YAML: its `stac` (catalog, AOI, dates) and `cube`.")
     ],
-    out: Annotated[Path, typer.Option(help="Folder to write the predictions into.")] = Path(
-        "runs/predict"
-    ),
+    out: Annotated[
+        str, typer.Option(help="Folder or s3:// prefix to write the predictions into.")
+    ] = "runs/predict",
     api_url: Annotated[
         str | None, typer.Option(help="STAC API URL (overrides the config).")
     ] = None,
@@ -390,16 +394,17 @@ def predict(
     The model's bands and classes are used; the spec's `stac` says where and when, `cube` on
     which grid. A cube in other units than the model was trained on is refused.
 
-    **Example**
+    **Examples**
 
       eoforge predict --model runs/demo/model --config aoi.yaml --out runs/aoi
+      eoforge predict --model s3://models/v3 --config aoi.yaml --out s3://preds/aoi  # AWS_* env
     """
 
     def go() -> None:
         from eoforge.runs.predict import run_predict
 
         spec = load_run_spec(config)
-        _check_api_url(api_url)
+        _check_args(api_url, store)
         store_path = (store or default_store()).resolve()
         t0 = time.perf_counter()
         with _stage_progress():
@@ -410,7 +415,8 @@ def predict(
             f"wall time {time.perf_counter() - t0:.1f} s",
             soft_wrap=True,
         )
-        print(f"predictions: {out.resolve() / 'predictions'}")
+        where = out.rstrip("/") if "://" in out else Path(out).resolve()
+        print(f"predictions: {where}/predictions")
 
     _guarded(go)
 

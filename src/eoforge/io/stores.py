@@ -23,6 +23,7 @@ from eoforge.io.atomic import staging_path as owned_staging
 
 __all__ = [
     "ENV_S3_TIMEOUT_S",
+    "filesystem",
     "is_remote",
     "open_group",
     "read_bytes",
@@ -73,6 +74,11 @@ def _fs(uri: str, storage_options: Options) -> tuple[Any, str]:
 
     fs, path = fsspec.core.url_to_fs(uri, **with_deadlines(uri, storage_options))
     return fs, str(path)
+
+
+def filesystem(uri: str, storage_options: Options = None) -> tuple[Any, str]:
+    """The fsspec file system of ``uri`` (with :func:`with_deadlines`) and its path in it."""
+    return _fs(uri, storage_options)
 
 
 def sibling(uri: str | Path, name: str) -> str:

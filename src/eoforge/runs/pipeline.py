@@ -36,6 +36,7 @@ __all__ = [
     "check_out_dir",
     "check_run_places",
     "plan_stages",
+    "refuse_url",
     "run_context",
     "run_plain",
 ]
@@ -50,6 +51,7 @@ def run_context(out: Path) -> Iterator[Path]:
     """
     from eoforge.io.atomic import clean_stale_staging, staged_dir
 
+    refuse_url(out, "--out")
     out = Path(out).resolve()
     check_out_dir(out)
     clean_stale_staging(out.parent)
@@ -68,11 +70,32 @@ def check_run_places(out: Path, store: Path | str) -> None:
     """
     from eoforge.io.writable import check_writable_dir
 
+    refuse_url(out, "--out")
+    if "://" not in str(store):
+        refuse_url(store, "--store")  # a URL a Path option folded ('s3:/b/k')
     out = Path(out).resolve()
     check_out_dir(out)
     check_writable_dir(out.parent, "the parent folder of --out")
     if "://" not in str(store):
         check_writable_dir(Path(store), "the store (--store / EOFORGE_STORE)")
+
+
+def refuse_url(path: Path | str, option: str) -> None:
+    """Refuse a URL where a local folder is written (``s3://b/k``, or ``s3:/b/k`` as a Path
+    option folds it), instead of writing a local folder named ``s3:``.
+
+    Raises:
+        InputError: naming the URL and what to pass instead.
+    """
+    import re
+
+    text = str(path)
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", text):
+        url = re.sub(r"^([^:]+):/+", r"\1://", text)
+        raise InputError(
+            f"{option} '{url}' is a URL, but this command writes a local folder there; pass a "
+            "local folder (only `eoforge predict` publishes to an object store: --out s3://...)."
+        )
 
 
 def check_out_dir(out: Path) -> None:

@@ -4,13 +4,15 @@
 ``stac`` section says where (catalog, AOI, dates) and ``cube`` / ``infer`` how; the model says
 what (its bands and classes win over the spec's). Nothing is trained. Each item gets a COG and
 a STAC item, streamed window by window from the cube (memory bounded by the window), in a run
-folder published atomically with a ``provenance.json``.
+folder published atomically with a ``provenance.json``. The model folder and the run folder may
+be object-store URIs (``s3://bucket/prefix``, :mod:`eoforge.runs.remote`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,15 +47,33 @@ def model_spec(spec: RunSpec, model_dir: Path) -> RunSpec:
     return spec.model_copy(update={"stac": stac, "labels": labels})
 
 
+@contextlib.contextmanager
+def _places(model: str | Path, out: str | Path) -> Iterator[tuple[Path, Path]]:
+    """(local model folder, local run folder) for a model and run folder, each local or on an
+    object store; the run folder is published as ``out`` only if the block succeeds."""
+    from eoforge.io.stores import is_remote
+    from eoforge.runs.pipeline import run_context
+    from eoforge.runs.remote import fetched_model, remote_run
+
+    with contextlib.ExitStack() as stack:
+        if is_remote(out):
+            run_dir = stack.enter_context(remote_run(str(out).rstrip("/")))
+        else:
+            run_dir = stack.enter_context(run_context(Path(out)))
+        local = stack.enter_context(fetched_model(str(model))) if is_remote(model) else model
+        yield Path(local), run_dir
+
+
 def run_predict(
     spec: RunSpec,
-    model_dir: Path,
-    out: Path,
+    model_dir: str | Path,
+    out: str | Path,
     store: Path,
     api_url: str | None = None,
 ) -> dict[str, Any]:
     """Predict every item the spec's search returns (over its AOI) with the model in
-    ``model_dir``; publish the predictions as the run folder ``out``.
+    ``model_dir``; publish the predictions as the run folder ``out`` (each a local folder or
+    an object-store URI).
 
     Returns:
         ``{"search", "ingest", "infer"}`` stage results.
@@ -61,9 +81,8 @@ def run_predict(
     Raises:
         InputError: a bad model folder, spec or search.
     """
-    from eoforge.cube.build import list_tiles, open_tile
     from eoforge.inference.catalog import write_predictions_catalog
-    from eoforge.runs.pipeline import run_context
+    from eoforge.io.stores import is_remote
     from eoforge.runs.progress import timed_stage
     from eoforge.runs.provenance import (
         git_revision,
@@ -72,43 +91,57 @@ def run_predict(
         stac_item_records,
         write_provenance,
     )
-    from eoforge.runs.stages_data import stac_endpoint, stage_ingest, stage_search
-    from eoforge.runs.stages_model import stage_infer
+    from eoforge.runs.stages_data import stac_endpoint
 
-    spec = model_spec(spec, Path(model_dir))
     store_s = str(Path(store).resolve())
     results: dict[str, Any] = {}
 
     def timed(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return timed_stage(name, fn, results)
 
-    with stac_endpoint(spec, api_url) as url, run_context(out) as run_dir:
-        s = timed("search", lambda: stage_search(spec, url, run_dir))
-        c = timed("ingest", lambda: stage_ingest(spec, s["items_uri"], store_s, s["keys"]["cube"]))
-        cube = Path(c["cube_uri"])
-        in_cube = [
-            str(i) for tile in list_tiles(cube) for i in open_tile(cube, tile)["item_id"].values
-        ]
-        timed(
-            "infer",
-            lambda: stage_infer(
-                spec, str(model_dir), str(cube), s["items_uri"], str(run_dir), in_cube
-            ),
-        )
+    final = str(out).rstrip("/") if is_remote(out) else Path(out)
+    with _places(model_dir, out) as (local_model, run_dir):
+        spec = model_spec(spec, local_model)
+        with stac_endpoint(spec, api_url) as url:
+            items_uri = _stages(spec, url, local_model, run_dir, store_s, timed)
         write_predictions_catalog(run_dir)  # the run folder is a static STAC catalog
-        items = json.loads(Path(s["items_uri"]).read_text())["features"]
+        items = json.loads(items_uri.read_text())["features"]
         write_provenance(
             run_dir / "provenance.json",
             {
                 "eoforge_run": "predict",
                 "spec_fingerprint": spec.fingerprint(),
                 "parameters": spec.model_dump(mode="json"),
-                "model_dir": str(Path(model_dir).resolve()),
+                "model_dir": str(model_dir) if is_remote(model_dir) else str(local_model.resolve()),
                 "stac_items": stac_item_records(items, [*spec.stac.bands]),
                 "stage_seconds": {k: v["stage_seconds"] for k, v in results.items()},
-                "outputs": output_records(run_dir, Path(out)),
+                "outputs": output_records(run_dir, final),
                 "packages": package_versions(),
                 "git": git_revision(),
             },
         )
     return results
+
+
+def _stages(
+    spec: RunSpec,
+    url: str,
+    model_dir: Path,
+    run_dir: Path,
+    store: str,
+    timed: Callable[[str, Callable[[], dict[str, Any]]], dict[str, Any]],
+) -> Path:
+    """Search, ingest and infer into ``run_dir``; the path of the searched items."""
+    from eoforge.cube.build import list_tiles, open_tile
+    from eoforge.runs.stages_data import stage_ingest, stage_search
+    from eoforge.runs.stages_model import stage_infer
+
+    s = timed("search", lambda: stage_search(spec, url, run_dir))
+    c = timed("ingest", lambda: stage_ingest(spec, s["items_uri"], store, s["keys"]["cube"]))
+    cube = Path(c["cube_uri"])
+    in_cube = [str(i) for tile in list_tiles(cube) for i in open_tile(cube, tile)["item_id"].values]
+    timed(
+        "infer",
+        lambda: stage_infer(spec, str(model_dir), str(cube), s["items_uri"], str(run_dir), in_cube),
+    )
+    return Path(s["items_uri"])

@@ -97,39 +97,34 @@ def git_revision(repo: Path | None = REPO_ROOT) -> dict[str, Any]:
     return {"commit": rev, "dirty": dirty}
 
 
-def output_records(run_dir: Path, final_dir: Path | None = None) -> list[dict[str, str]]:
+def output_records(run_dir: Path, final_dir: Path | str | None = None) -> list[dict[str, str]]:
     """One record (uri, sha256, kind) per output of a run directory.
 
     Zarr stores are hashed as a whole tree; every other file on its own. URIs name the
-    final location (``final_dir``) when the run is still being written in a staging folder.
+    final location (``final_dir``, a folder or an object-store URI such as ``s3://b/run``) when
+    the run is still being written in a staging folder.
     """
-    base = (final_dir or run_dir).resolve()
+    remote = isinstance(final_dir, str) and "://" in final_dir
+
+    def uri(rel: Path) -> str:
+        if remote:
+            return f"{str(final_dir).rstrip('/')}/{rel.as_posix()}"
+        return (Path(final_dir or run_dir).resolve() / rel).as_uri()
+
     records: list[dict[str, str]] = []
     for p in sorted(run_dir.iterdir()):
         if p.name in {"provenance.json"}:
             continue
         if p.is_dir() and p.suffix == ".zarr":
-            records.append(
-                {"uri": (base / p.name).as_uri(), "sha256": sha256_tree(p), "kind": "zarr"}
-            )
+            records.append({"uri": uri(Path(p.name)), "sha256": sha256_tree(p), "kind": "zarr"})
         elif p.is_dir():
             for f in sorted(q for q in p.rglob("*") if q.is_file()):
                 rel = f.relative_to(run_dir)
-                records.append(
-                    {
-                        "uri": (base / rel).as_uri(),
-                        "sha256": sha256_file(f),
-                        "kind": f.suffix.lstrip("."),
-                    }
-                )
+                kind = f.suffix.lstrip(".")
+                records.append({"uri": uri(rel), "sha256": sha256_file(f), "kind": kind})
         elif p.is_file():
-            records.append(
-                {
-                    "uri": (base / p.name).as_uri(),
-                    "sha256": sha256_file(p),
-                    "kind": p.suffix.lstrip("."),
-                }
-            )
+            kind = p.suffix.lstrip(".")
+            records.append({"uri": uri(Path(p.name)), "sha256": sha256_file(p), "kind": kind})
     return records
 
 

@@ -97,6 +97,9 @@ def watch_loop(
     Returns:
         The number of items predicted.
     """
+    from eoforge.runs.pipeline import refuse_url
+
+    refuse_url(out, "--out")
     done, poll = 0, 0
     try:
         while polls is None or poll < polls:
