@@ -25,7 +25,15 @@ from typing import Any
 from eoforge.errors import EoforgeError, InputError, TransientError
 from eoforge.io.stores import filesystem
 
-__all__ = ["MARKER", "fetched_model", "publish_run", "remote_run", "remote_run_names"]
+__all__ = [
+    "MARKER",
+    "check_writable_prefix",
+    "fetched_model",
+    "publish_files",
+    "publish_run",
+    "remote_run",
+    "remote_run_names",
+]
 
 #: Object written first and deleted last by :func:`publish_run`.
 MARKER = ".eoforge-publishing.json"
@@ -183,3 +191,33 @@ def remote_run(uri: str) -> Iterator[Path]:
             with contextlib.suppress(Exception):
                 fs.rm_file(f"{root}/{MARKER}")
         raise
+
+
+def check_writable_prefix(uri: str) -> None:
+    """Fail now, not after the work, where ``uri`` cannot be written (no bucket, no permission,
+    no answer): a probe object is written and deleted.
+
+    Raises:
+        InputError: the bucket is missing or the credentials may not write.
+        TransientError: the object store does not answer.
+    """
+    import uuid
+
+    fs, root = filesystem(uri.rstrip("/"))
+    probe = f"{root}/.eoforge-probe-{uuid.uuid4().hex[:12]}"
+    with _store_errors(uri, "write to"):
+        fs.pipe_file(probe, b"")
+        fs.rm_file(probe)
+
+
+def publish_files(files: list[tuple[Path, str]], uri: str) -> None:
+    """Upload each local file to its URI, in the order given (each PUT replaces one object
+    whole: a reader sees the old bytes or the new ones), for a run folder that accumulates
+    outputs at ``uri`` (the inference deployment's ``out``)."""
+    if not files:
+        return
+    fs, _ = filesystem(uri.rstrip("/"))
+    with _store_errors(uri, "publish to"):
+        for local, target in files:
+            fs.put_file(str(local), filesystem(target)[1])
+        fs.invalidate_cache()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ from prefect.runtime import deployment, flow_run
 
 from eoforge.config import RunSpec, default_store
 from eoforge.io.atomic import sha256_file
+from eoforge.io.stores import is_remote
 from eoforge.orchestration.tasks.drift import publish_drift
 from eoforge.orchestration.tasks.stages import infer_task, ingest_task, run_cached, search_task
 from eoforge.runs.provenance import git_revision, package_versions, write_provenance
@@ -32,12 +34,20 @@ def infer_flow(
 
     Predictions accumulate in ``out/predictions`` (one COG + STAC item per item, written
     atomically with deterministic bytes, so reprocessing converges); each run leaves
-    ``out/provenance/<flow-run-id>.json`` naming the event that triggered it, if any.
+    ``out/provenance/<flow-run-id>.json`` naming the event that triggered it, if any. ``out``
+    may be an object-store prefix (``s3://bucket/infer``): the run writes in a local folder and
+    uploads each COG before its item, and its provenance last (ADR 0016).
     """
+    from eoforge.runs.remote import check_writable_prefix, publish_files
+
     store_s = str(Path(store or default_store()).resolve())
     model = model_dir or production_model(store_s)
     run_id = str(flow_run.id or "local")
-    work = Path(out).resolve() / ".work" / run_id
+    remote = is_remote(out)
+    if remote:
+        check_writable_prefix(out)  # a missing bucket fails before any work
+    local = Path(tempfile.mkdtemp(prefix="eoforge-infer-")) if remote else Path(out).resolve()
+    work = local / ".work" / run_id
     work.mkdir(parents=True, exist_ok=True)
     try:
         with stac_endpoint(spec, api_url) as url:
@@ -45,9 +55,20 @@ def infer_flow(
         key = s["keys"]["cube"]
         c = run_cached(ingest_task, store_s, "cube", key, spec, s["items_uri"], store_s, key)
         ids = list(item_ids) if item_ids is not None else list(s["item_ids"])
-        r = infer_task(
-            spec, model, c["cube_uri"], s["items_uri"], str(Path(out).resolve()), ids, False
-        )
+        r = infer_task(spec, model, c["cube_uri"], s["items_uri"], str(local), ids, False)
+        files = [
+            p
+            for v in r["predictions"].values()
+            for p in (v["cog"], v.get("uncertainty"), v["item"])  # each item after its COGs
+            if p
+        ]
+        target = {p: _final(Path(p), local, out) for p in files}
+        if remote:
+            publish_files([(Path(p), target[p]) for p in files], out)
+    except BaseException:
+        if remote:
+            shutil.rmtree(local, ignore_errors=True)
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     drifted = publish_drift(r.get("drift", {}), model)
@@ -59,19 +80,26 @@ def infer_flow(
         "model_dir": model,
         "stac_items": s["item_ids"],
         "cube": c["cube_uri"],
-        "outputs": [
-            {"uri": Path(p).as_uri(), "sha256": sha256_file(Path(p))}
-            for v in r["predictions"].values()
-            for p in (v["cog"], v["item"])
-        ],
+        "outputs": [{"uri": target[p], "sha256": sha256_file(Path(p))} for p in files],
         "contracts": {"items": s["contract"], "cube": c["contract"], "predictions": r["contract"]},
         "packages": package_versions(),
         "git": git_revision(),
     }
-    write_provenance(Path(out).resolve() / "provenance" / f"{run_id}.json", provenance)
+    record = local / "provenance" / f"{run_id}.json"
+    write_provenance(record, provenance)
+    if remote:
+        publish_files([(record, _final(record, local, out))], out)
+        shutil.rmtree(local, ignore_errors=True)
     return {
         "item_ids": ids,
         "predictions": r["predictions"],
         "trigger_event": trigger_event,
         "drifted": drifted,
     }
+
+
+def _final(path: Path, local: Path, out: str) -> str:
+    """The URI an output written at ``path`` under ``local`` has in ``out``."""
+    if is_remote(out):
+        return f"{out.rstrip('/')}/{path.resolve().relative_to(local.resolve()).as_posix()}"
+    return path.resolve().as_uri()
