@@ -337,7 +337,8 @@ def test_landed_items_trigger_inference_of_exactly_those_items(
         assert prov["model_dir"] == model_dir
         assert prov["deployment_id"] == api.ids["eoforge-infer/infer"]
         assert {o["uri"] for o in prov["outputs"]} == {
-            (preds / f"{item}.{ext}").as_uri() for ext in ("tif", "json")
+            *((preds / f"{item}.{ext}").as_uri() for ext in ("tif", "json")),
+            (out / "uncertainty" / f"{item}.tif").as_uri(),
         }
         pred_item = json.loads((preds / f"{item}.json").read_text())
         assert any(
