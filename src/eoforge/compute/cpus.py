@@ -122,16 +122,20 @@ def cgroup_cpu_quota(
     return min(limits) if limits else None
 
 
+def _from_env() -> int | None:
+    """``EOFORGE_CPUS`` when it is a positive integer (anything else is ignored)."""
+    try:
+        value = int(os.environ.get(ENV, "").strip())
+    except ValueError:
+        return None
+    return value if value > 0 else None
+
+
 @functools.cache
 def _usable() -> int:
-    raw = os.environ.get(ENV, "").strip()
-    if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value > 0:
-            return value
+    forced = _from_env()
+    if forced is not None:
+        return forced
     cpus = _affinity()
     quota = cgroup_cpu_quota()
     if quota is not None:
@@ -150,7 +154,7 @@ def cpu_limit() -> int | None:
     mask or ``EOFORGE_CPUS``), else None: the inference runtimes keep their own defaults (one
     thread per physical core) on a machine that is theirs."""
     cpus = usable_cpus()
-    return cpus if cpus < (os.cpu_count() or cpus) or os.environ.get(ENV, "").strip() else None
+    return cpus if cpus < (os.cpu_count() or cpus) or _from_env() is not None else None
 
 
 if hasattr(os, "register_at_fork"):

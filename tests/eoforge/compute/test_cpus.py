@@ -120,6 +120,7 @@ def test_environment_override_and_a_machine_of_its_own() -> None:
     if cgroup_cpu_quota() is None and len(os.sched_getaffinity(0)) == os.cpu_count():
         # nothing limits this process: the runtimes keep their own defaults (0 = onnxruntime's)
         assert _child({"EOFORGE_CPUS": ""})[1:3] == ["None", "0"]
+        assert _child({"EOFORGE_CPUS": "nonsense"})[1:3] == ["None", "0"]  # ignored
 
 
 def _writable_cpu_cgroup() -> tuple[str, Path] | None:
