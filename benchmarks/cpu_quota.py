@@ -1,4 +1,5 @@
-"""Inference under a cgroup CPU quota: threads sized to the quota vs to the cores the process sees.
+"""Inference under a cgroup CPU quota and in Dask workers: threads sized to the CPUs a process
+may use vs to the cores it sees.
 
     python -m benchmarks.cpu_quota --json OUT --model-dir DIR [--quota 1] [--rounds 4]
 
@@ -11,7 +12,14 @@ processes joined to it: ``threads`` = the CPUs the machine shows (what the runti
 vs eoforge's default (the quota), for OpenVINO and ONNX Runtime, alternating ``--rounds``
 times (12 timed scenes each after 2 warm-ups). Medians, min and max per contender, and
 ``ratios.<backend>_quota_sized_vs_visible`` (time of the visible-core pool / time of the
-quota-sized one: > 1 when sizing to the quota is faster). The cgroup is removed afterwards.
+quota-sized one: > 1 when sizing to the quota is faster). The cgroup is removed afterwards;
+without root this part is skipped.
+
+``dask_workers``: two LocalCluster worker processes (``DaskSpec(n_workers=2)``, one thread
+each) predicting 20 scenes each at once, with each worker's CPU share (eoforge's default since
+session 11: ``EOFORGE_CPUS`` = its threads, OpenVINO unpinned below the cores it sees) vs
+``EOFORGE_CPUS`` = the visible CPUs (every worker's pool on every core, as before), alternating
+``--rounds`` times; scenes/s of the pair, ``ratios.dask_workers_share_vs_visible``.
 ``--model-dir`` is a trained model directory (e.g. the demo's).
 """
 
@@ -99,13 +107,79 @@ def _run(procs: Path, backend: str, threads: str, model: Path) -> list[float]:
     return times
 
 
+def _worker_scenes(model: str, scenes: int) -> float:
+    """Seconds one Dask worker takes for ``scenes`` whole-scene predictions (after a warm-up)."""
+    import time
+
+    import numpy as np
+    import rasterio
+
+    from benchmarks.inference import BAND_FILES, SCENE_ITEM
+    from eoforge.config import BUNDLED_CATALOG, InferSpec
+    from eoforge.export.torch_session import open_predictor
+    from eoforge.inference.predict import predict_scene
+
+    bands = []
+    for name in BAND_FILES:
+        with rasterio.open(BUNDLED_CATALOG / SCENE_ITEM / f"{name}.tif") as src:
+            bands.append(src.read(1))
+    scene = np.stack(bands)
+    spec = InferSpec()
+    session = open_predictor(Path(model), spec)
+    predict_scene(session, scene, spec)
+    t0 = time.perf_counter()
+    for _ in range(scenes):
+        predict_scene(session, scene, spec)
+    return time.perf_counter() - t0
+
+
+def _dask_workers(model: Path, rounds: int, scenes: int = 20) -> dict[str, Any]:
+    import time
+
+    from distributed import Client, LocalCluster
+
+    from eoforge.compute.cluster import DaskSpec
+
+    visible = str(os.cpu_count() or 1)
+    rates: dict[str, list[float]] = {"share": [], "visible": []}
+    for _ in range(rounds):
+        for mode in rates:
+            kwargs = DaskSpec(n_workers=2, threads_per_worker=1).local_cluster_kwargs()
+            if mode == "visible":
+                kwargs["env"] = {"EOFORGE_CPUS": visible}
+            with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+                client.gather(client.map(_worker_scenes, [str(model)] * 2, [1, 1], pure=False))
+                t0 = time.perf_counter()
+                jobs = client.map(_worker_scenes, [str(model)] * 2, [scenes] * 2, pure=False)
+                client.gather(jobs)
+                rates[mode].append(2 * scenes / (time.perf_counter() - t0))
+    summary = {
+        k: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+        for k, v in rates.items()
+    }
+    return {
+        "scenes_per_s": summary,
+        "share_vs_visible": summary["share"]["median"] / summary["visible"]["median"],
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure every contender in the quota'd cgroup; the result dict."""
+    """Measure the Dask workers, and every contender in the quota'd cgroup (as root); the
+    result dict."""
     model = Path(args.model_dir) / "model.onnx"
     if not model.is_file():
         raise SystemExit(f"--model-dir {args.model_dir}: no model.onnx there; train one first.")
     visible = str(os.cpu_count() or 1)
     load_start = list(os.getloadavg())
+    workers = _dask_workers(model, args.rounds)
+    base: dict[str, Any] = {
+        "benchmark": "cpu_quota",
+        "dask_workers": workers,
+        "ratios": {"dask_workers_share_vs_visible": workers["share_vs_visible"]},
+    }
+    if os.geteuid() != 0:
+        base["quota"] = "skipped: making a cgroup needs root"
+        return base
     group, procs = _cgroup(args.quota)
     times: dict[str, list[float]] = {}
     try:
@@ -126,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for b in ("openvino", "onnxruntime")
     }
     return {
-        "benchmark": "cpu_quota",
+        **base,
         "config": {
             "quota_cpus": args.quota,
             "visible_cpus": int(visible),
@@ -134,7 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "scene": "bundled 512 px scene, predict_scene, product defaults",
         },
         "seconds_per_scene": summary,
-        "ratios": ratios,
+        "ratios": {**base["ratios"], **ratios},
         "machine": {
             "load_average_at_start": load_start,
             "load_average_at_end": list(os.getloadavg()),
@@ -150,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-dir", required=True, help="a trained model directory")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        raise SystemExit("benchmarks.cpu_quota makes a cgroup: run it as root.")
     result = run(args)
-    for k, v in result["seconds_per_scene"].items():
+    for k, v in result["dask_workers"]["scenes_per_s"].items():
+        print(f"  dask workers, {k:8s} median {v['median']:6.2f} scenes/s")
+    for k, v in result.get("seconds_per_scene", {}).items():
         print(
             f"  {k:28s} median {v['median'] * 1e3:7.1f} ms  "
             f"min {v['min'] * 1e3:7.1f}  max {v['max'] * 1e3:7.1f}"

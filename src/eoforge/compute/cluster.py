@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from eoforge.compute.cpus import ENV as CPUS_ENV
 from eoforge.cube.build import load_tile
 from eoforge.errors import EoforgeError, InputError, TransientError
 from eoforge.io.atomic import staged_dir
@@ -107,6 +108,11 @@ class DaskSpec(BaseModel):
         }
         if self.memory_limit is not None:
             kwargs["memory_limit"] = self.memory_limit
+        if self.processes:
+            # each worker process keeps to its share of the CPUs: the inference runtimes, GDAL
+            # and the host threads size themselves from it (eoforge.compute.cpus); measured,
+            # two workers predicting on 2 cores: 17.0-17.3 vs 14.5-15.0 scenes/s at 2 threads each
+            kwargs["env"] = {CPUS_ENV: str(self.threads_per_worker)}
         return kwargs
 
 

@@ -20,12 +20,14 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["cgroup_cpu_quota", "cpu_limit", "usable_cpus"]
+__all__ = ["affinity_cpus", "cgroup_cpu_quota", "cpu_limit", "usable_cpus"]
 
 ENV = "EOFORGE_CPUS"
 
 
-def _affinity() -> int:
+def affinity_cpus() -> int:
+    """The CPUs of this process's affinity mask (all the machine shows where there is none):
+    the cores a runtime that pins its threads spreads them over."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
@@ -136,7 +138,7 @@ def _usable() -> int:
     forced = _from_env()
     if forced is not None:
         return forced
-    cpus = _affinity()
+    cpus = affinity_cpus()
     quota = cgroup_cpu_quota()
     if quota is not None:
         cpus = min(cpus, max(1, math.floor(quota)))

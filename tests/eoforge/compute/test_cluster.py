@@ -61,6 +61,10 @@ def test_spec_defaults_and_cluster_kwargs() -> None:
     assert kwargs["dashboard_address"] is None
     assert "memory_limit" not in kwargs
     assert DaskSpec(memory_limit="2GiB").local_cluster_kwargs()["memory_limit"] == "2GiB"
+    # each worker process sizes its thread pools to its share (eoforge.compute.cpus)
+    assert kwargs["env"] == {"EOFORGE_CPUS": "1"}
+    assert DaskSpec(threads_per_worker=3).local_cluster_kwargs()["env"] == {"EOFORGE_CPUS": "3"}
+    assert "env" not in DaskSpec(processes=False).local_cluster_kwargs()
 
 
 @pytest.mark.parametrize(

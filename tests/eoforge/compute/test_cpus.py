@@ -96,7 +96,9 @@ if len(sys.argv) > 1:
     session = OpenVINOSession(sys.argv[1])
     session.run(None, {"image": np.ones((1, 4, 8, 8), np.float32)})
     request, _ = session._requests[(1, 4, 8, 8)]
-    ov = request.get_compiled_model().get_property("INFERENCE_NUM_THREADS")
+    compiled = request.get_compiled_model()
+    ov = f"{compiled.get_property('INFERENCE_NUM_THREADS')}"
+    ov += f"/{compiled.get_property('ENABLE_CPU_PINNING')}"
 print(usable_cpus(), cpu_limit(), threads, ov)
 """
 
@@ -114,8 +116,14 @@ def _child(env: dict[str, str], pre: str = "", model: Path | None = None) -> lis
     return out.stdout.split()
 
 
-def test_environment_override_and_a_machine_of_its_own() -> None:
+def test_environment_override_and_a_machine_of_its_own(tmp_path: Path) -> None:
     assert _child({"EOFORGE_CPUS": "1"}) == ["1", "1", "1", "-"]
+    if len(os.sched_getaffinity(0)) > 1:
+        # OpenVINO pins its threads to the first cores: one thread per process (Dask workers,
+        # pods) unpinned, or every such process would share core 0; all cores stay pinned
+        assert _child({"EOFORGE_CPUS": "1"}, model=tmp_path / "a.onnx")[3] == "1/False"
+        full = _child({"EOFORGE_CPUS": ""}, model=tmp_path / "b.onnx")[3]
+        assert full.endswith("/True")
     assert _child({"EOFORGE_CPUS": "nonsense"})[0] == str(len(os.sched_getaffinity(0)))
     if cgroup_cpu_quota() is None and len(os.sched_getaffinity(0)) == os.cpu_count():
         # nothing limits this process: the runtimes keep their own defaults (0 = onnxruntime's)
@@ -156,6 +164,7 @@ def test_a_real_one_cpu_quota_sizes_the_inference_thread_pools(tmp_path: Path) -
         join = f"echo $$ > {group / 'cgroup.procs'} && "
         model = tmp_path / "conv.onnx"
         usable, limit, ort_threads, ov_threads = _child({"EOFORGE_CPUS": ""}, join, model)
-        assert (usable, limit, ort_threads, ov_threads) == ("1", "1", "1", "1")
+        pinned = "True" if os.cpu_count() == 1 else "False"  # one thread of 2+ cores: unpinned
+        assert (usable, limit, ort_threads, ov_threads) == ("1", "1", "1", f"1/{pinned}")
     finally:
         group.rmdir()
