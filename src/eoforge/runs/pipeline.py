@@ -71,8 +71,6 @@ def check_run_places(out: Path, store: Path | str) -> None:
     from eoforge.io.writable import check_writable_dir
 
     refuse_url(out, "--out")
-    if "://" not in str(store):
-        refuse_url(store, "--store")  # a URL a Path option folded ('s3:/b/k')
     out = Path(out).resolve()
     check_out_dir(out)
     check_writable_dir(out.parent, "the parent folder of --out")

@@ -65,34 +65,41 @@ def infer_flow(
         target = {p: _final(Path(p), local, out) for p in files}
         if remote:
             publish_files([(Path(p), target[p]) for p in files], out)
-    except BaseException:
+        drifted = publish_drift(r.get("drift", {}), model)
+        provenance = {
+            "flow_run_id": run_id,
+            "deployment_id": deployment.id,
+            "trigger_event": trigger_event,
+            "item_ids": ids,
+            "model_dir": model,
+            "stac_items": s["item_ids"],
+            "cube": c["cube_uri"],
+            "outputs": [{"uri": target[p], "sha256": sha256_file(Path(p))} for p in files],
+            "contracts": {
+                "items": s["contract"],
+                "cube": c["contract"],
+                "predictions": r["contract"],
+            },
+            "packages": package_versions(),
+            "git": git_revision(),
+        }
+        record = local / "provenance" / f"{run_id}.json"
+        write_provenance(record, provenance)
         if remote:
-            shutil.rmtree(local, ignore_errors=True)
-        raise
+            publish_files([(record, _final(record, local, out))], out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    drifted = publish_drift(r.get("drift", {}), model)
-    provenance = {
-        "flow_run_id": run_id,
-        "deployment_id": deployment.id,
-        "trigger_event": trigger_event,
-        "item_ids": ids,
-        "model_dir": model,
-        "stac_items": s["item_ids"],
-        "cube": c["cube_uri"],
-        "outputs": [{"uri": target[p], "sha256": sha256_file(Path(p))} for p in files],
-        "contracts": {"items": s["contract"], "cube": c["contract"], "predictions": r["contract"]},
-        "packages": package_versions(),
-        "git": git_revision(),
-    }
-    record = local / "provenance" / f"{run_id}.json"
-    write_provenance(record, provenance)
-    if remote:
-        publish_files([(record, _final(record, local, out))], out)
-        shutil.rmtree(local, ignore_errors=True)
+        if remote:  # the local copy of what was published (or of a failed run)
+            shutil.rmtree(local, ignore_errors=True)
+    predictions = r["predictions"]
+    if remote:  # where the outputs are now
+        predictions = {
+            k: {f: target.get(x, x) if isinstance(x, str) else x for f, x in v.items()}
+            for k, v in predictions.items()
+        }
     return {
         "item_ids": ids,
-        "predictions": r["predictions"],
+        "predictions": predictions,
         "trigger_event": trigger_event,
         "drifted": drifted,
     }

@@ -63,6 +63,7 @@ def test_the_infer_flow_publishes_each_item_and_its_provenance(
         spec, out, str(tmp_path / "store"), stac_api, [ITEM], str(model), "test-event"
     )
     assert list(result["predictions"]) == [ITEM]
+    assert result["predictions"][ITEM]["cog"] == f"s3://{BUCKET}/infer/predictions/{ITEM}.tif"
     names = {p[len(f"{BUCKET}/infer/") :] for p in s3.find(f"{BUCKET}/infer")}
     expected = {f"predictions/{ITEM}.tif", f"predictions/{ITEM}.json", f"uncertainty/{ITEM}.tif"}
     assert expected <= names
