@@ -46,6 +46,26 @@ def moto_server() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def aws_env(moto_server: str) -> Iterator[dict[str, str]]:
+    """``AWS_*`` variables that point every s3fs / botocore client of this process at the
+    module's ``moto_server`` (dummy keys), as a user's environment would; restored after."""
+    import s3fs
+
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": moto_server,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        s3fs.S3FileSystem.clear_instance_cache()  # no client of another endpoint is reused
+        yield env
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 @pytest.fixture(scope="session")
 def bundled_catalog() -> Path:
     assert (BUNDLED_CATALOG / "collection.json").is_file(), "bundled sample missing"

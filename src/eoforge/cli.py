@@ -117,10 +117,9 @@ def _run_pipeline(
     store: Path | None,
     stages: list[str] | None = None,
 ) -> dict[str, Any]:
-    from eoforge.runs.pipeline import check_run_places, plan_stages, refuse_url, run_plain
+    from eoforge.runs.pipeline import check_run_places, plan_stages, run_plain
 
     plan = plan_stages(stages)  # an unknown stage fails here, before anything starts
-    refuse_url(store or "", "--store")
     store_path = (store or default_store()).resolve()
     console.print(f"[bold]store[/] {store_path}")
     if stages is not None:
@@ -213,6 +212,7 @@ def demo(
             spec = spec.model_copy(
                 update={"train": spec.train.model_copy(update={"max_seconds": train_seconds})}
             )
+        _check_args(None, store)
         t0 = time.perf_counter()
         results = _run_pipeline(spec, out, None, not plain, store)
         _summarise(results, out, time.perf_counter() - t0)

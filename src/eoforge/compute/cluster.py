@@ -110,8 +110,8 @@ class DaskSpec(BaseModel):
             kwargs["memory_limit"] = self.memory_limit
         if self.processes:
             # each worker process keeps to its share of the CPUs: the inference runtimes, GDAL
-            # and the host threads size themselves from it (eoforge.compute.cpus); measured,
-            # two workers predicting on 2 cores: 17.0-17.3 vs 14.5-15.0 scenes/s at 2 threads each
+            # and the host threads size themselves from it (eoforge.compute.cpus); two workers
+            # predicting on 2 cores: 16.6 vs 14.4 scenes/s at 2 threads each (benchmarks.cpu_quota)
             kwargs["env"] = {CPUS_ENV: str(self.threads_per_worker)}
         return kwargs
 

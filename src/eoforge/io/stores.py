@@ -69,16 +69,12 @@ def with_deadlines(uri: str | Path, storage_options: Options) -> dict[str, Any]:
     return opts
 
 
-def _fs(uri: str, storage_options: Options) -> tuple[Any, str]:
+def filesystem(uri: str, storage_options: Options = None) -> tuple[Any, str]:
+    """The fsspec file system of ``uri`` (with :func:`with_deadlines`) and its path in it."""
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(uri, **with_deadlines(uri, storage_options))
     return fs, str(path)
-
-
-def filesystem(uri: str, storage_options: Options = None) -> tuple[Any, str]:
-    """The fsspec file system of ``uri`` (with :func:`with_deadlines`) and its path in it."""
-    return _fs(uri, storage_options)
 
 
 def sibling(uri: str | Path, name: str) -> str:
@@ -93,7 +89,7 @@ def uri_exists(uri: str | Path, storage_options: Options = None) -> bool:
     """Whether a file, folder or prefix exists at ``uri``."""
     if not is_remote(uri):
         return _local(uri).exists()
-    fs, path = _fs(str(uri), storage_options)
+    fs, path = filesystem(str(uri), storage_options)
     return bool(fs.exists(path))
 
 
@@ -128,14 +124,14 @@ def staged_store(uri: str | Path, storage_options: Options = None) -> Iterator[s
     target = str(uri).rstrip("/")
     parent, name = target.rsplit("/", 1)
     staging = f"{parent}/{owned_staging(name).name}"  # owner-tagged, like local staging
-    fs, staging_path = _fs(staging, storage_options)
+    fs, staging_path = filesystem(staging, storage_options)
     try:
         yield staging
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             fs.rm(staging_path, recursive=True)
         raise
-    _publish(fs, staging_path, _fs(target, storage_options)[1])
+    _publish(fs, staging_path, filesystem(target, storage_options)[1])
 
 
 def _publish(fs: Any, staging: str, target: str) -> None:
@@ -162,7 +158,7 @@ def write_bytes_atomic(uri: str | Path, data: bytes, storage_options: Options = 
         The sha256 of ``data``.
     """
     if is_remote(uri):
-        fs, path = _fs(str(uri), storage_options)
+        fs, path = filesystem(str(uri), storage_options)
         fs.pipe_file(path, data)
     else:
         with staged_file(_local(uri)) as tmp:
@@ -178,7 +174,7 @@ def read_bytes(uri: str | Path, storage_options: Options = None) -> bytes:
     """
     try:
         if is_remote(uri):
-            fs, path = _fs(str(uri), storage_options)
+            fs, path = filesystem(str(uri), storage_options)
             return bytes(fs.cat_file(path))
         return _local(uri).read_bytes()
     except FileNotFoundError as exc:

@@ -18,10 +18,12 @@ from typing import Any
 
 from eoforge.io.atomic import sha256_file, sha256_tree, write_json_atomic
 from eoforge.io.redact import redact_obj, redact_url
+from eoforge.io.stores import is_remote
 
 __all__ = [
     "git_revision",
     "output_records",
+    "output_uri",
     "package_versions",
     "stac_item_records",
     "write_provenance",
@@ -97,19 +99,24 @@ def git_revision(repo: Path | None = REPO_ROOT) -> dict[str, Any]:
     return {"commit": rev, "dirty": dirty}
 
 
+def output_uri(rel: Path, final_dir: Path | str) -> str:
+    """The URI of ``rel`` (a path inside a run folder) once the run is at ``final_dir``: a
+    folder, or an object-store URI such as ``s3://b/run``."""
+    if is_remote(final_dir):
+        return f"{str(final_dir).rstrip('/')}/{rel.as_posix()}"
+    return (Path(final_dir).resolve() / rel).as_uri()
+
+
 def output_records(run_dir: Path, final_dir: Path | str | None = None) -> list[dict[str, str]]:
     """One record (uri, sha256, kind) per output of a run directory.
 
     Zarr stores are hashed as a whole tree; every other file on its own. URIs name the
-    final location (``final_dir``, a folder or an object-store URI such as ``s3://b/run``) when
+    final location (``final_dir``, a folder or an object-store URI, :func:`output_uri`) when
     the run is still being written in a staging folder.
     """
-    remote = isinstance(final_dir, str) and "://" in final_dir
 
     def uri(rel: Path) -> str:
-        if remote:
-            return f"{str(final_dir).rstrip('/')}/{rel.as_posix()}"
-        return (Path(final_dir or run_dir).resolve() / rel).as_uri()
+        return output_uri(rel, final_dir or run_dir)
 
     records: list[dict[str, str]] = []
     for p in sorted(run_dir.iterdir()):

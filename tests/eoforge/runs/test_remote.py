@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +27,10 @@ ITEM = "S2A_33TWL_20230815_0_L2A"
 
 
 @pytest.fixture(scope="module")
-def s3_env(moto_server: str) -> Iterator[dict[str, str]]:
-    """AWS_* variables of a fresh moto_server with one bucket, set for this module's calls."""
-    import s3fs
-
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": moto_server,
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir(BUCKET)
-    yield env
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    s3fs.S3FileSystem.clear_instance_cache()
+def s3_env(aws_env: dict[str, str]) -> dict[str, str]:
+    """The AWS_* variables of a moto_server with the bucket made."""
+    _fs().mkdir(BUCKET)
+    return aws_env
 
 
 def _fs() -> Any:

@@ -15,7 +15,7 @@ from eoforge.io.atomic import sha256_file
 from eoforge.io.stores import is_remote
 from eoforge.orchestration.tasks.drift import publish_drift
 from eoforge.orchestration.tasks.stages import infer_task, ingest_task, run_cached, search_task
-from eoforge.runs.provenance import git_revision, package_versions, write_provenance
+from eoforge.runs.provenance import git_revision, output_uri, package_versions, write_provenance
 from eoforge.runs.stages_data import stac_endpoint
 from eoforge.runs.store import production_model
 
@@ -46,7 +46,7 @@ def infer_flow(
     remote = is_remote(out)
     if remote:
         check_writable_prefix(out)  # a missing bucket fails before any work
-    local = Path(tempfile.mkdtemp(prefix="eoforge-infer-")) if remote else Path(out).resolve()
+    local = Path(tempfile.mkdtemp(prefix="eoforge-infer-") if remote else out).resolve()
     work = local / ".work" / run_id
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -62,7 +62,7 @@ def infer_flow(
             for p in (v["cog"], v.get("uncertainty"), v["item"])  # each item after its COGs
             if p
         ]
-        target = {p: _final(Path(p), local, out) for p in files}
+        target = {p: output_uri(Path(p).resolve().relative_to(local), out) for p in files}
         if remote:
             publish_files([(Path(p), target[p]) for p in files], out)
         drifted = publish_drift(r.get("drift", {}), model)
@@ -86,7 +86,7 @@ def infer_flow(
         record = local / "provenance" / f"{run_id}.json"
         write_provenance(record, provenance)
         if remote:
-            publish_files([(record, _final(record, local, out))], out)
+            publish_files([(record, output_uri(record.relative_to(local), out))], out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if remote:  # the local copy of what was published (or of a failed run)
@@ -103,10 +103,3 @@ def infer_flow(
         "trigger_event": trigger_event,
         "drifted": drifted,
     }
-
-
-def _final(path: Path, local: Path, out: str) -> str:
-    """The URI an output written at ``path`` under ``local`` has in ``out``."""
-    if is_remote(out):
-        return f"{out.rstrip('/')}/{path.resolve().relative_to(local.resolve()).as_posix()}"
-    return path.resolve().as_uri()

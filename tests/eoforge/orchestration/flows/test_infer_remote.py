@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +23,13 @@ ITEM = "S2A_33TWL_20230815_0_L2A"
 
 
 @pytest.fixture(scope="module")
-def s3(moto_server: str) -> Iterator[Any]:
-    """An s3fs file system on a fresh moto_server with one bucket; AWS_* set for the module."""
+def s3(aws_env: dict[str, str]) -> Any:
+    """An s3fs file system on the module's moto_server, with the bucket made."""
     import s3fs
 
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": moto_server,
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    s3fs.S3FileSystem.clear_instance_cache()
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.mkdir(BUCKET)
-    yield fs
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    s3fs.S3FileSystem.clear_instance_cache()
+    return fs
 
 
 def test_the_infer_flow_publishes_each_item_and_its_provenance(
