@@ -20,11 +20,9 @@ from rich.console import Console
 from eoforge.config import RunSpec, check_api_url, default_store, load_run_spec
 from eoforge.errors import EoforgeError, InputError, exit_code_for
 from eoforge.io.redact import install_log_redaction, redact
+from eoforge.orchestration.local_server import apply_local_defaults, server_start_error
 
-# The temporary Prefect server eoforge starts for local runs does not phone home (air-gapped
-# production machines logged an ERROR per run for the failed telemetry call); set the variable
-# to true to opt back in.
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+apply_local_defaults()  # before Prefect reads its settings: no telemetry, a longer first start
 
 # no local variables in tracebacks: they may hold credentials or signed URLs
 app = typer.Typer(
@@ -137,6 +135,10 @@ def _run_pipeline(
                 if log.exists():
                     exc.add_note(f"Prefect's log of this run, with the traceback: {log}")
                 raise
+            except RuntimeError as exc:  # Prefect's temporary server did not start in time
+                if (err := server_start_error(exc)) is None:
+                    raise
+                raise err from None
         return run_plain(spec, out, store_path, api_url, stages=stages)
 
 
