@@ -39,6 +39,8 @@ from eoforge.inference.session import (
     _model_io,
 )
 from eoforge.inference.windows import (
+    RawRows,
+    RowsSink,
     ScoresSink,
     _argmax_classes,
     _axis_plan,
@@ -104,9 +106,11 @@ def _stream(
     nodata: float,
     stats: dict[str, int],
     scores_sink: ScoresSink | None = None,
+    raw: RawRows | None = None,
 ) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
     """Finished class rows ``(top, rows)`` of the scene, in order (see :func:`predict_raster`);
-    ``scores_sink`` also gets the blended scores of those rows, before they are yielded."""
+    ``scores_sink`` also gets the blended scores of those rows, before they are yielded, and
+    ``raw`` keeps the input rows read until their class rows are."""
     _check_spec(spec)
     io = _model_io(session, where="the ONNX session")
     channels, height, width = reader.shape
@@ -131,7 +135,7 @@ def _stream(
     if getattr(session, "blend_on_device", False):  # a TorchSession on a GPU: ADR 0008
         from eoforge.inference.device_blend import stream_on_device
 
-        source = _RowSource(reader, nodata, edge_y, padded_w)
+        source = _RowSource(reader, nodata, edge_y, padded_w, raw)
         yield from stream_on_device(
             session, source, plan, ys, xs, (edge_y, edge_x), capacity, stats, scores_sink
         )
@@ -143,7 +147,7 @@ def _stream(
         for _ in range(2 if pipelined else 1)
     ]
     worker = ThreadPoolExecutor(1, thread_name_prefix="eoforge-ort") if pipelined else None
-    source = _RowSource(reader, nodata, edge_y, padded_w)
+    source = _RowSource(reader, nodata, edge_y, padded_w, raw)
     acc: _BlendBuffer | None = None  # blended probabilities of rows [done, ...)
     done = 0
     cur = 0  # the runner whose stack is being filled
@@ -246,6 +250,7 @@ def predict_raster(
     nodata: float = 0,
     *,
     uncertainty: PredictionWriter | None = None,
+    rows_sink: RowsSink | None = None,
 ) -> PredictionStats:
     """Predict a scene of any size strip by strip, with memory bounded by the window, not the scene.
 
@@ -266,6 +271,9 @@ def predict_raster(
         nodata: input value marking missing data (class :data:`NODATA_CLASS` where any band has it).
         uncertainty: if given, receives ``(2, n, W)`` uint8 rows of entropy and margin, in step
             with ``writer`` (e.g. an :class:`~eoforge.inference.uncertainty.UncertaintyWriter`).
+        rows_sink: if given, receives the input rows as read and their class rows, in step
+            with ``writer`` (e.g. a drift profile's
+            :meth:`~eoforge.inference.drift.ProfileAccumulator.add`): the scene is read once.
 
     Returns:
         :class:`PredictionStats`.
@@ -282,8 +290,11 @@ def predict_raster(
         def sink(top: int, scores: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_]) -> None:
             uncertainty.write_rows(top, uncertainty_rows(scores, valid))
 
-    for top, rows in _stream(session, reader, spec, nodata, stats, sink):
+    raw = RawRows() if rows_sink is not None else None
+    for top, rows in _stream(session, reader, spec, nodata, stats, sink, raw):
         writer.write_rows(top, rows)
+        if rows_sink is not None and raw is not None:
+            rows_sink(raw.take(rows.shape[0]), rows)
     _, height, width = reader.shape
     return PredictionStats(pixels=height * width, **stats)
 
@@ -335,10 +346,12 @@ def predict_to_cog(
     nodata: float = 0,
     *,
     uncertainty_tif: Path | None = None,
+    rows_sink: RowsSink | None = None,
 ) -> tuple[str, PredictionStats]:
     """Stream a scene through the model into a COG (:func:`predict_raster` + :class:`CogWriter`),
     and its uncertainty into ``uncertainty_tif`` when given
-    (:class:`~eoforge.inference.uncertainty.UncertaintyWriter`).
+    (:class:`~eoforge.inference.uncertainty.UncertaintyWriter`); ``rows_sink`` as in
+    :func:`predict_raster`.
 
     Returns:
         (sha256 of the COG, :class:`PredictionStats`).
@@ -357,6 +370,8 @@ def predict_to_cog(
                 UncertaintyWriter(Path(uncertainty_tif), crs, transform, (height, width))
             )
         writer = stack.enter_context(CogWriter(Path(out_tif), crs, transform, (height, width)))
-        stats = predict_raster(session, reader, spec, writer, nodata, uncertainty=unc)
+        stats = predict_raster(
+            session, reader, spec, writer, nodata, uncertainty=unc, rows_sink=rows_sink
+        )
     assert writer.sha256 is not None
     return writer.sha256, stats

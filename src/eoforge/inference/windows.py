@@ -78,6 +78,37 @@ def _axis_weights(starts: Sequence[int], edge: int) -> list[npt.NDArray[np.float
 #: Receives the blended class scores ``(K, n, W)`` and validity ``(n, W)`` of finished rows.
 ScoresSink = Callable[[int, npt.NDArray[np.float32], npt.NDArray[np.bool_]], None]
 
+#: Receives the input rows ``(C, n, W)`` (as read) and the class rows ``(n, W)`` of finished rows,
+#: in order (e.g. :meth:`eoforge.inference.drift.ProfileAccumulator.add`).
+RowsSink = Callable[[npt.NDArray[Any], npt.NDArray[np.uint8]], None]
+
+
+class RawRows:
+    """The input rows read but not finished yet, for a :data:`RowsSink` (copies: a reader's
+    rows may be views of a decoded chunk row it is about to drop). Holds at most the rows
+    between the read position and the last finished row, about two window heights."""
+
+    def __init__(self) -> None:
+        self.parts: list[npt.NDArray[Any]] = []
+
+    def push(self, rows: npt.NDArray[Any]) -> None:
+        self.parts.append(np.array(rows, copy=True))
+
+    def take(self, n: int) -> npt.NDArray[Any]:
+        """The next ``n`` rows, removed."""
+        out: list[npt.NDArray[Any]] = []
+        while n > 0:
+            head = self.parts[0]
+            if head.shape[1] <= n:
+                out.append(self.parts.pop(0))
+                n -= head.shape[1]
+            else:
+                out.append(head[:, :n])
+                self.parts[0] = head[:, n:]
+                n = 0
+        return out[0] if len(out) == 1 else np.concatenate(out, axis=1)
+
+
 #: Where one window's blend weight is below 1 along one axis: (slice, weights there) pairs.
 Ramps = list[tuple[slice, npt.NDArray[np.float32]]]
 
@@ -249,8 +280,16 @@ class _RowSource:
     so nodata can be masked when rows are written.
     """
 
-    def __init__(self, reader: SceneReader, nodata: float, edge_y: int, padded_w: int) -> None:
+    def __init__(
+        self,
+        reader: SceneReader,
+        nodata: float,
+        edge_y: int,
+        padded_w: int,
+        raw: RawRows | None = None,
+    ) -> None:
         self.reader = reader
+        self.raw = raw  # also keeps the rows read until they are finished
         self.channels, self.height, self.width = reader.shape
         self.nodata = nodata
         self.edge_y = edge_y
@@ -273,6 +312,8 @@ class _RowSource:
         if not (np.issubdtype(rows.dtype, np.integer) or np.issubdtype(rows.dtype, np.floating)):
             raise InputError(f"bands must be numeric (uint16 DN), got {rows.dtype}.")
         valid = _valid_pixels(rows, self.nodata)
+        if self.raw is not None:
+            self.raw.push(rows)
         self.valid_rows = np.concatenate([self.valid_rows, valid])
         self.read_bottom = bottom
         if self.padded_w > self.width:

@@ -366,7 +366,7 @@ def infer_scene(
     from eoforge.cube.build import write_cube
     from eoforge.export.torch_session import runtime_of
     from eoforge.inference.drift import drift_scores, item_summary, load_reference
-    from eoforge.inference.drift_scene import profile_scene
+    from eoforge.inference.drift_scene import TimedProfile
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.scene_io import ChunkRowReader
@@ -400,11 +400,15 @@ def infer_scene(
         crs, transform = str(attrs["crs"]), tuple(float(v) for v in attrs["transform"][:6])
         tif = Path(out) / "predictions" / f"{item_id}.tif"
         unc = Path(out) / "uncertainty" / f"{item_id}.tif"
-        predict_to_cog(session, reader, spec, tif, crs, transform, uncertainty_tif=unc)
-        drift = None
         reference = load_reference(model.parent)
-        if reference is not None:  # a second pass over the rows, as the run's infer stage does
-            profile = profile_scene(reader, tif, bands, classes)
+        profiler = None if reference is None else TimedProfile(bands, classes)
+        predict_to_cog(
+            session, reader, spec, tif, crs, transform, uncertainty_tif=unc,
+            rows_sink=None if profiler is None else profiler.add,
+        )  # fmt: skip
+        drift = None
+        if profiler is not None and reference is not None:  # profiled as the rows were written
+            profile = profiler.profile()
             drift = item_summary(profile, drift_scores(profile, reference))
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # created above by this call

@@ -241,7 +241,7 @@ def stage_infer(
     from eoforge.export.quantize import INT8_MODEL_NAME
     from eoforge.export.torch_session import open_predictor, runtime_of
     from eoforge.inference.drift import drift_scores, item_summary, load_reference
-    from eoforge.inference.drift_scene import profile_scene
+    from eoforge.inference.drift_scene import TimedProfile
     from eoforge.inference.item import prediction_item
     from eoforge.inference.predict import predict_to_cog
     from eoforge.inference.scene_io import ChunkRowReader
@@ -312,14 +312,18 @@ def stage_infer(
         tif = run / "predictions" / f"{item_id}.tif"
         crs, transform = ds.attrs["crs"], tuple(ds.attrs["transform"])
         unc_tif = run / "uncertainty" / f"{item_id}.tif"
-        predict_to_cog(session, reader, spec.infer, tif, crs, transform, uncertainty_tif=unc_tif)
+        profiler = None if reference is None else TimedProfile(spec.stac.bands, spec.labels.classes)
+        predict_to_cog(
+            session, reader, spec.infer, tif, crs, transform, uncertainty_tif=unc_tif,
+            rows_sink=None if profiler is None else profiler.add,
+        )  # fmt: skip
         drift = None
-        if reference is not None:  # a second pass over the rows, strip by strip
+        if profiler is not None and reference is not None:  # profiled as the rows were written
             t_drift = time.perf_counter()
-            profile = profile_scene(reader, tif, spec.stac.bands, spec.labels.classes)
+            profile = profiler.profile()
             drift = item_summary(profile, drift_scores(profile, reference))
             drift_report[item_id] = drift["scores"]
-            drift_s += time.perf_counter() - t_drift
+            drift_s += time.perf_counter() - t_drift + profiler.seconds
         item = prediction_item(
             tif,
             items[item_id],

@@ -851,3 +851,38 @@ def test_nodata_compares_in_the_bands_dtype() -> None:
     valid = _RowSource(ArrayReader(bands), 0.0, 16, 16).strip(0)[1]
     assert not valid[3, 5] and valid.sum() == 16 * 16 - 1
     assert _RowSource(ArrayReader(bands), 0.5, 16, 16).strip(0)[1].all()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_rows_sink_sees_every_input_and_class_row_once(
+    conv3_model: Any, tmp_path: Path, batch_size: int
+) -> None:
+    """The drift profile is built from what the predictor read and wrote (the scene is read
+    once): every row exactly once, in order, the input as the reader gave it and the classes
+    as the COG holds them, whatever the batching."""
+    from eoforge.inference.drift import ProfileAccumulator
+    from eoforge.inference.drift_scene import TimedProfile, profile_scene
+
+    bands = scene(300, 517, seed=21)
+    bands[:, 40:60, 100:200] = 0  # nodata rows: class 255 in both
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    spec = InferSpec(window=64, overlap=16, batch_size=batch_size)
+    tif = tmp_path / "p.tif"
+    predict_to_cog(
+        conv3_model, ArrayReader(bands), spec, tif, CRS, TRANSFORM,
+        rows_sink=lambda raw, classes: seen.append((raw.copy(), classes.copy())),
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.concatenate([r for r, _ in seen], axis=1), bands)
+    with rasterio.open(tif) as src:
+        np.testing.assert_array_equal(np.concatenate([c for _, c in seen]), src.read(1))
+    names, classes = ["blue", "green", "red", "nir"], ["a", "b", "c"]
+    streamed = TimedProfile(names, classes)
+    for raw, cls in seen:
+        streamed.add(raw, cls)
+    assert streamed.seconds > 0
+    read_back = ProfileAccumulator(names, classes)
+    for raw, cls in seen:  # the same blocks, read back: the same profile
+        read_back.add(raw, cls)
+    assert streamed.profile() == read_back.profile()
+    # no cloud class: the blocks do not matter, and it matches the profile read from the COG
+    assert streamed.profile() == profile_scene(ArrayReader(bands), tif, names, classes)
