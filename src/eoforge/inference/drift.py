@@ -6,8 +6,9 @@ predicted as a surface class, away from predicted cloud and shadow) on a fixed f
 (:data:`FINE_STEP` DN wide bins up to :data:`FINE_MAX`, above it in the last bin) and quantiles
 read from it, the valid fraction of the pixels, and the fractions of the predicted classes. It
 is accumulated strip by strip (:class:`ProfileAccumulator`;
-:func:`eoforge.inference.drift_scene.profile_scene` reads a predicted scene's rows and its class
-COG again, a strip at a time), so memory is one strip and one histogram whatever the scene's
+fed by the predictor as it writes a scene, :class:`eoforge.inference.drift_scene.TimedProfile`,
+or :func:`eoforge.inference.drift_scene.profile_scene`, which reads a predicted scene's rows and
+its class COG again, a strip at a time), so memory is one strip and one histogram whatever the scene's
 size. The model's reference (:func:`reference_from_chips`, written next to ``model.onnx`` as
 :data:`REFERENCE_NAME` by the training stage) is the same profile of its training chips and its
 own predictions on them, plus the spread between the training scenes (dates).
