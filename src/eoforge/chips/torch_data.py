@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -327,6 +328,27 @@ class _BatchReader(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return self.chips.read_batch(indices, epoch=epoch)
 
 
+def _forget_inherited_prefect_exit_hooks(_worker_id: int) -> None:
+    """In a forked DataLoader worker, drop the thread-exit hooks of Prefect's services that the
+    worker inherited from its parent.
+
+    Prefect 3.8 registers its event and log services' ``drain`` with ``threading``'s exit
+    hooks and resets those services after a fork, but not the hooks: a forked child runs
+    ``drain`` on the reset state as it exits, which fails an assertion, so the worker exits
+    with code 1 and torch raises "DataLoader worker exited unexpectedly". Any process that ran
+    a Prefect flow before loading chips with ``num_workers`` > 0 (a notebook, a test session)
+    hit it. The parent keeps its own hooks; nothing of Prefect is imported here.
+    """
+    hooks = getattr(threading, "_threading_atexits", None)  # partials of the callables
+    if isinstance(hooks, list):
+        hooks[:] = [hook for hook in hooks if not _of_prefect(getattr(hook, "func", hook))]
+
+
+def _of_prefect(fn: Any) -> bool:
+    """Whether ``fn`` is a method of an object of a Prefect class."""
+    return type(getattr(fn, "__self__", None)).__module__.split(".")[0] == "prefect"
+
+
 def chip_loader(
     chips_path: Path | str,
     split: str,
@@ -375,4 +397,5 @@ def chip_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
+        worker_init_fn=_forget_inherited_prefect_exit_hooks if num_workers > 0 else None,
     )

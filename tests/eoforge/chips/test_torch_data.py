@@ -156,3 +156,32 @@ def test_chunk_cache_is_bounded(chips: Path) -> None:
     clone = pickle.loads(pickle.dumps(ds))  # what a worker receives: no handles, no cache
     assert clone._handles is None and len(clone._cache) == 0
     assert torch.equal(clone[3][0], ds[3][0])
+
+
+@pytest.mark.slow
+def test_workers_survive_a_prefect_flow_run_in_the_same_process(chips: Path) -> None:
+    """Prefect 3.8 leaves its services' drain in threading's exit hooks of every forked child;
+    a worker forked after a flow ran in-process used to exit with code 1 ("DataLoader worker
+    exited unexpectedly")."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from prefect import flow\n"
+        "from prefect.testing.utilities import prefect_test_harness\n"
+        "from eoforge.chips.torch_data import chip_loader\n"
+        "@flow\n"
+        "def one() -> int:\n"
+        "    return 1\n"
+        "with prefect_test_harness(server_startup_timeout=120):\n"
+        "    one()\n"
+        f"loader = chip_loader({str(chips)!r}, 'train', batch_size=16, seed=5, num_workers=2)\n"
+        "print('chips', sum(len(x) for x, _ in loader))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[-1] == str(len(ChipDataset(chips, "train")))
