@@ -16,7 +16,8 @@ deployment's event trigger runs inference for each landed item with the producti
    latency of an item is the time both files were first seen, minus ``t0``.
 
 Per item it also splits the latency with the Prefect API: ``detect`` (t0 -> the landed event),
-``trigger`` (event -> infer run created), ``queue`` (created -> running: worker poll + process
+``trigger`` (event -> infer run created; split into ``send``, the event's ``occurred`` -> the
+server's ``received``, and ``automate``, received -> run created), ``queue`` (created -> running: worker poll + process
 start), ``run`` (the infer flow run) and ``visible`` (run end -> files seen; negative when the
 files appear before the run reports completion).
 
@@ -168,6 +169,7 @@ def _breakdown(
         ]
         run = min(mine, key=lambda r: r["created"]) if mine else None
         t_ev = _ts(ev["occurred"]) if ev else None
+        t_recv = _ts(ev["received"]) if ev and ev.get("received") else None
         t_created = _ts(run["created"]) if run else None
         t_start = _ts(run["start_time"]) if run else None
         t_end = _ts(run["end_time"]) if run else None
@@ -178,6 +180,8 @@ def _breakdown(
         result[item] = {
             "detect": diff(t0, t_ev),
             "trigger": diff(t_ev, t_created),
+            "send": diff(t_ev, t_recv),
+            "automate": diff(t_recv, t_created),
             "queue": diff(t_created, t_start),
             "run": diff(t_start, t_end),
             "visible": diff(t_end, seen.get(item)),
@@ -349,19 +353,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         title="eoforge event latency: item visible -> prediction "
         f"(watch polls every {watch_params.get('poll_seconds')} s)"
     )
-    for col in ("item", "latency s", "detect", "trigger", "queue", "run", "visible"):
+    steps = ("detect", "trigger", "send", "automate", "queue", "run", "visible")
+    for col in ("item", "latency s", *steps):
         table.add_column(col)
     for item in new:
         b = breakdown[item]
         table.add_row(
             item,
             f"{per_item[item]:.1f}",
-            *(
-                f"{b[k]:.1f}" if b[k] is not None else "-"
-                for k in ("detect", "trigger", "queue", "run", "visible")
-            ),
+            *(f"{b[k]:.1f}" if b[k] is not None else "-" for k in steps),
         )
-    table.add_row("median", f"{median:.1f}", "", "", "", "", "")
+    table.add_row("median", f"{median:.1f}", *[""] * len(steps))
     console.print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
