@@ -93,8 +93,7 @@ def write_prediction(
             f"prediction for '{out_tif}' must be a non-empty 2-D uint8 array, got {pred.dtype} "
             f"{pred.shape}."
         )
-    _parse_crs(crs)  # bad georeferencing fails before a file is made
-    _affine(transform)
+    # CogWriter parses the CRS and transform before it makes a file
     with CogWriter(Path(out_tif), crs, transform, (pred.shape[0], pred.shape[1])) as writer:
         writer.write_rows(0, pred)
     assert writer.sha256 is not None
@@ -198,7 +197,6 @@ class CogWriter:
             **(creation or {}),
         }
         self.sha256: str | None = None
-        self._rows_written = 0
         self._main: _StripedFile | None = None
         self._levels: list[_StripedFile] = []
         self._pyramid: OverviewPyramid | None = None
@@ -247,13 +245,12 @@ class CogWriter:
                 f"rows for '{self.out_tif}' must be uint8 ({lead}n, {self.shape[1]}), got "
                 f"{rows.dtype} {rows.shape}."
             )
-        n = rows.shape[-2]
-        if top != self._rows_written or top + n > self.shape[0]:
+        n, written = rows.shape[-2], self._main.rows_written
+        if top != written or top + n > self.shape[0]:
             raise InputError(
                 f"rows {top}..{top + n} for '{self.out_tif}' are out of order: "
-                f"{self._rows_written} of {self.shape[0]} rows written so far."
+                f"{written} of {self.shape[0]} rows written so far."
             )
-        self._rows_written += n
         block = rows.reshape(self.count, n, self.shape[1])
         self._main.write(top, block)
         if self._pyramid is not None:
@@ -261,9 +258,10 @@ class CogWriter:
 
     def _finish(self) -> None:
         """Copy the staged map (and its overview levels) into the COG at ``out_tif``."""
-        if self._rows_written != self.shape[0]:
+        written = self._main.rows_written if self._main is not None else 0
+        if written != self.shape[0]:
             raise InputError(
-                f"only {self._rows_written} of {self.shape[0]} rows were written to "
+                f"only {written} of {self.shape[0]} rows were written to "
                 f"'{self.out_tif}'; the prediction is incomplete."
             )
         source = self._tmp

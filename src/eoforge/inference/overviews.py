@@ -12,10 +12,11 @@ Each level halves the one below, rounded up (as ``gdaladdo`` sizes them; the las
 of an odd level covers one source row or column), until neither side exceeds the COG's block
 size, as the COG driver stops. Reductions ignore ``nodata`` (padding included):
 
-- ``MODE`` (classes): the most frequent class of each 2 x 2 block; a tie goes to the first in
-  row-major order; nodata only where all four are nodata;
+- ``MODE`` (classes): the most frequent class of each 2 x 2 block; of classes equally frequent,
+  the one that reached that count first in row-major order, as GDAL's MODE (``a b / b a`` gives
+  ``b``); nodata only where all four are nodata;
 - ``AVERAGE`` (continuous uint8 values): the mean of the valid pixels, rounded half up
-  (GDAL's own AVERAGE gives the same bytes on the first two levels of a real tile).
+  as GDAL's AVERAGE (both give GDAL's own bytes where sizes are even; tested against GDAL).
 """
 
 from __future__ import annotations
