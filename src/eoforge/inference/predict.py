@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from eoforge.config import InferSpec
 from eoforge.errors import InputError
+from eoforge.inference.host_threads import over_row_bands
 from eoforge.inference.openvino_session import OPENVINO_CPU
 from eoforge.inference.scene_io import (
     NODATA_CLASS,
@@ -162,7 +163,12 @@ def _stream(
             acc = _BlendBuffer(probs.shape[1], padded_w, min(2 * edge_y, padded_h))
         for k, (i, j) in enumerate(windows):
             top = ys[i] - done
-            acc.region(top, top + edge_y)[:, :, xs[j] : xs[j] + edge_x] += probs[k]
+            region = acc.region(top, top + edge_y)[:, :, xs[j] : xs[j] + edge_x]
+
+            def add(rows: slice, region: Any = region, window: Any = probs[k]) -> None:
+                np.add(region[:, rows], window[:, rows], out=region[:, rows])
+
+            over_row_bands(add, edge_y)  # bands of rows on the host threads
         stats["windows_run"] += len(windows)
         stats["max_buffered_rows"] = max(
             stats["max_buffered_rows"], acc.rows + edge_y + len(source.valid_rows)
