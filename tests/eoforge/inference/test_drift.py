@@ -192,3 +192,31 @@ def test_band_histograms_leave_out_pixels_near_cloud_and_shadow() -> None:
     # other dtypes take the general path to the same bins
     as_float = _accumulate(x.astype(np.float32), classes)
     assert np.array_equal(as_float.hist, got.hist)
+
+
+def test_signed_bands_below_zero_fall_in_the_first_bin() -> None:
+    from eoforge.inference.drift import FINE_BINS, FINE_STEP
+
+    rng = np.random.default_rng(6)
+    x = rng.integers(-3000, 30000, (4, 40, 50)).astype(np.int32)
+    classes = np.zeros((40, 50), np.uint8)
+    got = _accumulate(x, classes)
+    clear = (x != 0).all(axis=0)
+    for b in range(4):
+        bins = np.clip(x[b][clear] // FINE_STEP, 0, FINE_BINS - 1)
+        assert np.array_equal(got.hist[b], np.bincount(bins, minlength=FINE_BINS))
+
+
+@pytest.mark.parametrize("n_classes", [5, 20])  # counted by compares up to 16, by bincount above
+def test_class_counts_skip_nodata_and_codes_outside_the_schema(n_classes: int) -> None:
+    rng = np.random.default_rng(7)
+    x = rng.integers(1, 5000, (4, 60, 30), dtype=np.uint16)
+    x[2, :7] = 0  # nodata in one band
+    classes = rng.integers(0, n_classes + 3, (60, 30)).astype(np.int16)
+    classes[5:9] = -1  # outside uint8: unclassified
+    acc = ProfileAccumulator(BANDS, [f"c{k}" for k in range(n_classes)])
+    acc.add(x, classes)
+    valid = (x != 0).all(axis=0)
+    want = np.bincount(classes[valid & (classes >= 0)], minlength=n_classes + 3)[:n_classes]
+    assert np.array_equal(acc.class_counts, want)
+    assert acc.valid == int(valid.sum()) and acc.pixels == 60 * 30
