@@ -27,6 +27,7 @@ import numpy.typing as npt
 from eoforge.compute.cpus import affinity_cpus, cpu_limit
 from eoforge.errors import InputError
 from eoforge.inference.binding import Arg, Binding
+from eoforge.inference.no_telemetry import decline_openvino_telemetry
 from eoforge.inference.safety import check_onnx_external_data
 from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME
 
@@ -40,6 +41,7 @@ _SHAPES = 4
 
 def openvino_available() -> bool:
     """Whether the ``openvino`` package can be imported here."""
+    decline_openvino_telemetry()  # before openvino's first import (eoforge.inference.no_telemetry)
     try:
         import openvino  # noqa: F401
     except ImportError:
@@ -67,6 +69,7 @@ class OpenVINOSession:
     """
 
     def __init__(self, onnx_path: Path | str, threads: int | None = None) -> None:
+        decline_openvino_telemetry()
         import openvino as ov
 
         path = Path(onnx_path)

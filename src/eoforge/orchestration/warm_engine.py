@@ -208,6 +208,10 @@ def serve(path: Path, preload: tuple[str, ...] = PRELOAD) -> None:
     _claim_socket_path(path)
     for name in preload:
         try:
+            if name == "openvino":  # its usage telemetry declined first (ADR 0015)
+                from eoforge.inference.no_telemetry import decline_openvino_telemetry
+
+                decline_openvino_telemetry()
             importlib.import_module(name)
         except ImportError:  # an optional runtime not installed here: the run imports less
             if name != "openvino":
