@@ -13,6 +13,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Microsoft from its import on, unless this is set before that import; eoforge's runs do not
 # report home unasked (set it to 0 to opt back in). OpenVINO's: eoforge.inference.no_telemetry.
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow 3 sends usage events too
 
 from eoforge.compute.malloc import limit_malloc_arenas
 from eoforge.config import RunSpec, load_run_spec

@@ -1,5 +1,5 @@
 """Tests of what importing eoforge sets for the process: ONNX Runtime's telemetry is off
-unless the user asked for it."""
+and MLflow's telemetry is off unless the user asked for it."""
 
 from __future__ import annotations
 
@@ -12,12 +12,15 @@ PROBE = """
 import os
 import eoforge  # before onnxruntime, as every eoforge entry point imports it
 import onnxruntime
+from mlflow.telemetry.utils import is_telemetry_disabled
+assert is_telemetry_disabled()
 print(os.environ.get("ORT_DISABLE_TELEMETRY"))
 """
 
 
 def _probe(home: Path, **env: str) -> str:
-    base = {k: v for k, v in os.environ.items() if k not in ("CI", "ORT_DISABLE_TELEMETRY")}
+    drop = ("CI", "ORT_DISABLE_TELEMETRY", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    base = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("PYTEST")}
     out = subprocess.run(
         [sys.executable, "-c", PROBE],
         env={**base, "HOME": str(home), **env},
@@ -29,7 +32,7 @@ def _probe(home: Path, **env: str) -> str:
     return out.stdout.split()[-1]
 
 
-def test_onnxruntime_writes_no_device_id_and_sends_nothing(tmp_path: Path) -> None:
+def test_onnxruntime_and_mlflow_telemetry_are_off(tmp_path: Path) -> None:
     assert _probe(tmp_path) == "1"
     assert not (tmp_path / ".cache" / "Microsoft").exists()  # its device id and event store
 
