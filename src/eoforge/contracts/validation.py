@@ -95,6 +95,29 @@ _RUNTIME: _GxRuntime | None = None
 _LOCK = threading.Lock()
 
 
+def _thread_only_progress_lock() -> None:
+    """Keep GX's progress bars from sharing a lock with other processes.
+
+    GX creates tqdm bars while it validates, even when they are disabled. tqdm's default write
+    lock pairs a thread lock with a ``multiprocessing.RLock``, a semaphore that every process
+    forked after its creation shares. A forked run killed while holding it (SIGKILL, a
+    cancelled run) leaves it held for good, and every later fork's validation blocks on it
+    forever; the SIGKILL fault test hung that way. eoforge never draws one bar from several
+    processes, so tqdm's thread lock is kept alone, now and in every lock tqdm makes later.
+    """
+    from tqdm import std
+
+    default = std.TqdmDefaultWriteLock
+    default.mp_lock = None  # create_mp_lock() keeps what is set
+    pending: list[type] = [std.tqdm]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        lock = cls.__dict__.get("_lock")
+        if isinstance(lock, default) and any(lk is not default.th_lock for lk in lock.locks):
+            cls._lock = default()  # type: ignore[attr-defined]
+
+
 def _runtime() -> _GxRuntime:
     global _RUNTIME
     if _RUNTIME is None:
@@ -132,6 +155,7 @@ def validate_table(
     values = contract.resolve(parameters)
     start = time.perf_counter()
     with _LOCK:
+        _thread_only_progress_lock()
         runtime = _runtime()
         suite = gx.ExpectationSuite(
             name=f"eoforge-{stage}", expectations=build_expectations(contract)

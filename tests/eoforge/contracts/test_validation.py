@@ -365,3 +365,53 @@ def test_real_sample_passes_every_contract(
     tif = tmp_path / f"{real_items[0]['id']}.tif"
     write_prediction(_classes(512), "EPSG:32633", [120, 0, 500000, 0, -120, 5000000], tif)
     assert enforce("predictions", predictions_table([tif], num_classes=5)).success
+
+
+# --------------------------------------------------------------------------- forked processes
+
+
+def _in_child(fn: Any, timeout_s: float) -> str:
+    """Fork, run ``fn`` in the child; "finished", "failed", or "hung" (killed at ``timeout_s``)."""
+    import os
+    import signal
+    import time
+
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return "finished" if os.waitstatus_to_exitcode(status) == 0 else "failed"
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return "hung"
+
+
+def test_a_child_killed_inside_validation_does_not_hang_later_forks() -> None:
+    """GX draws (disabled) tqdm bars, and tqdm's default write lock includes a multiprocessing
+    lock, a semaphore that forked children share: a run killed while holding it (SIGKILL, a
+    cancelled run in a forked engine) left it held, and every later forked validation blocked
+    forever (seen in the SIGKILL fault test)."""
+    import os
+    import signal
+
+    from tqdm.auto import tqdm
+
+    table = items_table([_item(i) for i in IDS], VARIABLES)
+    assert enforce("items", table).success  # the parent has validated: tqdm's lock exists
+
+    def die_holding_the_progress_lock() -> None:
+        assert enforce("items", table).success
+        tqdm.get_lock().acquire()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    assert _in_child(die_holding_the_progress_lock, 30) == "failed"
+    assert _in_child(lambda: enforce("items", table), 30) == "finished"
