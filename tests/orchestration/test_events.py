@@ -19,6 +19,7 @@ import json
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,14 @@ class Api:
                     )
             time.sleep(2)
 
+    def let_active_finish(self, name: str, timeout: float) -> None:
+        """Wait up to ``timeout`` s for a deployment's pending and running runs to end."""
+        active = [
+            r["id"] for r in self.flow_runs(name) if r["state"]["type"] in ("PENDING", "RUNNING")
+        ]
+        if active:
+            self.wait_all(active, timeout)
+
     def wait_all(self, run_ids: list[str], timeout: float) -> list[dict[str, Any]]:
         deadline = time.monotonic() + timeout
         while True:
@@ -207,6 +216,11 @@ def api(workers: dict[str, Path], deployed: Any) -> Iterator[Api]:
     saved = {name: api.deployment(name) for name in DEPLOYMENTS}
     for name in DEPLOYMENTS:
         api.set_schedules_active(name, False)
+    # A watch run the schedule started earlier (the deployment's default polls for 40 s) would
+    # make the watch deployment cancel this test's first run (one at a time, CANCEL_NEW): let
+    # it finish (cancelling one can take the workers a minute), cancel only what outlives that.
+    api.let_active_finish("eoforge-watch/watch", timeout=90)
+    api.cancel_active("eoforge-watch/watch")
     yield api
     for name, dep in saved.items():
         api.set_schedules_active(name, False)
@@ -218,6 +232,23 @@ def api(workers: dict[str, Path], deployed: Any) -> Iterator[Api]:
                 f"/deployments/{api.ids[name]}/schedules/{sched['id']}",
                 {"schedule": sched["schedule"], "active": sched["active"]},
             )
+
+
+@contextmanager
+def _landed_trigger_off(api: Api) -> Iterator[None]:
+    """Switch off the infer deployment's automations for a test that lands items but does not
+    test inference: their triggered runs would share the two cores with what it measures."""
+    deployment = api.ids["eoforge-infer/infer"]
+    automations = api.request("GET", f"/automations/related-to/prefect.deployment.{deployment}")
+    enabled = [a["id"] for a in automations if a.get("enabled")]
+    for automation in enabled:
+        api.request("PATCH", f"/automations/{automation}", {"enabled": False})
+    time.sleep(3)  # the triggers service reloads automations
+    try:
+        yield
+    finally:
+        for automation in enabled:
+            api.request("PATCH", f"/automations/{automation}", {"enabled": True})
 
 
 def _log_tail(workers: dict[str, Path]) -> str:
@@ -431,7 +462,15 @@ def test_one_watch_run_polls_and_notices_items_landing_while_it_runs(
     while it runs are noticed by that same run within a few polls, and reported once.
 
     Its events are not counted here: their ids are deterministic per item version, and an
-    earlier test of the session emits the same ones, which the server drops as repeats."""
+    earlier test of the session may have emitted the same ones, which the server drops as
+    repeats. The landed-item trigger is off: four triggered inference runs on the two cores
+    left a CI rehearsal's watch run 3 polls in 40 s (an earlier test had failed before
+    emitting those events)."""
+    with _landed_trigger_off(api):
+        _watch_while_items_land(api, stac, workers, tmp_path)
+
+
+def _watch_while_items_land(api: Api, stac: Stac, workers: dict[str, Path], tmp_path: Path) -> None:
     store = tmp_path / "store"
     first = stac.serve("first", _early)
     api.set_parameters(
