@@ -73,28 +73,6 @@ class ContractResult:
         return out
 
 
-class _GxRuntime:
-    """The per-process GX ephemeral context with one reusable dataframe batch definition."""
-
-    def __init__(self) -> None:
-        import great_expectations as gx
-        from great_expectations.data_context.types.base import ProgressBarsConfig
-
-        self.context = gx.get_context(mode="ephemeral")
-        # Progress bars would write to stderr from inside Prefect tasks.
-        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
-        source = self.context.data_sources.add_pandas("eoforge")
-        asset = source.add_dataframe_asset("stage_table")
-        self.batch_definition: BatchDefinition[Any] = asset.add_batch_definition_whole_dataframe(
-            "whole"
-        )
-
-
-_RUNTIME: _GxRuntime | None = None
-# GX contexts are not thread-safe and Prefect runs tasks on a thread pool.
-_LOCK = threading.Lock()
-
-
 def _thread_only_progress_lock() -> None:
     """Keep GX's progress bars from sharing a lock with other processes.
 
@@ -116,6 +94,29 @@ def _thread_only_progress_lock() -> None:
         lock = cls.__dict__.get("_lock")
         if isinstance(lock, default) and any(lk is not default.th_lock for lk in lock.locks):
             cls._lock = default()  # type: ignore[attr-defined]
+
+
+class _GxRuntime:
+    """The per-process GX ephemeral context with one reusable dataframe batch definition."""
+
+    def __init__(self) -> None:
+        import great_expectations as gx
+        from great_expectations.data_context.types.base import ProgressBarsConfig
+
+        _thread_only_progress_lock()  # once a process: later tqdm locks are thread-only too
+        self.context = gx.get_context(mode="ephemeral")
+        # Progress bars would write to stderr from inside Prefect tasks.
+        self.context.variables.progress_bars = ProgressBarsConfig(globally=False)
+        source = self.context.data_sources.add_pandas("eoforge")
+        asset = source.add_dataframe_asset("stage_table")
+        self.batch_definition: BatchDefinition[Any] = asset.add_batch_definition_whole_dataframe(
+            "whole"
+        )
+
+
+_RUNTIME: _GxRuntime | None = None
+# GX contexts are not thread-safe and Prefect runs tasks on a thread pool.
+_LOCK = threading.Lock()
 
 
 def _runtime() -> _GxRuntime:
@@ -155,7 +156,6 @@ def validate_table(
     values = contract.resolve(parameters)
     start = time.perf_counter()
     with _LOCK:
-        _thread_only_progress_lock()
         runtime = _runtime()
         suite = gx.ExpectationSuite(
             name=f"eoforge-{stage}", expectations=build_expectations(contract)
