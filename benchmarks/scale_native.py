@@ -20,7 +20,11 @@ fresh subprocess (peak resident memory from ``getrusage`` of that child):
    window rate of the same model in the same runtime (OpenVINO on a CPU since session 10) on
    the product's windows (512 px, batch 2)
    (``ratios.whole_tile_vs_window_rate``; the 48 px overlap alone puts 24 x 24 windows on the
-   tile, of 504 px since session 9: 1.21x its pixels);
+   tile, of 504 px since session 9: 1.21x its pixels). The run's provenance splits that ratio:
+   ``ratios.whole_tile_window_overlap`` (pixels through the model over the tile's),
+   ``ratios.whole_tile_model_share`` (the model's runs over the infer stage) and
+   ``mpx_per_s.whole_tile_model_in_predict`` (the model's own rate there, against
+   ``window_rate``);
 4. chipping that whole tile's cube (64 px chips, block split, read a chunk row at a time)
    (``seconds.whole_tile_chips``, ``memory_mb.whole_tile_chips_peak``).
 
@@ -266,6 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     prov = json.loads((pred_dir / "provenance.json").read_text())
     infer_s = prov["stage_seconds"]["infer"]
+    done = prov["inference"]  # the model's share of that stage, and the overlap's
     tifs = sorted((pred_dir / "predictions").glob("*.tif"))
     import rasterio
 
@@ -300,6 +305,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "aoi_pipeline": pipe_s,
             "whole_tile_predict_command": pred_s,
             "whole_tile_infer_stage": infer_s,
+            "whole_tile_model_runs": done["model_seconds"],
+            "whole_tile_drift_profile": done["drift_seconds"],
             "whole_tile_chips": chips_s,
         },
         "memory_mb": {
@@ -315,11 +322,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "whole_tile": tile_px,
         },
         "whole_tile_chips": chips_counts,
-        "mpx_per_s": {"whole_tile_predict": whole_tile_rate, "window_rate": window_rate},
+        "mpx_per_s": {
+            "whole_tile_predict": whole_tile_rate,
+            "window_rate": window_rate,
+            # the model's own rate inside that predict, over the pixels it was given
+            "whole_tile_model_in_predict": done["window_pixels"] / 1e6 / done["model_seconds"],
+        },
         "ratios": {
             "ingest_vs_odc_stac": statistics.median(eo) / statistics.median(odc),
             "cube_pixels_vs_aoi": ingest["pixels"]["eoforge"] / aoi_px,
             "whole_tile_vs_window_rate": whole_tile_rate / window_rate,
+            # that ratio = 1 / overlap x model share x (model in predict / window rate)
+            "whole_tile_window_overlap": done["window_pixels"] / done["pixels"],
+            "whole_tile_model_share": done["model_seconds"] / infer_s,
         },
         "aoi_pipeline_metrics": {
             k: metrics[k]

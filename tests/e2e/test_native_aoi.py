@@ -84,6 +84,10 @@ def test_run_and_predict_over_an_aoi(tmp_path: Path) -> None:
     assert np.array_equal(maps[0], maps[1])
     prov = json.loads((tmp_path / "pred" / "provenance.json").read_text())
     assert prov["eoforge_run"] == "predict" and len(prov["stac_items"]) == 2
+    done = prov["inference"]  # where the infer stage's time went
+    assert done["pixels"] == sum(m.size for m in maps)
+    assert done["window_pixels"] >= done["pixels"]  # overlapping windows
+    assert 0 < done["model_seconds"] < prov["stage_seconds"]["infer"]
 
     # the same AOI without harmonising: the cube's units differ from the model's -> refused
     raw = _spec(tmp_path / "raw.yaml", catalog, small, datetime="2023-08-10/2023-08-12")

@@ -434,16 +434,24 @@ def test_watch_schedule_starts_runs_on_its_own(api: Api, stac: Stac, tmp_path: P
         )
     deadline = time.monotonic() + 150
     done: list[dict[str, Any]] = []
-    while not done and time.monotonic() < deadline:
-        time.sleep(3)
-        done = [
-            r
-            for r in api.flow_runs("eoforge-watch/watch")
-            if r["auto_scheduled"]
-            and datetime.fromisoformat(r["created"]) >= since
-            and r["state"]["type"] == "COMPLETED"
-        ]
-    api.set_schedules_active("eoforge-watch/watch", False)
+    try:
+        while not done and time.monotonic() < deadline:
+            time.sleep(3)
+            done = [
+                r
+                for r in api.flow_runs("eoforge-watch/watch")
+                if r["auto_scheduled"]
+                and datetime.fromisoformat(r["created"]) >= since
+                and r["state"]["type"] == "COMPLETED"
+            ]
+    finally:
+        # The runs the 5 s schedule started meanwhile end here, while their STAC API still
+        # serves (one poll each): after this test's server stops they would retry it for
+        # about 90 s, which the next test's fixture then waits out.
+        api.set_schedules_active("eoforge-watch/watch", False)
+        api.drop_scheduled_runs("eoforge-watch/watch")
+        api.let_active_finish("eoforge-watch/watch", timeout=60)
+        api.cancel_active("eoforge-watch/watch")
     server_log = (api.s.home / "server.log").read_text()
     assert done, (
         "no scheduled watch run completed in 150 s; the server's scheduler says: "

@@ -61,7 +61,7 @@ def stream_on_device(
     xs: list[int],
     edges: tuple[int, int],
     capacity: int,
-    stats: dict[str, int],
+    stats: dict[str, Any],
     scores_sink: ScoresSink | None = None,
 ) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
     """Finished class rows ``(top, rows)`` of ``source``'s scene, in order, blended on the
@@ -100,6 +100,7 @@ def stream_on_device(
             for k, j in enumerate(batch):
                 acc[:, top : top + edge_y, xs[j] : xs[j] + edge_x] += probs[k]
             stats["windows_run"] += len(batch)
+            stats["window_pixels"] += len(batch) * edge_y * edge_x
             stats["batches"] += 1
         held = acc.shape[1] if acc is not None else 0
         stats["max_buffered_rows"] = max(

@@ -89,6 +89,12 @@ class PredictionStats:
     max_buffered_rows: int
     """Most scene rows held at once (input strip + validity + blend accumulator, each about
     one to two window heights): memory is this times the scene width, whatever its height."""
+    window_pixels: int = 0
+    """Pixels sent to the model (the windows run times their area): over :attr:`pixels`, what
+    the overlap costs (a 10980 px tile at the defaults: 1.21)."""
+    model_seconds: float | None = None
+    """Wall time of the model's runs (the session calls alone, without reading, blending and
+    writing); None where the model runs asynchronously on a device (torch on a GPU)."""
 
 
 def _pipelined(session: Any, spec: InferSpec) -> bool:
@@ -105,7 +111,7 @@ def _stream(
     reader: SceneReader,
     spec: InferSpec,
     nodata: float,
-    stats: dict[str, int],
+    stats: dict[str, Any],
     scores_sink: ScoresSink | None = None,
     raw: RawRows | None = None,
 ) -> Iterator[tuple[int, npt.NDArray[np.uint8]]]:
@@ -170,6 +176,7 @@ def _stream(
 
             over_row_bands(add, edge_y)  # bands of rows on the host threads
         stats["windows_run"] += len(windows)
+        stats["window_pixels"] += len(windows) * edge_y * edge_x
         stats["max_buffered_rows"] = max(
             stats["max_buffered_rows"], acc.rows + edge_y + len(source.valid_rows)
         )
@@ -246,6 +253,7 @@ def _stream(
         if worker is not None:
             worker.shutdown(wait=True, cancel_futures=True)
     stats["batches"] = sum(r.batches for r in runners)
+    stats["model_seconds"] = sum(r.model_seconds for r in runners)
 
 
 def predict_raster(
@@ -288,7 +296,14 @@ def predict_raster(
         InputError: bad ``spec`` or rows, or a model that does not fit them (channel count,
             static window size) or returns unusable logits.
     """
-    stats = {"windows_run": 0, "windows_skipped": 0, "batches": 0, "max_buffered_rows": 0}
+    stats: dict[str, Any] = {
+        "windows_run": 0,
+        "windows_skipped": 0,
+        "batches": 0,
+        "max_buffered_rows": 0,
+        "window_pixels": 0,
+        "model_seconds": None,  # set by the host path; a device path runs asynchronously
+    }
     sink: ScoresSink | None = None
     if uncertainty is not None:
         from eoforge.inference.uncertainty import uncertainty_rows

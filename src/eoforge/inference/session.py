@@ -4,6 +4,7 @@ names checked, and a batch runner that binds preallocated buffers to the session
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,6 +156,7 @@ class _BatchRunner:
         self.binding = session.io_binding()
         self.out: npt.NDArray[np.float32] | None = None
         self.batches = 0
+        self.model_seconds = 0.0  # wall time of the session's runs (the model alone)
 
     def run(self, windows: Sequence[tuple[int, int]], plan: _BlendPlan) -> npt.NDArray[np.float32]:
         """Softmax probabilities times blend weights ``(n, K, h, w)`` of the first ``n =
@@ -173,7 +175,7 @@ class _BatchRunner:
         self.binding.bind_cpu_input(INPUT_NAME, x)
         if self.out is None:
             self.binding.bind_output(OUTPUT_NAME, "cpu")
-            self.session.run_with_iobinding(self.binding)
+            self._run_model()
             logits = np.asarray(self.binding.copy_outputs_to_cpu()[0])
             self._check(logits, x.shape)
             self.out = np.empty((self.capacity, *logits.shape[1:]), np.float32)
@@ -183,9 +185,14 @@ class _BatchRunner:
             self.binding.bind_output(
                 OUTPUT_NAME, "cpu", 0, np.float32, list(out.shape), out.ctypes.data
             )
-            self.session.run_with_iobinding(self.binding)
+            self._run_model()
         self.batches += 1
         return _weighted_softmax_(self.out[:n], plan.ramps(windows))
+
+    def _run_model(self) -> None:
+        started = time.perf_counter()
+        self.session.run_with_iobinding(self.binding)
+        self.model_seconds += time.perf_counter() - started
 
     @staticmethod
     def _check(logits: npt.NDArray[Any], shape: tuple[int, ...]) -> None:

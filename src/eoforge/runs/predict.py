@@ -115,12 +115,20 @@ def run_predict(
                 "model_dir": str(model_dir) if is_remote(model_dir) else str(local_model.resolve()),
                 "stac_items": stac_item_records(items, [*spec.stac.bands]),
                 "stage_seconds": {k: v["stage_seconds"] for k, v in results.items()},
+                "inference": _inference_record(results.get("infer", {})),
                 "outputs": output_records(run_dir, final),
                 "packages": package_versions(),
                 "git": git_revision(),
             },
         )
     return results
+
+
+def _inference_record(infer: dict[str, Any]) -> dict[str, Any]:
+    """Where the infer stage's time went: pixels predicted, pixels through the model (the
+    overlap's cost), seconds in the model's runs and in drift profiling."""
+    keys = ("pixels", "window_pixels", "model_seconds", "drift_seconds", "mpx_per_s")
+    return {k: infer[k] for k in keys if k in infer}
 
 
 def _stages(

@@ -297,6 +297,8 @@ def stage_infer(
     reference = load_reference(run_model)
     drift_report: dict[str, dict[str, Any]] = {}
     drift_s = 0.0  # profiling for drift, kept out of the inference rate
+    window_px = 0  # pixels through the model (overlapping windows)
+    model_s: float | None = 0.0  # in the model's runs (None: not measurable on a device)
     for tile, t, ds in scenes:
         item_id = str(ds["item_id"].values[t])
         if item_id not in items:
@@ -313,10 +315,16 @@ def stage_infer(
         crs, transform = ds.attrs["crs"], tuple(ds.attrs["transform"])
         unc_tif = run / "uncertainty" / f"{item_id}.tif"
         profiler = None if reference is None else TimedProfile(spec.stac.bands, spec.labels.classes)
-        predict_to_cog(
+        _, stats = predict_to_cog(
             session, reader, spec.infer, tif, crs, transform, uncertainty_tif=unc_tif,
             rows_sink=None if profiler is None else profiler.add,
         )  # fmt: skip
+        window_px += stats.window_pixels
+        model_s = (
+            None
+            if model_s is None or stats.model_seconds is None
+            else (model_s + stats.model_seconds)
+        )
         drift = None
         if profiler is not None and reference is not None:  # profiled as the rows were written
             t_drift = time.perf_counter()
@@ -357,6 +365,9 @@ def stage_infer(
         "model_dir": model_dir,
         "seconds": seconds,
         "mpx_per_s": pixels / 1e6 / max(seconds, 1e-9),
+        "pixels": pixels,
+        "window_pixels": window_px,
+        "model_seconds": model_s,
         "contract": result.to_dict(),
     }
 

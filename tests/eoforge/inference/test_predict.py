@@ -596,6 +596,8 @@ def test_predict_raster_equals_predict_scene(conv3_model: Any, shape: tuple[int,
     empty = [not valid[y : y + ys[0], x : x + xs[0]].any() for y in ys[2] for x in xs[2]]
     assert stats.windows_skipped == sum(empty)
     assert stats.windows_run == len(empty) - sum(empty) > 0
+    assert stats.window_pixels == stats.windows_run * ys[0] * xs[0]  # what the overlap costs
+    assert stats.model_seconds is not None and stats.model_seconds > 0
     if shape == (300, 517):  # the zeroed corner holds 2 x 3 whole windows
         assert stats.windows_skipped == 6
 
@@ -621,6 +623,8 @@ def test_pipelined_runs_give_the_same_result(
     np.testing.assert_array_equal(results[True][0], results[False][0])
     serial, overlapped = results[False][1], results[True][1]
     assert (overlapped.windows_run, overlapped.batches) == (serial.windows_run, serial.batches)
+    assert overlapped.window_pixels == serial.window_pixels
+    assert overlapped.model_seconds is not None and overlapped.model_seconds > 0
     # rows are finished one batch later: at most one more batch of windows is held, in the
     # input strip and in the accumulator
     assert overlapped.max_buffered_rows <= serial.max_buffered_rows + 2 * 64 * batch_size

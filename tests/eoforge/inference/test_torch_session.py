@@ -87,6 +87,8 @@ def test_blend_held_on_the_device_matches_the_host(
     assert np.abs(dev_unc.astype(int) - host_unc.astype(int)).max() <= 1
     assert dev_stats.windows_run == host_stats.windows_run
     assert dev_stats.windows_skipped == host_stats.windows_skipped
+    assert dev_stats.window_pixels == host_stats.window_pixels
+    assert dev_stats.model_seconds is None  # asynchronous on the device: not measured
     assert dev_stats.max_buffered_rows <= 4 * max(spec.window, 64)  # bounded by the window
 
 
