@@ -66,7 +66,7 @@ from eoforge.export.onnx import _export, export_onnx
 from eoforge.export.quantize import quantize_int8
 from eoforge.export.torch_session import open_predictor, runtime_of
 from eoforge.inference.predict import predict_raster, predict_scene, predict_to_cog
-from eoforge.inference.session import INPUT_NAME, OUTPUT_NAME, open_session
+from eoforge.inference.session import _POOL, INPUT_NAME, OUTPUT_NAME, open_session
 from eoforge.labels.classes import scl_to_classes
 from eoforge.training.files import (
     MODEL_CONFIG_NAME,
@@ -86,6 +86,22 @@ BANDS = StacSpec().bands
 CLASSES = len(LabelSpec().classes)
 BASE_CHANNELS = TrainSpec().base_channels
 TRANSFORM = (120.0, 0.0, 524100.0, 0.0, -120.0, 5075880.0)
+
+
+def _minor_faults_per_call(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
+    """Median minor page faults of this process per call of each of ``fns``, called round-robin
+    (pages mapped afresh and zeroed by the kernel; None off Unix)."""
+    try:
+        import resource
+    except ImportError:
+        return {}
+    counts: dict[str, list[int]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            fn()
+            counts[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return {name: float(np.median(c)) for name, c in counts.items()}
 
 
 def read_scene(size: int | None = None) -> np.ndarray:
@@ -465,6 +481,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # what `eoforge` itself opens for this spec on this machine (OpenVINO on a CPU)
         product = open_predictor(onnx_path, spec.model_copy(update={"threads": threads}))
         product_trained = open_predictor(trained_path, spec.model_copy(update={"threads": threads}))
+        # the same model, its batch buffers mapped afresh each call (as before session 16)
+        product_fresh = open_predictor(onnx_path, spec.model_copy(update={"threads": threads}))
+
+        def fresh_buffers() -> None:
+            _POOL.forget(product_fresh)
+            predict_scene(product_fresh, scene, spec)
+
         spinning = open_session(onnx_path, threads=threads, prefer_gpu=False, spinning=True)
         plain_opts = ort.SessionOptions()
         plain_opts.intra_op_num_threads = threads
@@ -497,6 +520,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "onnxruntime": lambda: predict_scene(tuned, scene, spec),
                 # the model alone on the scene's one window: what blending and I/O add
                 "model_only": _ort_iobinding(product, one_scene_window),
+                "fresh_buffers": fresh_buffers,
                 **conv_fns,
             },
             args.repeats,
@@ -504,6 +528,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         limits = limit_from_times(model, scene.shape[0], args.window, conv_flops, side_by_side)
         side_by_side = {k: v for k, v in side_by_side.items() if k not in conv_fns}
         scene_s = side_by_side["inference_form"]["median"]
+        faults = _minor_faults_per_call(
+            {"pooled": lambda: predict_scene(product, scene, spec), "fresh": fresh_buffers},
+            args.repeats,
+        )
         with torch.inference_mode():
             torch_classes = model(torch.from_numpy(batch)).argmax(1).numpy()
         ort_classes = tuned.run([OUTPUT_NAME], feed)[0].argmax(1)
@@ -573,6 +601,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "inference_form_vs_trained_graph_cpu_time": side_by_side["trained_graph"]["cpu_median"]
             / side_by_side["inference_form"]["cpu_median"],
             "model_only_vs_whole_scene": scene_s / side_by_side["model_only"]["median"],
+            "pooled_vs_fresh_buffers": side_by_side["fresh_buffers"]["median"] / scene_s,
             # the product's CPU runtime (OpenVINO) against ONNX Runtime, same whole-scene path
             "product_runtime_vs_onnxruntime": side_by_side["onnxruntime"]["median"] / scene_s,
             "product_runtime_vs_onnxruntime_cpu_time": side_by_side["onnxruntime"]["cpu_median"]
@@ -613,6 +642,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "naive_whole_scene_float32_input_plus_probabilities_mb": whole_bytes / 1e6,
             "streamed_peak_traced_mb": peak / 1e6,
             "max_buffered_rows": stats.max_buffered_rows,
+            "minor_page_faults_per_scene": faults,
         },
         "parity": {
             "export_max_abs_diff": parity,

@@ -150,7 +150,7 @@ def _stream(
     pipelined = _pipelined(session, spec)
     # two runners when pipelined: one fills its batch while the other's runs on the worker
     runners = [
-        _BatchRunner(session, capacity, channels, edge_y, edge_x, io.batch is not None)
+        _BatchRunner.take(session, capacity, channels, edge_y, edge_x, io.batch is not None)
         for _ in range(2 if pipelined else 1)
     ]
     worker = ThreadPoolExecutor(1, thread_name_prefix="eoforge-ort") if pipelined else None
@@ -252,6 +252,8 @@ def _stream(
     finally:
         if worker is not None:
             worker.shutdown(wait=True, cancel_futures=True)
+        for runner in runners:  # nothing runs on them now: their buffers serve the next call
+            runner.give_back()
     stats["batches"] = sum(r.batches for r in runners)
     stats["model_seconds"] = sum(r.model_seconds for r in runners)
 

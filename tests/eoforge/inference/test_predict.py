@@ -24,7 +24,14 @@ from eoforge.inference.cog import CogWriter, write_prediction
 from eoforge.inference.item import prediction_item
 from eoforge.inference.predict import _pipelined, predict_raster, predict_scene, predict_to_cog
 from eoforge.inference.scene_io import NODATA_CLASS, ArrayReader, RasterioReader
-from eoforge.inference.session import _BatchRunner, open_session, session_options
+from eoforge.inference.session import (
+    _POOL,
+    _BatchRunner,
+    _BufferPool,
+    _Buffers,
+    open_session,
+    session_options,
+)
 from eoforge.inference.windows import (
     _axis_plan,
     _axis_weights,
@@ -498,6 +505,59 @@ def test_io_binding_reuses_its_buffers(conv3_model: Any) -> None:
     assert runner.out is buffer and second.base is buffer  # no new output allocation
     np.testing.assert_allclose(second, expected[:3], rtol=1e-5, atol=1e-7)
     assert runner.batches == 2
+
+
+def test_calls_on_one_session_reuse_its_batch_buffers(tmp_path: Path) -> None:
+    """A second call with the same session and windows runs in the first call's buffers (no
+    fresh pages a scene), gives the same bytes, and the pool holds a bounded few."""
+    session = open_session(
+        conv_model(tmp_path / "m.onnx", np.ones((3, 4, 1, 1)), np.zeros(3)), threads=1
+    )
+    bands = scene(150, 170, seed=21)
+    seen: list[int] = []
+    taken = _BatchRunner.take
+
+    def spy(*args: Any) -> _BatchRunner:
+        runner = taken(*args)
+        seen.append(id(runner.stack))
+        return runner
+
+    _BatchRunner.take = spy  # type: ignore[method-assign]
+    try:
+        first = predict_scene(session, bands, SPEC)
+        assert _POOL.idle(session) == 1
+        second = predict_scene(session, bands, SPEC)
+        pipelined = predict_scene(session, bands, SPEC.model_copy(update={"pipelined": True}))
+        other = predict_scene(session, bands[:, :40, :40], SPEC)  # other window edges
+    finally:
+        _BatchRunner.take = taken  # type: ignore[method-assign]
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, pipelined)
+    np.testing.assert_array_equal(other, predict_scene(session, bands[:, :40, :40], SPEC))
+    assert seen[1] == seen[0]  # the second call took the first call's buffers
+    assert seen[0] in seen[2:4]  # and a pipelined call takes them as one of its two
+    assert seen[4] not in seen[:4]  # other shapes get their own
+    assert _POOL.idle(session) == _POOL.keep
+
+    pool = _BufferPool(keep=2)
+    key = (1, 4, 8, 8, False)
+    made = [_Buffers(np.zeros((1, 4, 8, 8), np.float32), None) for _ in range(3)]
+    for buffers in made:
+        pool.give_back(session, key, buffers)
+    assert pool.idle(session) == 2  # the oldest dropped
+    assert pool.take(session, key) is made[1] and pool.take(session, key) is made[2]
+    assert pool.take(session, key) is None and pool.take(session, (2, 4, 8, 8, False)) is None
+
+    class Slotted:  # no weak reference: not pooled, still served
+        __slots__ = ()
+
+    pool.give_back(Slotted(), key, made[0])
+    assert pool.take(Slotted(), key) is None and pool.idle(Slotted()) == 0
+    del session
+    import gc
+
+    gc.collect()
+    assert len(pool._idle) == 0  # a collected session's buffers are dropped
 
 
 def test_weighted_softmax_weighs_only_the_ramps_and_refuses_broken_logits() -> None:
