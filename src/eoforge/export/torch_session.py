@@ -37,6 +37,7 @@ def open_torch_session(
     *,
     amp: bool = False,
     channels_last: bool = True,
+    threads: int | None = None,
 ) -> TorchSession:
     """A :class:`TorchSession` for the trained model in ``model_dir``.
 
@@ -45,6 +46,7 @@ def open_torch_session(
         device: ``cuda``, ``cpu`` or None (CUDA when torch can use it, else the CPU).
         amp: bf16 autocast on CUDA.
         channels_last: NHWC activations on CUDA.
+        threads: torch's threads on the CPU (None: the CPU quota's, see :class:`TorchSession`).
 
     Raises:
         InputError: the model directory is unusable, or ``cuda`` was asked for and torch
@@ -65,7 +67,14 @@ def open_torch_session(
         )
     model = load_model(Path(model_dir))
     in_channels = int(read_model_config(Path(model_dir))["architecture"]["in_channels"])
-    return TorchSession(model, dev, amp=amp, channels_last=channels_last, in_channels=in_channels)
+    return TorchSession(
+        model,
+        dev,
+        amp=amp,
+        channels_last=channels_last,
+        in_channels=in_channels,
+        threads=threads,
+    )
 
 
 Backend = Literal["onnxruntime", "openvino", "torch"]
@@ -123,7 +132,7 @@ def open_predictor(onnx_path: Path, spec: InferSpec) -> Any:
             f"infer.backend torch needs the trained weights 'model.safetensors' beside '{path}'; "
             "use backend onnxruntime for a model shipped as ONNX only."
         )
-    return open_torch_session(path.parent, None, amp=False)
+    return open_torch_session(path.parent, None, amp=False, threads=spec.threads)
 
 
 def runtime_of(session: Any) -> str:

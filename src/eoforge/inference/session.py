@@ -4,6 +4,7 @@ names checked, and a batch runner that binds preallocated buffers to the session
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import weakref
@@ -294,11 +295,8 @@ class _BufferPool:
 
     def forget(self, session: Any) -> None:
         """Drop the idle sets of ``session`` (their memory goes back with the last view)."""
-        with self._lock:
-            try:
-                self._idle.pop(session, None)
-            except TypeError:
-                pass
+        with self._lock, contextlib.suppress(TypeError):  # never pooled
+            self._idle.pop(session, None)
 
     def idle(self, session: Any) -> int:
         """Idle sets held for ``session``."""

@@ -20,12 +20,15 @@ strips go up and finished class rows come back.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from eoforge.compute.cpus import cpu_limit
 from eoforge.errors import InputError
 from eoforge.inference.binding import Arg as _Arg
 from eoforge.inference.binding import Binding as _Binding
@@ -51,6 +54,11 @@ class TorchSession:
         blend_on_device: hold the predictor's blend on ``device`` too
             (:mod:`eoforge.inference.device_blend`; None: on a CUDA device only, where the
             host's blending would otherwise set the speed).
+        threads: torch's intra-op threads while this session runs on the CPU (None: the CPUs
+            a cgroup quota or affinity mask leaves this process,
+            :func:`eoforge.compute.cpus.cpu_limit`, else torch's own default, one per physical
+            core, as for the ONNX Runtime and OpenVINO sessions). torch's count is global to
+            the process, so it is set for each run and put back after it.
     """
 
     def __init__(
@@ -62,9 +70,13 @@ class TorchSession:
         channels_last: bool = True,
         in_channels: int | None = None,
         blend_on_device: bool | None = None,
+        threads: int | None = None,
     ) -> None:
         if amp and device.type != "cuda":
             raise InputError(f"amp=True needs a CUDA device; this session is on {device}.")
+        if threads is not None and threads < 1:
+            raise InputError(f"threads={threads} must be >= 1 (or None for the CPU limit).")
+        self.threads = (threads or cpu_limit()) if device.type == "cpu" else None
         self.device = device
         self.amp = amp
         self.channels_last = channels_last and device.type == "cuda"
@@ -139,10 +151,23 @@ class TorchSession:
 
     def _run_model(self, x: torch.Tensor) -> torch.Tensor:
         """The network on a device batch (layout set), under autocast if asked: float32."""
-        with torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
+        with self._cpu_threads(), torch.autocast("cuda", torch.bfloat16, enabled=self.amp):
             out: torch.Tensor = self.model(x)
         self.batches += 1
         return out.float()
+
+    @contextmanager
+    def _cpu_threads(self) -> Iterator[None]:
+        """torch's intra-op threads at :attr:`threads` for one run (lock held by the caller)."""
+        previous = torch.get_num_threads()
+        if self.threads is None or previous == self.threads:
+            yield
+            return
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     def _to_device(self, batch: npt.NDArray[np.float32]) -> torch.Tensor:
         host = torch.from_numpy(np.ascontiguousarray(batch, np.float32))

@@ -162,6 +162,41 @@ def test_backend_choice_and_opening(model_dir: Path) -> None:
         )
 
 
+def test_torch_on_the_cpu_runs_on_the_threads_it_is_given(
+    model_dir: Path, scene: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch's threads follow ``infer.threads``, else the CPU quota (as ONNX Runtime's and
+    OpenVINO's do), for each run only: the process's own count is put back after it."""
+    session = open_predictor(model_dir / "model.onnx", InferSpec(backend="torch", threads=1))
+    assert isinstance(session, TorchSession) and session.threads == 1
+    seen: list[int] = []
+    forward = session.model.forward
+
+    def spy(x: torch.Tensor) -> torch.Tensor:
+        seen.append(torch.get_num_threads())
+        return forward(x)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(session.model, "forward", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        classes = predict_scene(session, scene, SPEC)
+        assert torch.get_num_threads() == 2  # put back
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+    np.testing.assert_array_equal(
+        classes, predict_scene(open_torch_session(model_dir, "cpu"), scene, SPEC)
+    )
+    # no threads asked for: the CPU limit (a quota, a mask or EOFORGE_CPUS), else torch's own
+    monkeypatch.setattr("eoforge.inference.torch_session.cpu_limit", lambda: 3)
+    assert open_torch_session(model_dir, "cpu").threads == 3
+    monkeypatch.setattr("eoforge.inference.torch_session.cpu_limit", lambda: None)
+    assert open_torch_session(model_dir, "cpu").threads is None
+    with pytest.raises(InputError, match="threads=0"):
+        open_torch_session(model_dir, "cpu", threads=0)
+
+
 def test_torch_backend_needs_the_weights(model_dir: Path, tmp_path: Path) -> None:
     onnx_only = tmp_path / "model.onnx"
     onnx_only.write_bytes((model_dir / "model.onnx").read_bytes())
