@@ -590,6 +590,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "whole_scene_s": side_by_side,
         "ratios": {
             "whole_scene_vs_limit": scene_mpx_per_s / limits["mpx_per_s"],
+            # the limit level by level (benchmarks/_limits.py): shallow levels bound by memory
+            "whole_scene_vs_limit_by_level": scene_mpx_per_s / limits["mpx_per_s_by_level"],
+            "model_only_vs_limit_by_level": scene_mpx
+            / side_by_side["model_only"]["median"]
+            / limits["mpx_per_s_by_level"],
             "whole_scene_vs_limit_best": scene_mpx
             / side_by_side["inference_form"]["min"]
             / limits["mpx_per_s_best"],

@@ -18,13 +18,14 @@ fresh subprocess (peak resident memory from ``getrusage`` of that child):
 3. ``eoforge predict`` with that model over one whole 10980 x 10980 tile and date
    (``mpx_per_s.whole_tile_predict``, ``memory_mb.whole_tile_predict_peak``), next to the
    window rate of the same model in the same runtime (OpenVINO on a CPU since session 10) on
-   the product's windows (512 px, batch 2)
+   the product's windows (512 px, batch 2), measured right before and right after the predict
    (``ratios.whole_tile_vs_window_rate``; the 48 px overlap alone puts 24 x 24 windows on the
    tile, of 504 px since session 9: 1.21x its pixels). The run's provenance splits that ratio:
    ``ratios.whole_tile_window_overlap`` (pixels through the model over the tile's),
    ``ratios.whole_tile_model_share`` (the model's runs over the infer stage) and
    ``mpx_per_s.whole_tile_model_in_predict`` (the model's own rate there, against
-   ``window_rate``);
+   ``window_rate``); ``ratios.whole_tile_vs_model_in_predict`` is the ratio against that
+   rate instead, free of the machine's speed changing between two measurements;
 4. chipping that whole tile's cube (64 px chips, block split, read a chunk row at a time)
    (``seconds.whole_tile_chips``, ``memory_mb.whole_tile_chips_peak``).
 
@@ -183,9 +184,10 @@ def _cli(args: list[str], store: Path) -> tuple[float, float, str]:
     return _child(code, env)
 
 
-def _window_rate(model_dir: Path, repeats: int) -> float:
-    """Output Mpx/s of the model on batches of the product's windows (no blending), in the
-    runtime ``eoforge predict`` opens on this machine (OpenVINO on a CPU)."""
+def _window_times(model_dir: Path, repeats: int) -> tuple[float, list[float]]:
+    """Output Mpx of one batch of the product's windows and the seconds of ``repeats`` runs of
+    the model on it (no blending), in the runtime ``eoforge predict`` opens on this machine
+    (OpenVINO on a CPU)."""
     import numpy as np
     import rasterio
 
@@ -205,7 +207,7 @@ def _window_rate(model_dir: Path, repeats: int) -> float:
         t0 = time.perf_counter()
         session.run(None, {INPUT_NAME: batch})
         times.append(time.perf_counter() - t0)
-    return spec.batch_size * spec.window**2 / 1e6 / statistics.median(times)
+    return spec.batch_size * spec.window**2 / 1e6, times
 
 
 def _whole_tile_chips(store: Path, out: Path) -> tuple[float, float, dict[str, int]]:
@@ -263,6 +265,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tile_spec_data["stac"]["max_items"] = 1
     tile_spec.write_text(yaml.safe_dump(tile_spec_data))
     pred_dir = fresh / "tile-predict"
+    # the window rate right before and right after the predict, 20 batches (~4 s) each: this
+    # machine's speed drifts within minutes (session 16: one 20-batch median after the
+    # predict read 2.33 Mpx/s while the model ran at 3.28 inside it), so one spell alone
+    # can make the ratio
+    batch_mpx, before = _window_times(run_dir / "model", 20)
     pred_s, pred_peak, _ = _cli(
         ["predict", "--model", str(run_dir / "model"), "--config", str(tile_spec),
          "--out", str(pred_dir)],
@@ -277,8 +284,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with rasterio.open(tifs[0]) as src:
         tile_px = src.width * src.height
     whole_tile_rate = tile_px / 1e6 / infer_s
-    # 20 batches (~4 s): with 5 the rate moved 4.40-5.00 Mpx/s between runs (session 8)
-    window_rate = _window_rate(run_dir / "model", 20)
+    _, after = _window_times(run_dir / "model", 20)
+    window_rate = batch_mpx / statistics.median(before + after)
     chips_s, chips_peak, chips_counts = _whole_tile_chips(store, fresh / "tile-chips.zarr")
     print(f"whole tile chips: {chips_s:.1f} s, peak {chips_peak:.0f} MB", flush=True)
     shutil.rmtree(fresh)  # created above by this run
@@ -325,6 +332,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mpx_per_s": {
             "whole_tile_predict": whole_tile_rate,
             "window_rate": window_rate,
+            "window_rate_before_predict": batch_mpx / statistics.median(before),
+            "window_rate_after_predict": batch_mpx / statistics.median(after),
             # the model's own rate inside that predict, over the pixels it was given
             "whole_tile_model_in_predict": done["window_pixels"] / 1e6 / done["model_seconds"],
         },
@@ -335,6 +344,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # that ratio = 1 / overlap x model share x (model in predict / window rate)
             "whole_tile_window_overlap": done["window_pixels"] / done["pixels"],
             "whole_tile_model_share": done["model_seconds"] / infer_s,
+            # against the model's own rate inside the same predict (overlap and share only):
+            # no separate measurement, so no spell of the machine's speed between them
+            "whole_tile_vs_model_in_predict": whole_tile_rate
+            / (done["window_pixels"] / 1e6 / done["model_seconds"]),
         },
         "aoi_pipeline_metrics": {
             k: metrics[k]

@@ -36,6 +36,14 @@ def test_inference_benchmark_tiny(tmp_path: Path) -> None:
         limits["achievable_conv_gflop_per_s"] * 1e3 / limits["flop_per_output_px"]
     )
     assert result["ratios"]["whole_scene_vs_limit"] > 0
+    by_level = limits["flop_per_output_px_by_level"]  # the same FLOPs, split by UNet level
+    assert sum(by_level.values()) == pytest.approx(limits["flop_per_output_px"], rel=1e-6)
+    assert set(by_level) == {"0", "1", "2", "3"}
+    # no level runs faster than the best shape: the level-by-level limit is the lower one
+    assert 0 < limits["mpx_per_s_by_level"] <= limits["mpx_per_s"] * (1 + 1e-9)
+    assert result["ratios"]["whole_scene_vs_limit_by_level"] >= result["ratios"][
+        "whole_scene_vs_limit"
+    ] * (1 - 1e-9)
     assert result["parity"]["scene_class_map_agreement_vs_trained_graph"] > 0.99
     assert result["config"]["uses_product_defaults"] is False  # tiny windows and width
     assert result["config"]["product_defaults"]["spectral_indices"] is True
