@@ -5,6 +5,7 @@ names checked, and a batch runner that binds preallocated buffers to the session
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import weakref
@@ -309,3 +310,15 @@ class _BufferPool:
 
 #: The process's idle runner buffers (:class:`_BufferPool`).
 _POOL = _BufferPool()
+
+
+def _forget_pool_after_fork() -> None:
+    """A forked child (the warm engine's flow runs) starts with an empty pool and a free lock:
+    a thread of the parent may have held it at the fork, and the parent's sessions are not
+    the child's to run."""
+    global _POOL
+    _POOL = _BufferPool(_POOL.keep)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
