@@ -88,22 +88,6 @@ BASE_CHANNELS = TrainSpec().base_channels
 TRANSFORM = (120.0, 0.0, 524100.0, 0.0, -120.0, 5075880.0)
 
 
-def _minor_faults_per_call(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, float]:
-    """Median minor page faults of this process per call of each of ``fns``, called round-robin
-    (pages mapped afresh and zeroed by the kernel; None off Unix)."""
-    try:
-        import resource
-    except ImportError:
-        return {}
-    counts: dict[str, list[int]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            fn()
-            counts[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return {name: float(np.median(c)) for name, c in counts.items()}
-
-
 def read_scene(size: int | None = None) -> np.ndarray:
     """The real scene (4, 512, 512) uint16 DN from the bundled sample (top-left crop if size)."""
     folder = BUNDLED_CATALOG / SCENE_ITEM
@@ -528,10 +512,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         limits = limit_from_times(model, scene.shape[0], args.window, conv_flops, side_by_side)
         side_by_side = {k: v for k, v in side_by_side.items() if k not in conv_fns}
         scene_s = side_by_side["inference_form"]["median"]
-        faults = _minor_faults_per_call(
+        # median minor page faults per scene call, the two round-robin (no warm-up)
+        fault_runs = interleaved_seconds(
             {"pooled": lambda: predict_scene(product, scene, spec), "fresh": fresh_buffers},
             args.repeats,
+            warmup=0,
         )
+        faults = {
+            k: v["minor_faults_median"] for k, v in fault_runs.items() if "minor_faults_median" in v
+        }
         with torch.inference_mode():
             torch_classes = model(torch.from_numpy(batch)).argmax(1).numpy()
         ort_classes = tuned.run([OUTPUT_NAME], feed)[0].argmax(1)
