@@ -284,6 +284,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with rasterio.open(tifs[0]) as src:
         tile_px = src.width * src.height
     whole_tile_rate = tile_px / 1e6 / infer_s
+    # the model's own rate inside that predict, over the pixels it was given
+    model_rate = done["window_pixels"] / 1e6 / done["model_seconds"]
     _, after = _window_times(run_dir / "model", 20)
     window_rate = batch_mpx / statistics.median(before + after)
     chips_s, chips_peak, chips_counts = _whole_tile_chips(store, fresh / "tile-chips.zarr")
@@ -334,8 +336,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "window_rate": window_rate,
             "window_rate_before_predict": batch_mpx / statistics.median(before),
             "window_rate_after_predict": batch_mpx / statistics.median(after),
-            # the model's own rate inside that predict, over the pixels it was given
-            "whole_tile_model_in_predict": done["window_pixels"] / 1e6 / done["model_seconds"],
+            "whole_tile_model_in_predict": model_rate,
         },
         "ratios": {
             "ingest_vs_odc_stac": statistics.median(eo) / statistics.median(odc),
@@ -346,8 +347,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "whole_tile_model_share": done["model_seconds"] / infer_s,
             # against the model's own rate inside the same predict (overlap and share only):
             # no separate measurement, so no spell of the machine's speed between them
-            "whole_tile_vs_model_in_predict": whole_tile_rate
-            / (done["window_pixels"] / 1e6 / done["model_seconds"]),
+            "whole_tile_vs_model_in_predict": whole_tile_rate / model_rate,
         },
         "aoi_pipeline_metrics": {
             k: metrics[k]
